@@ -1,0 +1,47 @@
+# Quick start: `make demo` runs the pose demo on a shared video; `make test` runs the tests.
+# Both set up .venv themselves. SHARED points at the folder holding models/ and media/.
+
+SHARED ?= $(abspath ../shared)
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+export STREAMPOSE_MODELS ?= $(SHARED)/models
+export STREAMPOSE_SHARED := $(SHARED)
+
+# Debian packages for the RTSP server the tests start (gst-rtsp-server via the system python3).
+RTSP_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+
+.PHONY: demo test rtsp-deps bench docs clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) run_pipeline.py graphs/demo.yml
+
+rtsp-deps:
+	@dpkg -s $(RTSP_PACKAGES) >/dev/null 2>&1 || { \
+		echo "installing RTSP test server packages"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(RTSP_PACKAGES); }
+
+test: $(VENV)/.installed-test rtsp-deps
+	$(VENV)/bin/pytest -q
+
+bench: $(VENV)/.installed-test
+	$(PY) benchmarks/runtime.py
+	$(PY) benchmarks/models.py
+
+docs: $(VENV)/.installed
+	$(PY) -m streampose schema > docs/graphs-reference.md
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from streampose.cli import main
+
+sys.exit(main())

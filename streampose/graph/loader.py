@@ -1,0 +1,315 @@
+"""Reading a graph file: YAML with line numbers, ${ENV} interpolation, --set
+overrides, schema validation and the checks the schema cannot express (ids,
+inputs, cycles).
+
+Every error names the file, line and column, the stage or source and the key,
+and for an unknown key suggests the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from streampose.graph import schema
+
+Path_ = tuple  # a location inside the document: keys and list indices
+
+
+class GraphError(Exception):
+    """A graph file is invalid; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass
+class LoadedGraph:
+    spec: schema.Graph
+    path: Path
+    # For each stage id, the ids (stages or sources) feeding it, resolved from
+    # `inputs` and the defaults.
+    inputs: dict[str, list[str]]
+
+
+# --------------------------------------------------------------------------- locations
+
+class _Locations:
+    """Line/column of every key and value in a YAML document, by path."""
+
+    def __init__(self, filename: str):
+        self.filename = filename
+        self.keys: dict[Path_, yaml.Mark] = {}
+        self.values: dict[Path_, yaml.Mark] = {}
+        self.overridden: dict[Path_, str] = {}
+
+    def record(self, node: yaml.Node, path: Path_ = ()) -> None:
+        self.values[path] = node.start_mark
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                child = path + (key_node.value,)
+                self.keys[child] = key_node.start_mark
+                self.record(value_node, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.record(item, path + (i,))
+
+    def where(self, path: Path_, key: bool = False) -> str:
+        """'file:line:col' of the longest recorded prefix of `path`."""
+        for end in range(len(path), -1, -1):
+            prefix = path[:end]
+            if prefix in self.overridden:
+                return f"{self.overridden[prefix]}"
+            table = self.keys if key and end == len(path) else self.values
+            mark = table.get(prefix) or self.keys.get(prefix)
+            if mark is not None:
+                return f"{self.filename}:{mark.line + 1}:{mark.column + 1}"
+        return self.filename
+
+
+# --------------------------------------------------------------------------- interpolation
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, path: Path_, where: _Locations, problems: list[str], root: Any = None) -> Any:
+    root = value if root is None else root
+    if isinstance(value, dict):
+        return {k: _interpolate(v, path + (k,), where, problems, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, path + (i,), where, problems, root) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        problems.append(f"{where.where(path)}: {_owner(root, path)[0]}: environment variable {name} is not set "
+                        f"(set it, or write ${{{name}:-default}})")
+        return ""
+
+    result = _ENV.sub(substitute, value)
+    if _ENV.fullmatch(value):
+        # A value that is one ${VAR} takes the type the variable's text reads as.
+        return yaml.safe_load(result) if result else result
+    return result
+
+
+# --------------------------------------------------------------------------- overrides
+
+def _apply_override(data: dict, assignment: str, where: _Locations) -> None:
+    """Apply one `a.b.c=value`; in sources/stages the second part is an id."""
+    dotted, sep, text = assignment.partition("=")
+    if not sep or not dotted:
+        raise GraphError([f"--set {assignment}: expected KEY=VALUE, e.g. stages.pose.batch.max_size=16"])
+    parts = dotted.split(".")
+    node: Any = data
+    path: list = []
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            index = next((j for j, item in enumerate(node) if isinstance(item, dict) and item.get("id") == part), None)
+            if index is None:
+                ids = [item.get("id") for item in node if isinstance(item, dict)]
+                raise GraphError([f"--set {assignment}: no {path[-1][:-1]} with id '{part}'{_suggest(part, ids)}"])
+            path.append(index)
+            node = node[index]
+            continue
+        if not isinstance(node, dict):
+            raise GraphError([f"--set {assignment}: '{'.'.join(parts[:i])}' is not a mapping"])
+        node = node.setdefault(part, {})
+        path.append(part)
+    if not isinstance(node, dict):
+        raise GraphError([f"--set {assignment}: '{'.'.join(parts[:-1])}' is not a mapping"])
+    node[parts[-1]] = yaml.safe_load(text) if text else ""
+    where.overridden[tuple(path) + (parts[-1],)] = f"--set {assignment}"
+
+
+# --------------------------------------------------------------------------- validation messages
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _model_at(data: dict, path: Path_) -> type[BaseModel] | None:
+    """The schema model describing the mapping at `path`, for key suggestions."""
+    model: type[BaseModel] | None = schema.Graph
+    node: Any = data
+    i = 0
+    while i < len(path) and model is not None:
+        part = path[i]
+        if part in ("sources", "stages") and model is schema.Graph:
+            index = path[i + 1] if i + 1 < len(path) else None
+            if index is None:
+                return None
+            node = node[part][index]
+            model = schema.Source if part == "sources" else schema.STAGE_TYPES.get(node.get("type"))
+            i += 2
+            continue
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+        i += 1
+    return model
+
+
+def _owner(data: dict, path: Path_) -> tuple[str, Path_]:
+    """('stage 'pose'', path within the stage) for a document path."""
+    if len(path) >= 2 and path[0] in ("sources", "stages") and isinstance(path[1], int):
+        kind = path[0][:-1]
+        try:
+            item = data[path[0]][path[1]]
+            name = item.get("id") if isinstance(item, dict) else None
+        except (IndexError, KeyError, TypeError):
+            name = None
+        label = f"{kind} '{name}'" if name else f"{kind} #{path[1] + 1}"
+        return label, path[2:]
+    if path and path[0] == "runtime":
+        return "runtime", path[1:]
+    return "graph", path
+
+
+def _describe(path: Path_) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _format_error(error: dict, data: dict, where: _Locations) -> str:
+    loc = tuple(error["loc"])
+    if len(loc) >= 3 and loc[0] == "stages" and loc[2] in schema.STAGE_TYPES:
+        loc = loc[:2] + loc[3:]  # drop pydantic's discriminator tag
+    owner, inner = _owner(data, loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(data, loc[:-1])
+        valid = list(model.model_fields) if model else []
+        message = f"unknown key '{_describe(inner)}'{_suggest(loc[-1], valid)}"
+        return f"{where.where(loc, key=True)}: {owner}: {message}"
+    if kind == "union_tag_invalid":
+        tag = error["ctx"]["tag"]
+        message = (f"unknown stage type '{tag}'{_suggest(tag, schema.STAGE_TYPES)}; "
+                   f"valid types: {', '.join(schema.STAGE_TYPES)}")
+        return f"{where.where(loc + ('type',))}: {owner}: {message}"
+    if kind == "union_tag_not_found":
+        return f"{where.where(loc)}: {owner}: missing required key 'type'"
+    if kind == "missing":
+        return f"{where.where(loc[:-1])}: {owner}: missing required key '{_describe(inner)}'"
+    got = error.get("input")
+    shown = "" if isinstance(got, (dict, list)) else f", got {got!r}"
+    message = error["msg"][0].lower() + error["msg"][1:]
+    return f"{where.where(loc)}: {owner}: key '{_describe(inner)}': {message}{shown}"
+
+
+def _check_topology(spec: schema.Graph, where: _Locations) -> tuple[dict[str, list[str]], list[str]]:
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for kind, items in (("source", spec.sources), ("stage", spec.stages)):
+        for i, item in enumerate(items):
+            if item.id in seen:
+                problems.append(f"{where.where((kind + 's', i, 'id'))}: {kind} '{item.id}': "
+                                f"duplicate id (already used by a {seen[item.id]})")
+            seen.setdefault(item.id, kind)
+    if problems:
+        return {}, problems
+    source_ids = [s.id for s in spec.sources]
+    stage_ids = [s.id for s in spec.stages]
+    inputs: dict[str, list[str]] = {}
+    for i, stage in enumerate(spec.stages):
+        if stage.inputs is None:
+            inputs[stage.id] = source_ids if i == 0 else [spec.stages[i - 1].id]
+            continue
+        inputs[stage.id] = list(stage.inputs)
+        for j, name in enumerate(stage.inputs):
+            if name not in seen:
+                problems.append(f"{where.where(('stages', i, 'inputs', j))}: stage '{stage.id}': input '{name}' "
+                                f"is neither a source nor a stage{_suggest(name, source_ids + stage_ids)}")
+            elif name == stage.id:
+                problems.append(f"{where.where(('stages', i, 'inputs', j))}: stage '{stage.id}': "
+                                f"a stage cannot feed itself")
+    fed = {name for names in inputs.values() for name in names}
+    for i, source in enumerate(spec.sources):
+        if source.id not in fed:
+            problems.append(f"{where.where(('sources', i, 'id'))}: source '{source.id}': feeds no stage "
+                            f"(name it in a stage's inputs)")
+    if not problems:
+        cycle = _find_cycle(inputs, set(source_ids))
+        if cycle:
+            index = stage_ids.index(cycle[0])
+            problems.append(f"{where.where(('stages', index, 'inputs'))}: stage '{cycle[0]}': inputs form a cycle: "
+                            f"{' -> '.join(cycle + [cycle[0]])}")
+    return inputs, problems
+
+
+def _find_cycle(inputs: dict[str, list[str]], sources: set[str]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in sources or state.get(node) == 2:
+            return None
+        if state.get(node) == 1:
+            return path[path.index(node):]
+        state[node] = 1
+        path.append(node)
+        for upstream in inputs.get(node, []):
+            found = visit(upstream)
+            if found:
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in inputs:
+        found = visit(node)
+        if found:
+            return found
+    return None
+
+
+# --------------------------------------------------------------------------- entry point
+
+def load_graph(path: str | Path, overrides: list[str] = ()) -> LoadedGraph:
+    """Read, interpolate, override and validate a graph file; raise GraphError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise GraphError([f"{path}: cannot read graph file: {error.strerror}"]) from None
+    where = _Locations(str(path))
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise GraphError([f"{at}: invalid YAML: {getattr(error, 'problem', error)}"]) from None
+    if not isinstance(data, dict):
+        raise GraphError([f"{path}:1:1: graph: expected a mapping with 'sources' and 'stages'"])
+    where.record(node)
+
+    problems: list[str] = []
+    data = _interpolate(data, (), where, problems)
+    for assignment in overrides:
+        _apply_override(data, assignment, where)
+    if problems:
+        raise GraphError(problems)
+
+    try:
+        spec = schema.Graph.model_validate(data)
+    except ValidationError as error:
+        raise GraphError([_format_error(e, data, where) for e in error.errors()]) from None
+    inputs, problems = _check_topology(spec, where)
+    if problems:
+        raise GraphError(problems)
+    return LoadedGraph(spec=spec, path=path.resolve(), inputs=inputs)

@@ -1,0 +1,195 @@
+"""The graph schema: every key a graph file may hold, its type, default, unit and range.
+
+This module is the single source of truth for graph parameters; docs/graphs.md is
+generated from it (`streampose schema --markdown`). Every model forbids unknown
+keys, so a typo is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- sources
+
+class Reconnect(Strict):
+    """How a live source reopens after it ends, stalls or fails."""
+
+    initial_s: float = Field(0.5, gt=0, le=60, description="First wait before reopening, seconds.")
+    max_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between attempts, seconds.")
+    factor: float = Field(2.0, ge=1, le=10, description="Each failed attempt multiplies the wait by this.")
+    max_attempts: int = Field(0, ge=0, description="Attempts in a row before giving up; 0 = never give up.")
+
+
+class SourceOptions(Strict):
+    """Options of one source; each applies to the kinds of source it names."""
+
+    loop: bool = Field(False, description="Files and images: start again at the end.")
+    realtime: bool = Field(False, description="Files and images: pace frames at their timestamps, like a camera "
+                           "(frames are then dropped at the door when the graph is busy).")
+    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+    open_timeout_s: float = Field(10.0, gt=0, le=300, description="Network and webcam: longest wait to open, seconds.")
+    read_timeout_s: float = Field(5.0, gt=0, le=300, description="Network and webcam: no packet for this long "
+                                  "counts as a stall and reopens the stream, seconds.")
+    fps: float = Field(10.0, gt=0, le=1000, description="Images: frames per second used for media time and pacing.")
+    reconnect: Reconnect = Field(default_factory=Reconnect, description="Reopening of live sources.")
+
+
+class Source(Strict):
+    """A video input. `uri` is a file path, an image folder or glob, rtsp://, rtsps://,
+    rtmp://, http(s):// or a webcam device such as /dev/video0."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Stream id, used in topics and file names.")
+    uri: str = Field(min_length=1, description="Where frames come from; relative paths resolve against the graph file.")
+    options: SourceOptions = Field(default_factory=SourceOptions, description="Source options.")
+
+
+# --------------------------------------------------------------------------- runtime
+
+class Metrics(Strict):
+    bind: str | None = Field("127.0.0.1:9100", description="host:port serving /metrics and /health; null disables.")
+    log_interval_s: float = Field(10.0, ge=0, description="Period of the one-line metrics log; 0 disables.")
+
+
+class Runtime(Strict):
+    """How the graph runs."""
+
+    queue_size: int = Field(8, ge=1, le=1024, description="Capacity of each queue between stages, frames.")
+    in_flight: int = Field(2, ge=1, le=256, description="Most frames of one stream inside the graph at once; "
+                           "live frames beyond it are dropped at the door, file frames wait.")
+    drain_timeout_s: float = Field(10.0, ge=0, le=600, description="On stop, longest wait for frames in flight, seconds.")
+    degraded_after: int = Field(5, ge=1, description="Failed frames in a row that mark a stream degraded.")
+    output_dir: str = Field("out", description="Folder all sinks write under; relative to the working directory.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
+    metrics: Metrics = Field(default_factory=Metrics, description="Metrics and health endpoint.")
+
+
+# --------------------------------------------------------------------------- stages
+
+class StageBase(Strict):
+    """Keys every stage has."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Stage id, unique in the graph.")
+    type: str = Field(description="Stage type (see below).")
+    inputs: list[str] | None = Field(None, description="Ids of the stages or sources feeding this stage; "
+                                     "default: the previous stage (the first stage: all sources).")
+
+
+class Batch(Strict):
+    max_size: int = Field(1, ge=1, le=256, description="Most frames in one batch.")
+    timeout_ms: float = Field(0.0, ge=0, le=1000, description="Longest wait for a batch to fill, milliseconds.")
+    per_stream: int = Field(0, ge=0, le=256, description="Most frames of one stream in a batch (fairness); 0 = no cap.")
+
+
+class Noop(StageBase):
+    """Passes frames on unchanged, after an optional delay (for tests and benchmarks)."""
+
+    type: Literal["noop"]
+    delay_ms: float = Field(0.0, ge=0, le=60000, description="Time to spend on each batch, milliseconds.")
+    batch: Batch = Field(default_factory=Batch, description="Batching.")
+
+
+class Publisher(StageBase):
+    """Publishes pose, event and status messages on a ZeroMQ PUB socket."""
+
+    type: Literal["publisher"]
+    bind: str = Field("tcp://127.0.0.1:5555", pattern=r"^(tcp|ipc)://.+",
+                      description="ZeroMQ endpoint to bind: tcp://HOST:PORT (port * picks a free one) or "
+                      "ipc://PATH. A HOST other than loopback without curve_secret_key logs a warning.")
+    format: Literal["msgpack", "json"] = Field("msgpack", description="Payload encoding.")
+    curve_secret_key: str | None = Field(None, description="CURVE server secret key file (`publisher.key_secret` "
+                                         "from `streampose keys DIR`), relative to the graph file; encrypts all "
+                                         "messages, and only subscribers given the matching public key "
+                                         "(`publisher.key`) can connect.")
+    send_hwm: int = Field(1000, ge=1, description="Messages queued per subscriber before ZeroMQ drops, count.")
+
+
+class Recorder(StageBase):
+    """Records annotated H.264 MP4 files, one series per stream."""
+
+    type: Literal["recorder"]
+    path: str = Field("recordings/{stream}/{date}_{time}.mp4", description="File path template under the output "
+                      "directory, ending in .mp4; fields {stream} (anywhere), and in the file name only {date} "
+                      "(YYYYMMDD) and {time} (HHMMSS) of the file's first capture, local time, and {segment} (the "
+                      "file's number in its stream since start, from 0). An existing file is never overwritten: "
+                      "a -1, -2... suffix is added.")
+    segment_s: float = Field(0.0, ge=0, description="Start a new file after this much media time, seconds; 0 = never.")
+    keep_files: int = Field(0, ge=0, description="Per stream, delete the oldest files beyond this count; 0 = keep all.")
+    keep_bytes: int = Field(0, ge=0, description="Per stream, delete the oldest files beyond this total size, bytes; "
+                            "0 = no limit. The newest file is always kept.")
+    crf: int = Field(23, ge=0, le=51, description="x264 constant rate factor (lower is better quality).")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = Field(
+        "veryfast", description="x264 speed preset.")
+    draw: bool = Field(True, description="Draw boxes, ids, skeletons, events and an fps/latency overlay.")
+
+
+class Jsonl(StageBase):
+    """Writes one JSON line per frame (the pose message) for offline analysis."""
+
+    type: Literal["jsonl"]
+    path: str = Field("jsonl/{stream}.jsonl", description="File path template under the output directory; "
+                      "field {stream}.")
+
+
+class ModelStage(StageBase):
+    """Keys shared by stages that run a neural network."""
+
+    model: str = Field(description="Model folder: a name looked up on the model search path, or a path.")
+    engine: Literal["auto", "openvino", "paddle", "onnxruntime"] = Field(
+        "auto", description="Inference engine; auto picks the fastest available for the device.")
+    device: Literal["cpu", "gpu"] = Field("cpu", description="Where the network runs.")
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Numeric precision (fp16/int8: TensorRT).")
+    threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = the engine's default.")
+    fallback: Literal["stop", "cpu"] = Field("cpu", description="When the device or precision is not available: "
+                                             "stop, or run on the CPU engine instead.")
+    batch: Batch = Field(default_factory=Batch, description="Batching across streams.")
+
+
+class Detector(ModelStage):
+    """Finds persons: PP-PicoDet (any export form) or YOLOX, keeping the person class."""
+
+    type: Literal["detector"]
+    score_threshold: float | None = Field(None, ge=0, le=1, description="Keep boxes above this score; "
+                                          "default: the model's infer_cfg.yml.")
+    nms_threshold: float | None = Field(None, ge=0, le=1, description="IoU for non-maximum suppression; "
+                                        "default: the model's infer_cfg.yml.")
+    max_persons: int = Field(100, ge=1, le=1000, description="Keep at most this many boxes per frame.")
+    every_n_frames: int = Field(1, ge=1, le=100, description="Detect on every n-th frame; between them boxes come "
+                                "from the previous frame's keypoints.")
+
+
+class Keypoints(ModelStage):
+    """Top-down keypoints: crops each person and runs a heatmap model (PP-TinyPose, HRNet)."""
+
+    type: Literal["keypoints"]
+    use_dark: bool = Field(True, description="DARK sub-pixel refinement of heatmap peaks.")
+    flip_test: bool = Field(False, description="Also run the mirrored crop and average (twice the cost).")
+    expand_ratio: float = Field(0.3, ge=0, le=2, description="Box growth before cropping, as a fraction of its size.")
+    min_box_score: float = Field(0.3, ge=0, le=1, description="Persons with a lower detection score get no keypoints.")
+    max_persons: int = Field(32, ge=1, le=1000, description="Most persons per frame given keypoints (largest first).")
+
+
+STAGE_TYPES: dict[str, type[StageBase]] = {
+    "noop": Noop,
+    "publisher": Publisher,
+    "recorder": Recorder,
+    "jsonl": Jsonl,
+    "detector": Detector,
+    "keypoints": Keypoints,
+}
+
+StageSpec = Annotated[Noop | Publisher | Recorder | Jsonl | Detector | Keypoints, Field(discriminator="type")]
+
+
+class Graph(Strict):
+    """A graph file: sources, then stages, and how the runtime runs them."""
+
+    sources: list[Source] = Field(min_length=1, description="Video inputs.")
+    stages: list[StageSpec] = Field(min_length=1, description="Processing stages, in order.")
+    runtime: Runtime = Field(default_factory=Runtime, description="Runtime settings.")

@@ -1,0 +1,244 @@
+"""A running graph: source threads feed stage threads through bounded queues.
+
+Flow control happens once, at the entrance: each stream may have at most
+`runtime.in_flight` frames inside the graph. A live stream's frame that finds no
+free slot is dropped there and counted, so the freshest frames get in and no
+backlog builds; a file stream's frame waits for a slot, so every frame is
+processed. A frame's slot is freed when every leaf stage it reaches is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from streampose.frame import Frame, StreamEvent
+from streampose.graph.loader import LoadedGraph
+from streampose.runtime.metrics import Metrics
+from streampose.runtime.runner import STOP, StageRunner
+from streampose.runtime.stage import StageContext
+from streampose.sources.capture import Capture
+from streampose.stages import STAGE_CLASSES
+
+log = logging.getLogger("streampose.runtime")
+
+
+@dataclass
+class StreamState:
+    """What /health reports for one stream."""
+
+    state: str = "connecting"  # connecting, running, reconnecting, ended, degraded
+    detail: str = ""
+    consecutive_failures: int = 0
+    last_frame_wall: float = 0.0
+
+
+class EntranceGate:
+    """At most `limit` frames of one stream inside the graph."""
+
+    def __init__(self, limit: int, live: bool):
+        self.slots = threading.BoundedSemaphore(limit)
+        self.live = live
+
+    def admit(self, stop: threading.Event) -> bool:
+        if self.live:
+            return self.slots.acquire(blocking=False)
+        while not stop.is_set():
+            if self.slots.acquire(timeout=0.1):
+                return True
+        return False
+
+    def release(self) -> None:
+        self.slots.release()
+
+
+class Pipeline:
+    """Builds the stages of a graph and runs them until the sources end or `stop()`."""
+
+    def __init__(self, graph: LoadedGraph, model_paths: list[Path] | None = None,
+                 output_dir: Path | None = None):
+        self.graph = graph
+        spec = graph.spec
+        self.metrics = Metrics()
+        self.output_dir = Path(output_dir or spec.runtime.output_dir).resolve()
+        self.lifecycle = "starting"
+        self.streams = {s.id: StreamState() for s in spec.sources}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._remaining: dict[tuple[str, int], int] = {}
+
+        downstream: dict[str, list[str]] = {name: [] for name in [s.id for s in spec.sources] + list(graph.inputs)}
+        for stage_id, inputs in graph.inputs.items():
+            for name in inputs:
+                downstream[name].append(stage_id)
+        self._paths_to_leaves = {s.id: self._count_paths(s.id, downstream) for s in spec.sources}
+
+        self.captures = {s.id: Capture(s, graph.path.parent, self.metrics) for s in spec.sources}
+        self.gates = {sid: EntranceGate(spec.runtime.in_flight, cap.live) for sid, cap in self.captures.items()}
+        self.inboxes = {st.id: queue.Queue(spec.runtime.queue_size) for st in spec.stages}
+        self.runners: dict[str, StageRunner] = {}
+        for st in spec.stages:
+            context = StageContext(graph_dir=graph.path.parent, output_dir=self.output_dir,
+                                   model_paths=list(model_paths or []),
+                                   streams=self._streams_reaching(st.id), metrics=self.metrics)
+            stage = STAGE_CLASSES[st.type](st.id, st, context)
+            self.runners[st.id] = StageRunner(stage, self.inboxes[st.id], upstreams=len(graph.inputs[st.id]),
+                                              metrics=self.metrics, on_result=self._on_result,
+                                              on_leaf=self._on_leaf)
+            self.metrics.gauge("queue_depth", self.inboxes[st.id].qsize, stage=st.id)
+        for stage_id, runner in self.runners.items():
+            runner.outboxes = [self.inboxes[d] for d in downstream[stage_id]]
+        self._source_outboxes = {sid: [self.inboxes[d] for d in downstream[sid]] for sid in self.captures}
+        self._source_threads = [threading.Thread(target=self._pump, args=(sid,), name=f"source-{sid}", daemon=True)
+                                for sid in self.captures]
+
+    # ------------------------------------------------------------------ topology
+
+    @staticmethod
+    def _count_paths(node: str, downstream: dict[str, list[str]]) -> int:
+        """How many times a frame from `node` arrives at a leaf (once per path)."""
+        children = downstream[node]
+        return sum(Pipeline._count_paths(c, downstream) if downstream[c] else 1 for c in children)
+
+    def _streams_reaching(self, stage_id: str) -> list[str]:
+        found, todo, seen = [], [stage_id], set()
+        while todo:
+            for name in self.graph.inputs.get(todo.pop(), []):
+                if name in self.streams and name not in found:
+                    found.append(name)
+                elif name not in seen:
+                    seen.add(name)
+                    todo.append(name)
+        return found
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for runner in self.runners.values():
+            runner.start()
+        for thread in self._source_threads:
+            thread.start()
+        log.info("graph %s started: %d sources, %d stages", self.graph.path.name, len(self.captures), len(self.runners))
+
+    def stop(self) -> None:
+        """Ask the sources to stop; the graph then drains and closes."""
+        if not self._stop.is_set():
+            log.info("stopping: sources close, frames in flight drain")
+            self.lifecycle = "stopping"
+            self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every stage has closed; True if it did."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for runner in self.runners.values():
+            left = None if deadline is None else max(deadline - time.monotonic(), 0)
+            runner.thread.join(left)
+            if runner.thread.is_alive():
+                return False
+        return True
+
+    def shutdown(self) -> bool:
+        """Stop, drain within the graph's drain timeout, then close every stage.
+
+        Frames still queued after the timeout are discarded (not processed), so a
+        stuck model cannot keep recordings from being finalised.
+        """
+        self.stop()
+        drain = self.graph.spec.runtime.drain_timeout_s
+        if self.wait(drain):
+            return True
+        log.warning("frames still in flight after %.1f s: discarding them", drain)
+        for runner in self.runners.values():
+            runner.abort.set()
+        return self.wait(max(drain, 5.0))
+
+    def _pump(self, stream: str) -> None:
+        """Source thread: admit frames at the gate and send everything downstream."""
+        capture, gate, outboxes = self.captures[stream], self.gates[stream], self._source_outboxes[stream]
+        leaves = self._paths_to_leaves[stream]
+        try:
+            for item in capture.frames(self._stop):
+                if isinstance(item, StreamEvent):
+                    self._on_stream_event(item)
+                    for outbox in outboxes:
+                        outbox.put(item)
+                    continue
+                if not gate.admit(self._stop):
+                    if not self._stop.is_set():
+                        self.metrics.inc("drops", stream=stream)
+                    continue
+                with self._lock:
+                    self._remaining[stream, item.index] = leaves
+                for outbox in outboxes:
+                    outbox.put(item)
+        except Exception as error:
+            log.exception("source %s failed", stream)
+            ended = StreamEvent(stream, "ended", 0, f"source failed: {error}", time.time())
+            self._on_stream_event(ended)
+            for outbox in outboxes:
+                outbox.put(ended)
+        finally:
+            for outbox in outboxes:
+                outbox.put(STOP)
+
+    def _on_stream_event(self, event: StreamEvent) -> None:
+        state = self.streams[event.stream]
+        state.state = {"opened": "running", "lost": "reconnecting", "ended": "ended"}[event.kind]
+        state.detail = event.detail
+        log.log(logging.INFO if event.kind != "lost" else logging.WARNING,
+                "stream %s %s%s", event.stream, event.kind, f": {event.detail}" if event.detail else "")
+        self._update_lifecycle()
+
+    def _on_result(self, frame: Frame, ok: bool) -> None:
+        state = self.streams[frame.stream]
+        state.last_frame_wall = time.time()
+        if ok:
+            if state.state == "degraded":
+                state.state = "running"
+            state.consecutive_failures = 0
+        else:
+            state.consecutive_failures += 1
+            if state.consecutive_failures >= self.graph.spec.runtime.degraded_after and state.state == "running":
+                state.state = "degraded"
+                log.error("stream %s degraded: %d failed frames in a row", frame.stream, state.consecutive_failures)
+        self._update_lifecycle()
+
+    def _on_leaf(self, frame: Frame) -> None:
+        key = (frame.stream, frame.index)
+        with self._lock:
+            self._remaining[key] -= 1
+            done = self._remaining[key] == 0
+            if done:
+                del self._remaining[key]
+        if done:
+            self.gates[frame.stream].release()
+            self.metrics.observe("e2e_latency", time.time() - frame.capture_time, stream=frame.stream)
+
+    def _update_lifecycle(self) -> None:
+        if self.lifecycle == "stopping":
+            return
+        states = [s.state for s in self.streams.values()]
+        if any(s in ("degraded", "reconnecting") for s in states):
+            self.lifecycle = "degraded"
+        elif all(s != "connecting" for s in states):
+            self.lifecycle = "running"
+
+    def health(self) -> dict:
+        """The /health document."""
+        return {
+            "state": self.lifecycle,
+            "graph": str(self.graph.path),
+            "streams": {
+                sid: {"state": s.state, "detail": s.detail,
+                      "frames": self.metrics.count("frames_captured", stream=sid),
+                      "drops": self.metrics.count("drops", stream=sid),
+                      "reconnects": self.metrics.count("reconnects", stream=sid),
+                      "decode_errors": self.metrics.count("decode_errors", stream=sid)}
+                for sid, s in self.streams.items()
+            },
+        }

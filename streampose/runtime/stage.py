@@ -1,0 +1,59 @@
+"""The stage interface: what every box in a graph implements.
+
+The runtime gives each stage its own thread. It hands `process` a batch of
+frames (one frame unless the stage's `batch` parameters allow more; frames of
+several streams may share a batch, each stream's frames in order). The stage
+fills the frames in place; the runtime then passes them downstream. A stage that
+raises is logged and counted, and its frames go on without its results.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from streampose.frame import Frame, StreamEvent
+from streampose.runtime.metrics import Metrics
+
+
+@dataclass
+class StageContext:
+    """What a stage may need from the world around it.
+
+    graph_dir:   folder of the graph file; relative paths in parameters resolve here.
+    output_dir:  where sinks write (recordings, jsonl); paths are confined to it.
+    model_paths: folders searched for models named by name, in order.
+    streams:     ids of the streams that reach this stage.
+    metrics:     the graph's metrics, for stage-specific counters.
+    """
+
+    graph_dir: Path
+    output_dir: Path
+    model_paths: list[Path] = field(default_factory=list)
+    streams: list[str] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+class Stage:
+    """Base class of all stages. Subclasses set `Params` and override `process`."""
+
+    Params: type[BaseModel]
+
+    def __init__(self, stage_id: str, params: BaseModel, context: StageContext):
+        self.id = stage_id
+        self.params = params
+        self.context = context
+        self.log = logging.getLogger(f"streampose.stage.{stage_id}")
+
+    def process(self, frames: list[Frame]) -> None:
+        """Fill in `frames` (a batch, in arrival order). Must not keep them."""
+        raise NotImplementedError
+
+    def on_stream_event(self, event: StreamEvent) -> None:
+        """A stream had a gap or ended; stages with per-stream state reset it."""
+
+    def close(self) -> None:
+        """The graph is stopping: flush and release everything."""

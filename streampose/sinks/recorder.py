@@ -1,0 +1,300 @@
+"""Annotated H.264 MP4 recordings, a series of files per stream.
+
+Each stream has at most one open file. A file ends when its media time exceeds
+`segment_s`, when the stream is lost, ends or reopens, when the frame size changes,
+when media time jumps back, or when encoding a frame fails; the next frame starts a
+new one. After a file is closed the oldest files of that stream beyond
+`keep_files` / `keep_bytes` are deleted.
+
+Frames are stamped with their media time relative to the file's first frame, so
+the file plays at real speed even when frames were dropped upstream. Nothing is
+buffered here beyond what the encoder holds.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path, PurePosixPath
+
+import av
+import cv2
+import numpy as np
+
+from streampose.frame import Frame, StreamEvent
+from streampose.graph import schema
+from streampose.runtime.stage import Stage, StageContext
+from streampose.sinks.draw import draw_frame
+
+TIME_BASE = Fraction(1, 90000)
+# x264 needs a frame rate for its rate control; the timestamps carry the real timing.
+NOMINAL_RATE = 30
+# Media time may step back a little (rounding, jitter) and is then nudged forward;
+# a bigger step back is a new timeline (a looped file) and starts a new file.
+MAX_MEDIA_TIME_STEP_BACK_S = 0.5
+FPS_WINDOW = 32  # frames over which the overlay's fps is measured
+
+
+class Mp4Writer:
+    """One H.264 (yuv420p) MP4 file, written frame by frame.
+
+    width, height: size of the images that will be written, pixels. H.264 in
+    yuv420p needs even sizes, so an odd size loses its last row or column.
+    """
+
+    def __init__(self, path: Path, width: int, height: int, crf: int, preset: str):
+        if width < 2 or height < 2:
+            raise ValueError(f"cannot record {width}x{height} images to {path}: both sides must be >= 2 pixels")
+        self.path = path
+        self.source_size = (width, height)
+        self.width, self.height = width - width % 2, height - height % 2
+        self.frames = 0
+        self.start_time: float | None = None  # media time of the first frame, seconds
+        self.last_media_time: float | None = None
+        self._last_pts = -1
+        self._frame_interval = 0  # pts units between the last two frames
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(path), "w", format="mp4")
+        try:
+            self._stream = self._container.add_stream("libx264", rate=NOMINAL_RATE, time_base=TIME_BASE)
+            self._stream.width, self._stream.height = self.width, self.height
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": str(crf), "preset": preset}
+        except BaseException:
+            self._container.close()
+            path.unlink(missing_ok=True)
+            raise
+
+    def write(self, image_bgr: np.ndarray, media_time: float) -> None:
+        """Append `image_bgr` ((height, width, 3) uint8 BGR) shown at `media_time` seconds."""
+        if image_bgr.shape[1::-1] != self.source_size:
+            raise ValueError(f"{self.path}: image is {image_bgr.shape[1]}x{image_bgr.shape[0]}, "
+                             f"the file was opened for {self.source_size[0]}x{self.source_size[1]}")
+        if self.start_time is None:
+            self.start_time = media_time
+        pts = max(round((media_time - self.start_time) / TIME_BASE), self._last_pts + 1)
+        # OpenCV's BT.601 conversion is the same as swscale's but several times faster.
+        yuv = cv2.cvtColor(image_bgr[:self.height, :self.width], cv2.COLOR_BGR2YUV_I420)
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame.pts = pts
+        frame.time_base = TIME_BASE
+        if self._last_pts >= 0:
+            self._frame_interval = pts - self._last_pts
+        self._mux(self._stream.encode(frame))
+        self._last_pts = pts
+        self.last_media_time = media_time
+        self.frames += 1
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        # x264 gives packets no duration, and the muxer would take the last frame's from
+        # the nominal rate; the latest frame interval is the best guess at hand.
+        for packet in packets:
+            packet.duration = self._frame_interval
+        self._container.mux(packets)
+
+    @property
+    def duration(self) -> float:
+        """Media time from the first to the last frame written, seconds."""
+        return 0.0 if self.start_time is None else self.last_media_time - self.start_time
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file; a file without frames is removed."""
+        if self._container is None:
+            return
+        try:
+            if self.frames:
+                self._mux(self._stream.encode(None))
+        finally:
+            container, self._container = self._container, None
+            container.close()
+            if not self.frames:
+                self.path.unlink(missing_ok=True)
+
+
+class PathTemplate:
+    """The recorder's file path template, confined to the output directory.
+
+    Fields: {stream} anywhere; {date} (YYYYMMDD) and {time} (HHMMSS), the local wall
+    clock of the file's first capture, and {segment}, the file's number in its
+    stream since the recorder started, only in the file name, so that each stream's
+    files share one folder.
+    """
+
+    FIELDS = ("stream", "date", "time", "segment")
+    _FIELD_PATTERNS = {"date": r"\d{8}", "time": r"\d{6}", "segment": r"\d+"}
+
+    def __init__(self, template: str, output_dir: Path):
+        self.template = template
+        self.output_dir = output_dir.resolve()
+        relative = PurePosixPath(template)
+        self.fields = _fields(template)
+        unknown = self.fields - set(self.FIELDS)
+        if unknown:
+            raise ValueError(f"recorder path {template!r}: unknown field(s) {sorted(unknown)}; "
+                             f"allowed: {', '.join('{' + f + '}' for f in self.FIELDS)}")
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ValueError(f"recorder path {template!r} escapes the output directory {self.output_dir}: "
+                             f"use a relative path without '..'")
+        if relative.suffix != ".mp4":
+            raise ValueError(f"recorder path {template!r} must end in .mp4")
+        if _fields(str(relative.parent)) - {"stream"}:
+            raise ValueError(f"recorder path {template!r}: only {{stream}} may appear in folder names")
+        self.resolve("stream", time.time(), 0)  # a bad format spec fails here, not at the first frame
+
+    def resolve(self, stream: str, wall_time: float, segment: int) -> Path:
+        """The path of a new file, made unique with a -N suffix if one exists already."""
+        local = time.localtime(wall_time)
+        path = self.output_dir / self.template.format(
+            stream=stream, date=time.strftime("%Y%m%d", local), time=time.strftime("%H%M%S", local),
+            segment=segment)
+        if not path.resolve().is_relative_to(self.output_dir):
+            raise ValueError(f"recorder path {self.template!r} for stream {stream!r} escapes the "
+                             f"output directory {self.output_dir}")
+        unique, n = path, 0
+        while unique.exists():
+            n += 1
+            unique = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        return unique
+
+    def recordings(self, stream: str) -> list[Path]:
+        """The stream's files that this template produced, oldest first."""
+        relative = PurePosixPath(self.template)
+        folder = self.output_dir / str(relative.parent).format(stream=stream)
+        pattern = []
+        for literal, name, _, _ in string.Formatter().parse(relative.stem):
+            pattern.append(re.escape(literal))
+            if name is not None:
+                pattern.append(re.escape(stream) if name == "stream" else self._FIELD_PATTERNS[name])
+        name_pattern = re.compile("".join(pattern) + r"(?:-\d+)?\.mp4")
+        files = [p for p in folder.glob("*.mp4") if name_pattern.fullmatch(p.name) and p.is_file()]
+        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def _fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+@dataclass
+class _StreamRecording:
+    """A stream's open file and the measurements shown in its overlay."""
+
+    writer: Mp4Writer | None = None
+    segment: int = 0  # the source segment the open file belongs to
+    files_opened: int = 0
+    failing: bool = False  # the last write failed; further failures are logged quietly
+    media_times: deque = field(default_factory=lambda: deque(maxlen=FPS_WINDOW))
+
+    def overlay_for(self, frame: Frame) -> dict[str, object]:
+        """The overlay of `frame`: fps over the recent frames, this one included, and its
+        capture-to-record latency."""
+        self.media_times.append(frame.media_time)
+        span = self.media_times[-1] - self.media_times[0]
+        fps = (len(self.media_times) - 1) / span if span > 0 else 0.0
+        latency_ms = (time.time() - frame.capture_time) * 1000
+        return {"fps": fps, "latency": f"{latency_ms:.0f} ms"}
+
+
+class RecorderStage(Stage):
+    """Writes each stream's frames, annotated, to rotating MP4 files."""
+
+    Params = schema.Recorder
+    params: schema.Recorder
+
+    def __init__(self, stage_id: str, params: schema.Recorder, context: StageContext):
+        super().__init__(stage_id, params, context)
+        self.paths = PathTemplate(params.path, context.output_dir)
+        if len(context.streams) > 1 and "stream" not in self.paths.fields:
+            raise ValueError(f"recorder {stage_id}: path {params.path!r} has no {{stream}} field but "
+                             f"{len(context.streams)} streams reach it; their files would mix")
+        self._streams: dict[str, _StreamRecording] = {}
+
+    def process(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            self._record(frame)
+
+    def on_stream_event(self, event: StreamEvent) -> None:
+        recording = self._streams.get(event.stream)
+        if recording is None:
+            return
+        recording.media_times.clear()
+        if event.kind in ("lost", "ended") or event.segment != recording.segment:
+            self._finish(event.stream, recording)
+
+    def close(self) -> None:
+        for stream, recording in self._streams.items():
+            self._finish(stream, recording)
+
+    def _record(self, frame: Frame) -> None:
+        recording = self._streams.setdefault(frame.stream, _StreamRecording())
+        if recording.writer is not None and self._needs_new_file(recording, frame):
+            self._finish(frame.stream, recording)
+        image = draw_frame(frame, recording.overlay_for(frame)) if self.params.draw else frame.image
+        try:
+            if recording.writer is None:
+                recording.writer = self._open(frame, recording)
+            recording.writer.write(image, frame.media_time)
+        except Exception as error:
+            self._count_error(frame.stream, recording, error)
+            self._finish(frame.stream, recording)
+        else:
+            recording.failing = False
+
+    def _needs_new_file(self, recording: _StreamRecording, frame: Frame) -> bool:
+        writer = recording.writer
+        return (frame.segment != recording.segment
+                or writer.source_size != (frame.width, frame.height)
+                or frame.media_time < writer.last_media_time - MAX_MEDIA_TIME_STEP_BACK_S
+                or 0 < self.params.segment_s <= frame.media_time - writer.start_time)
+
+    def _open(self, frame: Frame, recording: _StreamRecording) -> Mp4Writer:
+        path = self.paths.resolve(frame.stream, frame.capture_time, recording.files_opened)
+        recording.files_opened += 1
+        recording.segment = frame.segment
+        self.log.info("recording stream %s to %s", frame.stream, path)
+        return Mp4Writer(path, frame.width, frame.height, self.params.crf, self.params.preset)
+
+    def _count_error(self, stream: str, recording: _StreamRecording, error: Exception) -> None:
+        self.context.metrics.inc("errors", stage=self.id, stream=stream)
+        path = recording.writer.path if recording.writer else "a new file"
+        if recording.failing:  # the same trouble as the frame before: don't flood the log
+            self.log.debug("stream %s: recording to %s failed again: %s", stream, path, error)
+        else:
+            self.log.error("stream %s: recording to %s failed; closing it and starting a new file",
+                           stream, path, exc_info=error)
+        recording.failing = True
+
+    def _finish(self, stream: str, recording: _StreamRecording) -> None:
+        """Close the stream's open file (if any), then apply retention."""
+        writer, recording.writer = recording.writer, None
+        if writer is None:
+            return
+        try:
+            writer.close()
+        except Exception:
+            self.log.exception("stream %s: error while closing %s", stream, writer.path)
+        if writer.frames:
+            self.log.info("stream %s: closed %s (%d frames, %.1f s)", stream, writer.path, writer.frames,
+                          writer.duration)
+            self._apply_retention(stream, newest=writer.path)
+
+    def _apply_retention(self, stream: str, newest: Path) -> None:
+        keep_files, keep_bytes = self.params.keep_files, self.params.keep_bytes
+        if not keep_files and not keep_bytes:
+            return
+        open_files = {r.writer.path for r in self._streams.values() if r.writer is not None}
+        files = [p for p in self.paths.recordings(stream) if p not in open_files and p != newest]
+        files.append(newest)  # the file just closed is the newest and is always kept
+        sizes = [p.stat().st_size if p.exists() else 0 for p in files]
+        total = sum(sizes)
+        count = len(files)
+        for path, size in zip(files[:-1], sizes):
+            if not ((keep_files and count > keep_files) or (keep_bytes and total > keep_bytes)):
+                break
+            path.unlink(missing_ok=True)
+            self.log.info("stream %s: deleted %s (retention)", stream, path)
+            count -= 1
+            total -= size

@@ -1,0 +1,22 @@
+"""Every stage type a graph can name, mapped to the class that implements it.
+
+The keys match `streampose.graph.schema.STAGE_TYPES`; each class's `Params` is that
+schema model. Model-running stages load their engines in `__init__`, so importing
+this module stays cheap.
+"""
+
+from streampose.sinks.jsonl import JsonlStage
+from streampose.sinks.publisher import PublisherStage
+from streampose.sinks.recorder import RecorderStage
+from streampose.stages.detector import DetectorStage
+from streampose.stages.keypoints import KeypointStage
+from streampose.stages.noop import NoopStage
+
+STAGE_CLASSES = {
+    "noop": NoopStage,
+    "publisher": PublisherStage,
+    "recorder": RecorderStage,
+    "jsonl": JsonlStage,
+    "detector": DetectorStage,
+    "keypoints": KeypointStage,
+}

@@ -1,0 +1,179 @@
+"""The detector stage: finds the persons of each frame (PP-PicoDet in any export form, or YOLOX).
+
+All frames of a batch (any streams) are pre-processed, run through the network in one
+engine call and decoded together. With `every_n_frames` > 1 a stream's frames between
+detections take their boxes from the previous frame's keypoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streampose.engines import Engine, load_engine
+from streampose.frame import Frame, Persons, StreamEvent
+from streampose.graph import schema
+from streampose.models.folder import ModelFolder, default_search_path, find_model
+from streampose.runtime.stage import Stage, StageContext
+from streampose.vision import picodet, yolox
+from streampose.vision.detections import Detections, NmsSettings, select_batch
+from streampose.vision.preprocess import prepare_images
+
+PERSON_LABELS = ("person", "pedestrian")
+# Used when a model's infer_cfg.yml has no NMS block.
+DEFAULT_NMS = NmsSettings(score_threshold=0.3, iou_threshold=0.5, candidates=1000, keep=100)
+
+# Boxes carried over from keypoints: joints more confident than this count, at least
+# MIN_JOINTS of them, and the box around them grows on each side by BOX_MARGIN (x, y) of its
+# width and height. Joints are centres: the body, head top and feet reach beyond them; the
+# margins are the median gaps between PicoDet's boxes and TinyPose's joints measured on the
+# shared videos (0.2 of the joints' width left and right, 0.1 of their height above and below).
+KEYPOINT_CONFIDENCE = 0.3
+MIN_JOINTS = 3
+BOX_MARGIN = np.array([0.2, 0.1], np.float32)
+
+
+class DetectorConfigError(ValueError):
+    """The model cannot serve as a person detector."""
+
+
+@dataclass
+class _StreamMemory:
+    segment: int
+    detected_index: int   # frame index of the stream's last detection
+    persons: Persons      # the latest frame's persons; the keypoint stage fills them in later
+
+
+class PersonDetector:
+    """A detector network with its pre- and post-processing: BGR frames -> persons."""
+
+    def __init__(self, folder: ModelFolder, engine: Engine, params: schema.Detector):
+        config = folder.config
+        if config.task != "detector":
+            raise DetectorConfigError(f"model {folder.name} is a {config.task} model (arch {config.arch}), "
+                                      "not a detector")
+        self.folder = folder
+        self.config = config
+        self.engine = engine
+        images = [t for t in engine.inputs if len(t.shape) == 4]
+        if len(images) != 1:
+            raise DetectorConfigError(f"model {folder.name}: expected one image input (N, 3, H, W), got "
+                                      f"{[(t.name, list(t.shape)) for t in engine.inputs]}")
+        self.image_input = images[0].name
+        size = tuple(d if d > 0 else None for d in images[0].shape[2:])
+        self.input_size: tuple[int | None, int | None] = size  # type: ignore[assignment]
+        if config.input_size is not None and None not in size and tuple(config.input_size) != size:
+            raise DetectorConfigError(
+                f"model {folder.name}: {config.source} pre-processes to {config.input_size[0]}x"
+                f"{config.input_size[1]} (height x width) but the network input is {size[0]}x{size[1]}")
+        self.person_class = _person_class(folder)
+        self.settings = NmsSettings.from_config(config.nms, DEFAULT_NMS, params.score_threshold,
+                                                params.nms_threshold, params.max_persons)
+        if config.arch == "YOLOX":
+            self.form = "yolox"
+        else:
+            self.form = picodet.output_form([t.shape for t in engine.outputs], len(config.fpn_stride or ()))
+            if self.form == picodet.RAW_HEADS and not config.fpn_stride:
+                raise DetectorConfigError(f"{config.source}: raw PicoDet heads need fpn_stride")
+
+    def detect(self, images: list[np.ndarray]) -> list[Detections]:
+        """Persons in each (H, W, 3) uint8 BGR image, at most `engine.max_batch` images."""
+        batch = prepare_images(images, self.config.preprocess, self.config.channel_order, self.input_size)
+        feed = {self.image_input: batch.tensor}
+        for info in self.engine.inputs:
+            if info.name == "im_shape":
+                feed[info.name] = batch.im_shape
+            elif info.name == "scale_factor":
+                feed[info.name] = batch.scale_factor
+        results = self.engine.run(feed)
+        outputs = [results[t.name] for t in self.engine.outputs]
+        input_hw = batch.tensor.shape[2:]
+        if self.form == "yolox":
+            boxes, scores = yolox.decode(outputs[0], input_hw, self.person_class,
+                                         self.config.fpn_stride or yolox.STRIDES)
+        elif self.form == picodet.RAW_HEADS:
+            boxes, class_scores = picodet.decode_raw_heads(outputs, self.config.fpn_stride, input_hw)
+            scores = class_scores[..., self.person_class]
+        elif self.form == picodet.DECODED:
+            boxes, class_scores = picodet.split_decoded(outputs)
+            scores = class_scores[..., self.person_class]
+        else:
+            return picodet.detections_from_graph_nms(outputs, self.person_class, [i.shape[:2] for i in images],
+                                                     self.settings.score_threshold, self.settings.keep)
+        return select_batch(boxes, scores, self.settings, batch)
+
+
+def _person_class(folder: ModelFolder) -> int:
+    labels = [label.lower() for label in folder.config.label_list]
+    for name in PERSON_LABELS:
+        if name in labels:
+            return labels.index(name)
+    raise DetectorConfigError(f"model {folder.name}: label_list in {folder.config.source} has no "
+                              f"{' or '.join(PERSON_LABELS)} class")
+
+
+def boxes_from_keypoints(persons: Persons, width: int, height: int) -> Persons:
+    """Persons whose boxes enclose their confident keypoints (plus a margin), clipped to the
+    frame; persons without enough confident keypoints keep their boxes."""
+    boxes = persons.boxes.copy()
+    if persons.keypoints is not None and len(persons):
+        confident = persons.keypoints[..., 2] > KEYPOINT_CONFIDENCE              # (N, K)
+        usable = confident.sum(axis=1) >= MIN_JOINTS
+        xy = persons.keypoints[..., :2]
+        low = np.where(confident[..., None], xy, np.inf).min(axis=1)             # (N, 2)
+        high = np.where(confident[..., None], xy, -np.inf).max(axis=1)
+        margin = (high - low) * BOX_MARGIN
+        fitted = np.concatenate([low - margin, high + margin], axis=1)
+        boxes[usable] = fitted[usable]
+    np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
+    return Persons.from_boxes(boxes, persons.scores)
+
+
+class DetectorStage(Stage):
+    Params = schema.Detector
+
+    def __init__(self, stage_id: str, params: schema.Detector, context: StageContext):
+        super().__init__(stage_id, params, context)
+        folder = find_model(params.model, context.model_paths or default_search_path())
+        engine = load_engine(folder, engine=params.engine, device=params.device, precision=params.precision,
+                             threads=params.threads, fallback=params.fallback, max_batch=params.batch.max_size)
+        self.detector = PersonDetector(folder, engine, params)
+        self.log.info("%s, %s outputs, person class %d", engine.describe(), self.detector.form,
+                      self.detector.person_class)
+        self._memory: dict[str, _StreamMemory] = {}
+
+    def process(self, frames: list[Frame]) -> None:
+        to_detect = self._plan(frames)
+        detected: dict[int, Detections] = {}
+        step = self.detector.engine.max_batch
+        for start in range(0, len(to_detect), step):
+            chunk = to_detect[start:start + step]
+            for i, found in zip(chunk, self.detector.detect([frames[i].image for i in chunk])):
+                detected[i] = found
+        for i, frame in enumerate(frames):
+            memory = self._memory[frame.stream]
+            if i in detected:
+                frame.persons = Persons.from_boxes(detected[i].boxes, detected[i].scores)
+            else:
+                frame.persons = boxes_from_keypoints(memory.persons, frame.width, frame.height)
+            memory.persons = frame.persons
+
+    def _plan(self, frames: list[Frame]) -> list[int]:
+        """Indices of the frames to run the network on; updates each stream's memory."""
+        every = self.params.every_n_frames
+        chosen = []
+        for i, frame in enumerate(frames):
+            memory = self._memory.get(frame.stream)
+            if (memory is None or memory.segment != frame.segment
+                    or not 0 < frame.index - memory.detected_index < every):
+                self._memory[frame.stream] = _StreamMemory(frame.segment, frame.index, Persons.empty())
+                chosen.append(i)
+        return chosen
+
+    def on_stream_event(self, event: StreamEvent) -> None:
+        self._memory.pop(event.stream, None)
+
+    def close(self) -> None:
+        self.detector.engine.close()

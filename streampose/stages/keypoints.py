@@ -1,0 +1,152 @@
+"""The keypoint stage: top-down 2D pose for every person of every frame in the batch.
+
+All selected persons of all frames are cropped (vision.topdown), run through the heatmap
+network in batches, decoded (vision.heatmap) and mapped back to frame pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streampose.engines import Engine, load_engine
+from streampose.frame import NUM_KEYPOINTS, Frame, Persons
+from streampose.graph import schema
+from streampose.models.folder import ModelFolder, default_search_path, find_model
+from streampose.runtime.stage import Stage, StageContext
+from streampose.vision import heatmap, topdown
+from streampose.vision.preprocess import normalize_crops
+
+# Most crops in one engine run (more persons run in several). Runs take power-of-two
+# batches (13 crops: 8 + 4 + 1), so an engine that compiles per batch size compiles at most
+# six sizes instead of one for every person count a stream shows.
+MAX_CROPS_PER_RUN = 32
+
+
+class KeypointConfigError(ValueError):
+    """The model cannot serve as a top-down keypoint model."""
+
+
+class PoseEstimator:
+    """A top-down heatmap network with its crop and decoding: boxes in frames -> keypoints."""
+
+    def __init__(self, folder: ModelFolder, engine: Engine, expand_ratio: float, use_dark: bool, flip_test: bool):
+        config = folder.config
+        if config.task != "keypoints":
+            raise KeypointConfigError(f"model {folder.name} is a {config.task} model (arch {config.arch}), "
+                                      "not a keypoint model")
+        affine = config.op("TopDownEvalAffine")
+        if affine is None or config.preprocess[0] is not affine:
+            raise KeypointConfigError(f"{config.source}: a top-down model's Preprocess must start with "
+                                      "TopDownEvalAffine")
+        if affine.params.get("use_udp", False):
+            raise KeypointConfigError(f"{config.source}: TopDownEvalAffine use_udp is not supported")
+        self.folder = folder
+        self.config = config
+        self.engine = engine
+        self.input_size: tuple[int, int] = tuple(affine.params["trainsize"])  # (width, height)
+        self.aspect_ratio = self.input_size[0] / self.input_size[1]
+        self.expand_ratio = expand_ratio
+        self.use_dark = use_dark
+        self.flip_test = flip_test
+        images = [t for t in engine.inputs if len(t.shape) == 4]
+        maps = [t for t in engine.outputs if len(t.shape) == 4]
+        if len(engine.inputs) != 1 or not images or len(maps) != 1:
+            raise KeypointConfigError(f"model {folder.name}: expected one image input (N, 3, H, W) and one heatmap "
+                                      f"output (N, K, h, w), got inputs {[list(t.shape) for t in engine.inputs]} "
+                                      f"and outputs {[list(t.shape) for t in engine.outputs]}")
+        self.image_input, self.heatmap_output = images[0].name, maps[0].name
+        self.num_keypoints = maps[0].shape[1] if maps[0].shape[1] > 0 else NUM_KEYPOINTS
+        network_hw = images[0].shape[2:]
+        if all(d > 0 for d in network_hw) and tuple(network_hw) != self.input_size[::-1]:
+            raise KeypointConfigError(
+                f"model {folder.name}: {config.source} TopDownEvalAffine trainsize is {self.input_size[0]}x"
+                f"{self.input_size[1]} (width x height) but the network input is {network_hw[1]}x{network_hw[0]}")
+        self.crops_per_run = _power_of_two_floor(engine.max_batch // (2 if flip_test else 1))
+
+    def estimate(self, images: list[np.ndarray], image_index: np.ndarray,
+                 boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoints of persons boxes[i] (x1, y1, x2, y2, frame pixels) in images[image_index[i]].
+
+        Returns keypoints (N, K, 3) float32, x, y in frame pixels and confidence 0..1, and
+        pose scores (N,) float32, the mean confidence.
+        """
+        regions = topdown.crop_regions(boxes, self.expand_ratio, self.aspect_ratio)
+        center, scale = topdown.center_scale(regions, self.aspect_ratio)
+        to_crop = topdown.affine_matrices(center, scale, self.input_size)
+        crops = topdown.warp_crops(images, image_index, to_crop, self.input_size)
+        tensor = normalize_crops(crops, self.config.preprocess[1:], self.config.channel_order)
+        maps = np.concatenate([self._heatmaps(tensor[start:end])
+                               for start, end in _runs(len(tensor), self.crops_per_run)])
+        peaks, confidence = heatmap.decode_heatmaps(maps, self.use_dark)
+        to_frame = topdown.affine_matrices(center, scale, (maps.shape[3], maps.shape[2]), inverse=True)
+        keypoints = np.empty((len(boxes), maps.shape[1], 3), np.float32)
+        keypoints[..., :2] = topdown.apply_affine(peaks, to_frame)
+        keypoints[..., 2] = np.clip(confidence, 0, 1)
+        return keypoints, keypoints[..., 2].mean(axis=1)
+
+    def _heatmaps(self, tensor: np.ndarray) -> np.ndarray:
+        if not self.flip_test:
+            return self.engine.run({self.image_input: tensor})[self.heatmap_output]
+        both = np.concatenate([tensor, tensor[..., ::-1]])
+        maps = self.engine.run({self.image_input: both})[self.heatmap_output]
+        plain, mirrored = maps[:len(tensor)], maps[len(tensor):]
+        return (plain + heatmap.flip_back(mirrored)) * 0.5
+
+
+def _power_of_two_floor(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
+
+def _runs(total: int, largest: int) -> list[tuple[int, int]]:
+    """[start, end) ranges covering 0..total, each a power of two no larger than `largest`."""
+    ranges, start = [], 0
+    while start < total:
+        size = min(largest, _power_of_two_floor(total - start))
+        ranges.append((start, start + size))
+        start += size
+    return ranges
+
+
+def select_persons(persons: Persons, min_score: float, max_persons: int) -> np.ndarray:
+    """Indices of the persons given keypoints: score >= min_score, largest boxes first."""
+    eligible = np.flatnonzero(persons.scores >= min_score)
+    sides = persons.boxes[eligible, 2:] - persons.boxes[eligible, :2]
+    order = np.argsort(-(sides[:, 0] * sides[:, 1]), kind="stable")
+    return eligible[order[:max_persons]]
+
+
+class KeypointStage(Stage):
+    Params = schema.Keypoints
+
+    def __init__(self, stage_id: str, params: schema.Keypoints, context: StageContext):
+        super().__init__(stage_id, params, context)
+        folder = find_model(params.model, context.model_paths or default_search_path())
+        crops = _power_of_two_floor(min(MAX_CROPS_PER_RUN, params.batch.max_size * params.max_persons))
+        engine = load_engine(folder, engine=params.engine, device=params.device, precision=params.precision,
+                             threads=params.threads, fallback=params.fallback,
+                             max_batch=crops * (2 if params.flip_test else 1))
+        self.estimator = PoseEstimator(folder, engine, params.expand_ratio, params.use_dark, params.flip_test)
+        self.log.info("%s, crops of %dx%d", engine.describe(), *self.estimator.input_size)
+
+    def process(self, frames: list[Frame]) -> None:
+        chosen = [select_persons(f.persons, self.params.min_box_score, self.params.max_persons) for f in frames]
+        counts = [len(c) for c in chosen]
+        if sum(counts):
+            boxes = np.concatenate([f.persons.boxes[c] for f, c in zip(frames, chosen)])
+            image_index = np.repeat(np.arange(len(frames)), counts)
+            keypoints, scores = self.estimator.estimate([f.image for f in frames], image_index, boxes)
+        starts = np.cumsum([0, *counts])
+        for frame, picked, start, end in zip(frames, chosen, starts[:-1], starts[1:]):
+            persons = frame.persons
+            frame_keypoints = np.zeros((len(persons), self.estimator.num_keypoints, 3), np.float32)
+            frame_scores = np.zeros(len(persons), np.float32)
+            if end > start:
+                frame_keypoints[picked] = keypoints[start:end]
+                frame_scores[picked] = scores[start:end]
+            # Filled in place: the detector reads the keypoints of this Persons object for
+            # frames between detections, so it must see both arrays or neither.
+            persons.pose_scores = frame_scores
+            persons.keypoints = frame_keypoints
+
+    def close(self) -> None:
+        self.estimator.engine.close()

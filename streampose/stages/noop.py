@@ -1,0 +1,16 @@
+"""A stage that passes frames on, optionally after a delay: a stand-in for a
+model's cost in tests and the runtime benchmark."""
+
+import time
+
+from streampose.frame import Frame
+from streampose.graph import schema
+from streampose.runtime.stage import Stage
+
+
+class NoopStage(Stage):
+    Params = schema.Noop
+
+    def process(self, frames: list[Frame]) -> None:
+        if self.params.delay_ms:
+            time.sleep(self.params.delay_ms / 1000)

@@ -1,0 +1,202 @@
+"""Engines on the real models: agreement between engines, batching, errors, GPU fallback."""
+
+import logging
+import shutil
+
+import cv2
+import numpy as np
+import paddle
+import pytest
+
+from conftest import IMAGES, MODELS
+from streampose.engines import EngineUnavailableError, InputShapeError, load_engine
+from streampose.models.folder import find_model, load_model_folder
+
+PICODET = "picodet_s_192_pedestrian"
+TINYPOSE = "tinypose_128x96_ov"
+YOLOX = "yolox_nano_coco_onnx"
+PEOPLE = IMAGES / "four_people_walking_gy_demo_7.jpg"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("engine_cache")
+
+
+def model(name):
+    return find_model(name, [MODELS])
+
+
+def picodet_input(path=PEOPLE) -> np.ndarray:
+    """The image as infer_cfg.yml says: RGB, resize to 192x192 (cubic), ImageNet mean/std, CHW."""
+    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    image = cv2.resize(image, (192, 192), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255
+    image = (image - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    return image.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def yolox_input(path=PEOPLE) -> np.ndarray:
+    """BGR 0-255, letterboxed to the top-left of a 416x416 canvas filled with 114."""
+    image = cv2.imread(str(path))
+    scale = min(416 / image.shape[0], 416 / image.shape[1])
+    resized = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)))
+    canvas = np.full((416, 416, 3), 114, np.uint8)
+    canvas[:resized.shape[0], :resized.shape[1]] = resized
+    return canvas.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def test_openvino_and_paddle_agree_on_picodet(cache):
+    folder = model(PICODET)
+    ov_engine = load_engine(folder, engine="openvino", threads=2, cache_dir=cache)
+    pd_engine = load_engine(folder, engine="paddle", threads=2, cache_dir=cache)
+    assert (ov_engine.name, pd_engine.name) == ("openvino", "paddle")
+    assert [t.name for t in ov_engine.outputs] == [t.name for t in pd_engine.outputs]
+    assert [t.shape for t in ov_engine.outputs] == [t.shape for t in pd_engine.outputs]
+    feed = {"image": picodet_input()}
+    ov_out, pd_out = ov_engine.run(feed), pd_engine.run(feed)
+    for name in ov_out:
+        np.testing.assert_allclose(ov_out[name], pd_out[name], rtol=1e-4, atol=1e-4, err_msg=name)
+    # four people walking: the stride-8..64 score maps (sigmoid) must see them
+    best_score = max(float(ov_out[t.name].max()) for t in ov_engine.outputs[:4])
+    assert best_score > 0.5
+
+
+def test_openvino_batch_equals_single_runs(cache):
+    engine = load_engine(model(TINYPOSE), engine="openvino", threads=2, max_batch=8, cache_dir=cache)
+    assert engine.batch_capable
+    image = cv2.cvtColor(cv2.imread(str(PEOPLE)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+    width = image.shape[1] // 5
+    crops = np.stack([cv2.resize(image[:, i * width:(i + 1) * width], (96, 128)).transpose(2, 0, 1)
+                      for i in range(5)])
+    batched = engine.run({"image": crops})
+    singles = [engine.run({"image": crops[i:i + 1]}) for i in range(5)]
+    for name, value in batched.items():
+        assert value.shape[0] == 5
+        np.testing.assert_allclose(value, np.concatenate([s[name] for s in singles]), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(batched["conv2d_441.tmp_1"][0], batched["conv2d_441.tmp_1"][1])
+
+
+@pytest.mark.parametrize("name", [PICODET, YOLOX])
+def test_networks_with_a_fixed_batch_run_image_by_image(name, cache):
+    # these exports fix the batch inside the graph (a reshape to [1, ...]); reshaping them to a
+    # batch fails or silently folds the batch, so the engine must notice and loop
+    engine = load_engine(model(name), engine="openvino", threads=2, max_batch=3, cache_dir=cache)
+    assert not engine.batch_capable
+    feed = {t.name: np.random.default_rng(1).random((3, *t.shape[1:]), np.float32) for t in engine.inputs}
+    result = engine.run(feed)
+    assert all(value.shape[0] == 3 for value in result.values())
+    first = engine.run({k: v[2:3] for k, v in feed.items()})
+    for key, value in first.items():
+        np.testing.assert_allclose(result[key][2:3], value, rtol=1e-5, atol=1e-5)
+
+
+def test_onnxruntime_runs_yolox_like_openvino(cache):
+    folder = model(YOLOX)
+    ort_engine = load_engine(folder, engine="onnxruntime", threads=2, cache_dir=cache)
+    ov_engine = load_engine(folder, engine="openvino", threads=2, cache_dir=cache)
+    feed = {"images": yolox_input()}
+    out = ort_engine.run(feed)["output"]
+    assert out.shape == (1, 3549, 85)
+    np.testing.assert_allclose(out, ov_engine.run(feed)["output"], rtol=1e-3, atol=1e-3)
+    person = out[0, :, 4] * out[0, :, 5]  # objectness x person class
+    assert (person > 0.5).sum() >= 4
+
+
+def test_paddle3_json_model(tmp_path, cache):
+    # a Paddle 3 (PIR, model.json) copy of the real PicoDet, written by Paddle Inference itself
+    from paddle import inference
+
+    source = model(PICODET)
+    config = inference.Config(str(source.network), str(source.weights))
+    config.disable_gpu()
+    config.disable_mkldnn()
+    config.switch_ir_optim(False)
+    config.enable_new_ir(True)
+    config.set_optim_cache_dir(str(tmp_path / "opt"))
+    config.enable_save_optim_model(True)
+    inference.create_predictor(config)
+    folder_path = tmp_path / "picodet_pir"
+    folder_path.mkdir()
+    shutil.copy(tmp_path / "opt" / "_optimized.json", folder_path / "model.json")
+    shutil.copy(tmp_path / "opt" / "_optimized.pdiparams", folder_path / "model.pdiparams")
+    shutil.copy(source.path / "infer_cfg.yml", folder_path / "infer_cfg.yml")
+
+    folder = load_model_folder(folder_path)
+    assert folder.format == "paddle3"
+    engine = load_engine(folder, threads=2, cache_dir=cache)
+    assert engine.name == "paddle"  # OpenVINO cannot read PIR json; auto must pick Paddle
+    assert [t.shape for t in engine.inputs] == [(-1, 3, 192, 192)]
+    reference = load_engine(source, engine="openvino", threads=2, cache_dir=cache)
+    feed = {"image": picodet_input()}
+    expected = reference.run(feed)
+    for name, value in engine.run(feed).items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-4)
+
+
+def test_wrong_input_shape_is_a_clear_error(cache):
+    engine = load_engine(model(TINYPOSE), engine="openvino", threads=2, max_batch=4, cache_dir=cache)
+    with pytest.raises(InputShapeError) as err:
+        engine.run({"image": np.zeros((1, 3, 192, 192), np.float32)})
+    message = str(err.value)
+    assert TINYPOSE in message and "'image'" in message
+    assert "[N, 3, 128, 96]" in message and "[1, 3, 192, 192]" in message
+    with pytest.raises(InputShapeError, match=r"N in 1\.\.4, got \[5, 3, 128, 96\]"):
+        engine.run({"image": np.zeros((5, 3, 128, 96), np.float32)})
+    with pytest.raises(InputShapeError, match="expected dtype float32, got float64"):
+        engine.run({"image": np.zeros((1, 3, 128, 96))})
+    with pytest.raises(InputShapeError, match=r"missing \['image'\]; unknown \['x'\]"):
+        engine.run({"x": np.zeros((1, 3, 128, 96), np.float32)})
+
+
+needs_cpu_paddle = pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason="this paddle has CUDA")
+
+
+@needs_cpu_paddle
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_gpu_on_a_cpu_build_falls_back_with_one_line(precision, caplog, cache):
+    folder = model(PICODET)
+    with caplog.at_level(logging.INFO, logger="streampose.engines"):
+        engine = load_engine(folder, engine="paddle", device="gpu", precision=precision, threads=2, cache_dir=cache)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    line = warnings[0].getMessage()
+    assert "CPU build" in line and "falling back to paddle on cpu at fp32" in line and PICODET in line
+    assert engine.name == "paddle"
+    assert engine.run({"image": picodet_input()})["save_infer_model/scale_0.tmp_1"].shape == (1, 576, 1)
+
+
+@needs_cpu_paddle
+def test_gpu_with_fallback_stop_raises(cache):
+    with pytest.raises(EngineUnavailableError, match=r"CPU build .*TensorRT fp16 \(fallback: stop\)"):
+        load_engine(model(PICODET), engine="paddle", device="gpu", precision="fp16", fallback="stop", cache_dir=cache)
+
+
+def test_auto_engine_on_gpu_falls_back_to_openvino_on_cpu(caplog, cache):
+    with caplog.at_level(logging.WARNING, logger="streampose.engines"):
+        engine = load_engine(model(PICODET), device="gpu", threads=2, cache_dir=cache)
+    assert engine.name == "openvino"
+    assert "falling back to openvino on cpu" in caplog.text
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
+                    reason="this onnxruntime has CUDA")
+def test_onnxruntime_gpu_missing_provider(caplog, cache):
+    with pytest.raises(EngineUnavailableError, match="no TensorrtExecutionProvider.*onnxruntime-gpu"):
+        load_engine(model(YOLOX), engine="onnxruntime", device="gpu", precision="fp16", fallback="stop",
+                    cache_dir=cache)
+    with caplog.at_level(logging.WARNING, logger="streampose.engines"):
+        engine = load_engine(model(YOLOX), engine="onnxruntime", device="gpu", threads=2, cache_dir=cache)
+    assert engine.name == "onnxruntime" and "no CUDAExecutionProvider" in caplog.text
+
+
+def test_engine_that_cannot_read_the_format_is_refused(cache):
+    with pytest.raises(EngineUnavailableError, match="engine paddle cannot read tinypose_128x96_ov"):
+        load_engine(model(TINYPOSE), engine="paddle", cache_dir=cache)
+
+
+def test_auto_picks_openvino_on_cpu_and_caches_compiled_networks(caplog, tmp_path):
+    with caplog.at_level(logging.INFO, logger="streampose.engines"):
+        engine = load_engine(model(TINYPOSE), threads=2, cache_dir=tmp_path)
+    assert engine.name == "openvino"
+    assert "engine auto -> openvino on cpu at fp32" in caplog.text
+    assert any((tmp_path / "ov_cache").iterdir())

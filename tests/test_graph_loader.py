@@ -1,0 +1,109 @@
+"""Graph files: every malformed graph gets one exact, located error."""
+
+import textwrap
+
+import pytest
+
+from streampose.graph.loader import GraphError, load_graph
+
+GOOD = """\
+sources:
+  - id: cam1
+    uri: clip.mp4
+stages:
+  - id: detect
+    type: noop
+    batch: {max_size: 4}
+  - id: publish
+    type: publisher
+"""
+
+# (name, graph text, expected error lines) -- line:col point at the offending key or value.
+MALFORMED = [
+    ("typo in a stage key", GOOD.replace("batch:", "bacth:"),
+     ["{f}:7:5: stage 'detect': unknown key 'bacth' (did you mean 'batch'?)"]),
+    ("typo in a nested key", GOOD.replace("max_size", "max_sise"),
+     ["{f}:7:13: stage 'detect': unknown key 'batch.max_sise' (did you mean 'max_size'?)"]),
+    ("unknown stage type", GOOD.replace("type: noop", "type: nop"),
+     ["{f}:6:11: stage 'detect': unknown stage type 'nop' (did you mean 'noop'?); valid types: "
+      "noop, publisher, recorder, jsonl, detector, keypoints"]),
+    ("wrong type", GOOD.replace("max_size: 4", "max_size: four"),
+     ["{f}:7:23: stage 'detect': key 'batch.max_size': input should be a valid integer, "
+      "unable to parse string as an integer, got 'four'"]),
+    ("out of range", GOOD.replace("max_size: 4", "max_size: 0"),
+     ["{f}:7:23: stage 'detect': key 'batch.max_size': input should be greater than or equal to 1, got 0"]),
+    ("missing required key", GOOD.replace("    uri: clip.mp4\n", ""),
+     ["{f}:2:5: source 'cam1': missing required key 'uri'"]),
+    ("duplicate id", GOOD.replace("id: publish", "id: detect"),
+     ["{f}:8:9: stage 'detect': duplicate id (already used by a stage)"]),
+    ("dangling input", GOOD + "    inputs: [detcet]\n",
+     ["{f}:10:14: stage 'publish': input 'detcet' is neither a source nor a stage (did you mean 'detect'?)"]),
+    ("cycle", GOOD.replace("    batch: {max_size: 4}\n", "    inputs: [cam1, publish]\n"),
+     ["{f}:7:13: stage 'detect': inputs form a cycle: detect -> publish -> detect"]),
+    ("source feeding nothing", GOOD.replace("    batch: {max_size: 4}\n", "    inputs: [publish2]\n")
+     .replace("id: publish", "id: publish2"),
+     ["{f}:2:9: source 'cam1': feeds no stage (name it in a stage's inputs)"]),
+    ("unset environment variable", GOOD.replace("clip.mp4", "${STREAMPOSE_TEST_UNSET_VAR}"),
+     ["{f}:3:10: source 'cam1': environment variable STREAMPOSE_TEST_UNSET_VAR is not set "
+      "(set it, or write ${STREAMPOSE_TEST_UNSET_VAR:-default})"]),
+    ("invalid yaml", GOOD.replace("batch: {max_size: 4}", "batch: {max_size: 4"),
+     ["{f}:8:7: invalid YAML: expected ',' or '}', but got ':'"]),
+    ("runtime key out of range", GOOD + "runtime:\n  queue_size: 0\n",
+     ["{f}:11:15: runtime: key 'queue_size': input should be greater than or equal to 1, got 0"]),
+]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "graph.yml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("name,text,expected", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_graph_gets_exact_error(tmp_path, name, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(GraphError) as caught:
+        load_graph(path)
+    assert caught.value.problems == [line.replace("{f}", str(path)) for line in expected]
+
+
+def test_good_graph_defaults_and_inputs(tmp_path):
+    graph = load_graph(write(tmp_path, GOOD))
+    assert graph.inputs == {"detect": ["cam1"], "publish": ["detect"]}
+    assert graph.spec.stages[1].bind == "tcp://127.0.0.1:5555"
+    assert graph.spec.runtime.metrics.bind.startswith("127.0.0.1:")
+
+
+def test_env_interpolation_keeps_types(tmp_path, monkeypatch):
+    monkeypatch.setenv("SP_BATCH", "6")
+    monkeypatch.setenv("SP_CAM", "rtsp://127.0.0.1:8554/cam")
+    text = GOOD.replace("batch: {max_size: 4}", "batch:\n      max_size: ${SP_BATCH}").replace("clip.mp4", "${SP_CAM}")
+    text = text.replace("type: publisher", "type: publisher\n    bind: ${SP_BIND:-tcp://127.0.0.1:6000}")
+    graph = load_graph(write(tmp_path, text))
+    assert graph.spec.stages[0].batch.max_size == 6
+    assert graph.spec.sources[0].uri == "rtsp://127.0.0.1:8554/cam"
+    assert graph.spec.stages[1].bind == "tcp://127.0.0.1:6000"
+
+
+def test_command_line_overrides(tmp_path):
+    path = write(tmp_path, GOOD)
+    graph = load_graph(path, ["stages.detect.batch.max_size=16", "sources.cam1.options.loop=true",
+                              "runtime.in_flight=3"])
+    assert graph.spec.stages[0].batch.max_size == 16
+    assert graph.spec.sources[0].options.loop is True
+    assert graph.spec.runtime.in_flight == 3
+    with pytest.raises(GraphError) as caught:
+        load_graph(path, ["stages.detect.batch.max_size=-1"])
+    assert caught.value.problems == ["--set stages.detect.batch.max_size=-1: stage 'detect': key 'batch.max_size': "
+                                     "input should be greater than or equal to 1, got -1"]
+    with pytest.raises(GraphError) as caught:
+        load_graph(path, ["stages.detcet.delay_ms=1"])
+    assert caught.value.problems == ["--set stages.detcet.delay_ms=1: no stage with id 'detcet' (did you mean 'detect'?)"]
+
+
+def test_shipped_graphs_validate():
+    from conftest import REPO
+    graphs = sorted((REPO / "graphs").glob("*.yml"))
+    assert graphs
+    for path in graphs:
+        load_graph(path)

@@ -1,0 +1,248 @@
+"""The recorder writes real MP4 files; every test decodes them back with PyAV."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from streampose.frame import NUM_KEYPOINTS, Event, Frame, Persons, StreamEvent
+from streampose.graph import schema
+from streampose.runtime.stage import StageContext
+from streampose.sinks.draw import draw_frame
+from streampose.sinks.recorder import PathTemplate, RecorderStage
+from conftest import VIDEOS
+
+VIDEO = VIDEOS / "fall_room_chair_320x240.mp4"  # 10 fps
+FRAME_COUNT = 40
+
+
+@pytest.fixture(scope="module")
+def source_frames() -> list[tuple[np.ndarray, float]]:
+    """The video's first frames as (BGR image, media time in seconds)."""
+    frames = []
+    with av.open(str(VIDEO)) as container:
+        for decoded in container.decode(video=0):
+            frames.append((decoded.to_ndarray(format="bgr24"), float(decoded.time)))
+            if len(frames) == FRAME_COUNT:
+                break
+    return frames
+
+
+def person_frame(stream: str, index: int, image: np.ndarray, media_time: float, segment: int = 0) -> Frame:
+    """A frame with one tracked person: a box and a skeleton inside it."""
+    height, width = image.shape[:2]
+    box = np.array([[0.3 * width, 0.15 * height, 0.6 * width, 0.9 * height]], np.float32)
+    persons = Persons.from_boxes(box, np.array([0.9]))
+    persons.track_ids[:] = 3
+    keypoints = np.empty((1, NUM_KEYPOINTS, 3), np.float32)
+    keypoints[0, :, 0] = np.linspace(box[0, 0] + 5, box[0, 2] - 5, NUM_KEYPOINTS)
+    keypoints[0, :, 1] = np.linspace(box[0, 1] + 5, box[0, 3] - 5, NUM_KEYPOINTS)
+    keypoints[0, :, 2] = 0.9
+    persons.keypoints = keypoints
+    persons.annotations = [{"reps": index}]
+    return Frame(stream, index, image, time.time(), media_time, segment=segment, persons=persons)
+
+
+def make_recorder(output_dir: Path, streams=("cam",), **params) -> RecorderStage:
+    context = StageContext(graph_dir=output_dir, output_dir=output_dir, streams=list(streams))
+    return RecorderStage("rec", schema.Recorder(id="rec", type="recorder", **params), context)
+
+
+def decode(path: Path) -> tuple[list[np.ndarray], list[float], float]:
+    """(BGR images, frame times in seconds, stream duration in seconds) of an MP4 file."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        decoded = list(container.decode(stream))
+        duration = float(stream.duration * stream.time_base)
+    return [f.to_ndarray(format="bgr24") for f in decoded], [float(f.time) for f in decoded], duration
+
+
+def recordings(output_dir: Path) -> list[Path]:
+    return sorted(output_dir.rglob("*.mp4"))
+
+
+def test_records_annotated_frames_at_real_speed(tmp_path, source_frames):
+    recorder = make_recorder(tmp_path)
+    sent = [person_frame("cam", i, image, t) for i, (image, t) in enumerate(source_frames)]
+    for frame in sent:
+        recorder.process([frame])
+    recorder.close()
+
+    [path] = recordings(tmp_path)
+    assert path.parent == tmp_path / "recordings" / "cam"
+    images, times, duration = decode(path)
+    media_times = np.array([t for _, t in source_frames])
+    assert len(images) == FRAME_COUNT
+    assert images[0].shape == (240, 320, 3)
+    np.testing.assert_allclose(times, media_times - media_times[0], atol=1e-3)
+    interval = media_times[1] - media_times[0]
+    assert duration == pytest.approx(media_times[-1] - media_times[0] + interval, abs=0.02)
+    # The annotations are in the file: the decoded frame is close to the drawn one, far from the raw one.
+    drawn = draw_frame(sent[5], {"fps": 10.0, "latency": "0 ms"})
+    annotated = np.any(drawn != source_frames[5][0], axis=2)
+    decoded_error = np.abs(images[5][annotated].astype(int) - drawn[annotated]).mean()
+    raw_difference = np.abs(source_frames[5][0][annotated].astype(int) - drawn[annotated]).mean()
+    assert decoded_error < 25 < raw_difference
+
+
+def test_timestamps_stay_increasing_through_repeats_and_drops(tmp_path, source_frames):
+    media_times = [0.0, 0.1, 0.1, 0.2, 0.7, 0.8, 0.75, 0.9]  # a repeat, 4 dropped frames, a small step back
+    recorder = make_recorder(tmp_path, draw=False)
+    for i, t in enumerate(media_times):
+        recorder.process([Frame("cam", i, source_frames[i][0], time.time(), 100.0 + t)])
+    recorder.close()
+
+    [path] = recordings(tmp_path)
+    _, times, duration = decode(path)
+    assert len(times) == len(media_times)
+    assert np.all(np.diff(times) > 0)
+    assert times[4] == pytest.approx(0.7, abs=1e-3)  # the gap plays as a gap, not squeezed
+    assert duration == pytest.approx(1.0, abs=0.02)
+
+
+def test_media_time_restarting_starts_a_new_file(tmp_path, source_frames):
+    recorder = make_recorder(tmp_path, path="{stream}-{segment}.mp4", draw=False)
+    for i, (image, t) in enumerate(source_frames[:20]):
+        recorder.process([Frame("cam", i, image, time.time(), (i % 10) * 0.1)])  # a file played twice
+    recorder.close()
+
+    for path in (tmp_path / "cam-0.mp4", tmp_path / "cam-1.mp4"):
+        images, _, duration = decode(path)
+        assert len(images) == 10
+        assert duration == pytest.approx(1.0, abs=0.02)
+
+
+def test_segment_rotation_and_keep_files(tmp_path, source_frames):
+    recorder = make_recorder(tmp_path, path="rec/{stream}/{segment:03d}.mp4", segment_s=1.0, keep_files=2)
+    (tmp_path / "rec" / "cam").mkdir(parents=True)
+    foreign = [tmp_path / "rec" / "cam" / "holiday.mp4", tmp_path / "rec" / "cam" / "notes.txt"]
+    for path in foreign:
+        path.write_bytes(b"not ours")
+    for i, (image, t) in enumerate(source_frames):
+        recorder.process([person_frame("cam", i, image, t)])
+        if i == 25:  # files 000 and 001 are closed and retention has run once
+            assert [p.name for p in recordings(tmp_path / "rec" / "cam")] == ["000.mp4", "001.mp4", "holiday.mp4"]
+    recorder.close()
+
+    kept = recordings(tmp_path / "rec" / "cam")
+    assert [p.name for p in kept] == ["002.mp4", "003.mp4", "holiday.mp4"]
+    assert all(path.exists() for path in foreign)
+    for path in kept[:2]:
+        images, _, duration = decode(path)
+        assert len(images) == 10
+        assert duration == pytest.approx(1.0, abs=0.02)
+
+
+def test_keep_bytes_keeps_only_the_newest_when_files_are_larger(tmp_path, source_frames):
+    recorder = make_recorder(tmp_path, path="{stream}_{segment}.mp4", segment_s=1.0, keep_bytes=1000)
+    for i, (image, t) in enumerate(source_frames[:25]):
+        recorder.process([person_frame("cam", i, image, t)])
+    recorder.close()
+
+    [path] = recordings(tmp_path)
+    assert path.name == "cam_2.mp4"
+    assert len(decode(path)[0]) == 5
+
+
+def test_lost_stream_finalises_file_and_reopen_starts_another(tmp_path, source_frames):
+    recorder = make_recorder(tmp_path, path="{stream}/{segment}.mp4")
+    for i, (image, t) in enumerate(source_frames[:15]):
+        recorder.process([person_frame("cam", i, image, t)])
+    recorder.on_stream_event(StreamEvent("cam", "lost", 0, "read timeout after 5.0 s"))
+
+    first = tmp_path / "cam" / "0.mp4"
+    assert len(decode(first)[0]) == 15  # playable before close()
+    recorder.on_stream_event(StreamEvent("cam", "opened", 1))
+    for i, (image, t) in enumerate(source_frames[15:], start=15):
+        recorder.process([person_frame("cam", i, image, t, segment=1)])
+    recorder.close()
+
+    assert len(decode(tmp_path / "cam" / "1.mp4")[0]) == FRAME_COUNT - 15
+    assert len(decode(first)[0]) == 15
+
+
+def test_streams_record_to_their_own_files(tmp_path, source_frames):
+    recorder = make_recorder(tmp_path, streams=("a", "b"))
+    for i, (image, t) in enumerate(source_frames[:12]):
+        recorder.process([person_frame("a", i, image, t), person_frame("b", i, image[:, ::-1], t)])
+    recorder.close()
+
+    for stream in ("a", "b"):
+        [path] = recordings(tmp_path / "recordings" / stream)
+        assert len(decode(path)[0]) == 12
+
+
+def test_odd_frame_size_and_size_change(tmp_path, source_frames):
+    recorder = make_recorder(tmp_path, path="{stream}-{segment}.mp4")
+    for i, (image, t) in enumerate(source_frames[:10]):
+        recorder.process([person_frame("cam", i, image, t)])
+    for i, (image, t) in enumerate(source_frames[10:20], start=10):
+        recorder.process([person_frame("cam", i, image[:237, :315], t)])
+    recorder.close()
+
+    full, _, _ = decode(tmp_path / "cam-0.mp4")
+    odd, _, _ = decode(tmp_path / "cam-1.mp4")
+    assert (len(full), full[0].shape) == (10, (240, 320, 3))
+    assert (len(odd), odd[0].shape) == (10, (236, 314, 3))
+
+
+def test_encode_error_closes_file_and_recording_resumes(tmp_path, source_frames):
+    recorder = make_recorder(tmp_path, path="{stream}-{segment}.mp4", draw=False)
+    for i, (image, t) in enumerate(source_frames[:20]):
+        if i == 10:
+            image = image.astype(np.float64)  # the encoder takes 8-bit images only
+        recorder.process([Frame("cam", i, image, time.time(), t)])
+    assert recorder.context.metrics.count("errors", stage="rec", stream="cam") == 1
+    assert len(decode(tmp_path / "cam-0.mp4")[0]) == 10  # closed cleanly at the error
+    recorder.close()
+    assert len(decode(tmp_path / "cam-1.mp4")[0]) == 9
+
+
+@pytest.mark.parametrize("template", ["../outside/{stream}.mp4", "/tmp/{stream}.mp4",
+                                      "rec/../../{stream}.mp4"])
+def test_path_escaping_output_dir_is_rejected(tmp_path, template):
+    with pytest.raises(ValueError, match="escapes the output directory"):
+        make_recorder(tmp_path, path=template)
+
+
+@pytest.mark.parametrize("template, message", [
+    ("rec/{stream}/{camera}.mp4", r"unknown field\(s\) \['camera'\]"),
+    ("rec/{stream}.avi", "must end in .mp4"),
+    ("rec/{date}/{stream}.mp4", "only {stream} may appear in folder names"),
+    ("rec/{segment:q}.mp4", "Unknown format code 'q'"),
+])
+def test_bad_path_template_is_rejected(tmp_path, template, message):
+    with pytest.raises(ValueError, match=message):
+        make_recorder(tmp_path, path=template)
+
+
+def test_stream_id_cannot_escape_output_dir(tmp_path):
+    with pytest.raises(ValueError, match="for stream '..' escapes"):
+        PathTemplate("{stream}/x.mp4", tmp_path).resolve("..", time.time(), 0)
+
+
+def test_template_without_stream_is_rejected_for_several_streams(tmp_path):
+    with pytest.raises(ValueError, match="no {stream} field but 2 streams"):
+        make_recorder(tmp_path, streams=("a", "b"), path="rec/{date}_{time}.mp4")
+
+
+def test_draw_frame_returns_annotated_copy(source_frames):
+    image = source_frames[0][0]
+    original = image.copy()
+    frame = person_frame("cam", 0, image, 0.0)
+    frame.events = [Event("fall_confirmed", "cam", 3, 0.0, 0.0)]
+
+    drawn = draw_frame(frame, {"fps": 10.0})
+
+    np.testing.assert_array_equal(image, original)
+    assert drawn is not image and drawn.shape == image.shape
+    x1, y1, x2, y2 = frame.persons.boxes[0].astype(int)
+    assert np.any(drawn[y1 + 20:y2 - 20, x1] != image[y1 + 20:y2 - 20, x1])  # the box's left edge
+    assert np.any(drawn[:8, :100] != image[:8, :100])                          # the event banner
+    untouched = np.s_[100:140, 5:60]  # left of the box, below the banner, above the overlay
+    np.testing.assert_array_equal(drawn[untouched], image[untouched])
