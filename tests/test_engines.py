@@ -9,7 +9,8 @@ import paddle
 import pytest
 
 from conftest import IMAGES, MODELS
-from streampose.engines import EngineUnavailableError, InputShapeError, load_engine
+from streampose.engines import EngineError, EngineUnavailableError, InputShapeError, load_engine
+from streampose.engines.paddle import calibration_feeds
 from streampose.models.folder import find_model, load_model_folder
 
 PICODET = "picodet_s_192_pedestrian"
@@ -74,6 +75,10 @@ def test_openvino_batch_equals_single_runs(cache):
         assert value.shape[0] == 5
         np.testing.assert_allclose(value, np.concatenate([s[name] for s in singles]), rtol=1e-5, atol=1e-5)
     assert not np.allclose(batched["conv2d_441.tmp_1"][0], batched["conv2d_441.tmp_1"][1])
+    # results are the caller's: the next run of the same batch size must not overwrite them
+    kept = batched["conv2d_441.tmp_1"].copy()
+    engine.run({"image": crops[::-1].copy()})
+    np.testing.assert_array_equal(batched["conv2d_441.tmp_1"], kept)
 
 
 @pytest.mark.parametrize("name", [PICODET, YOLOX])
@@ -200,3 +205,15 @@ def test_auto_picks_openvino_on_cpu_and_caches_compiled_networks(caplog, tmp_pat
     assert engine.name == "openvino"
     assert "engine auto -> openvino on cpu at fp32" in caplog.text
     assert any((tmp_path / "ov_cache").iterdir())
+
+
+def test_int8_calibration_feeds_from_an_image_folder(tmp_path):
+    folder = model(PICODET)
+    engine = load_engine(folder, engine="paddle", threads=2)
+    feeds = calibration_feeds(IMAGES, folder.config, engine.inputs)
+    assert len(feeds) == len([p for p in IMAGES.iterdir() if p.suffix == ".jpg"])
+    first = feeds[0]["image"]
+    assert first.shape == (1, 3, 192, 192) and first.dtype == np.float32
+    assert -2.2 < first.min() < 0 < first.max() < 2.7  # ImageNet-normalized pixels
+    with pytest.raises(EngineError, match=rf"int8 calibration needs images .* in {tmp_path}; none found"):
+        calibration_feeds(tmp_path, folder.config, engine.inputs)

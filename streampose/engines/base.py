@@ -5,14 +5,11 @@ Engines are not thread-safe: each stage thread loads its own.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from streampose.models.folder import ModelFolder
-
-log = logging.getLogger(__name__)
 
 
 class EngineError(RuntimeError):

@@ -1,0 +1,283 @@
+"""The threaded runtime on real video: ordering, batching, failures, flow control,
+ZeroMQ output, RTSP outages, metrics and health, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import av
+import jsonschema
+import pytest
+from conftest import REPO, VIDEOS
+from rtsp_server import free_port
+
+from streampose import messages
+from streampose.client import PoseMessage, StatusMessage, Subscriber
+from streampose.graph.loader import load_graph
+from streampose.runtime import pipeline as pipeline_module
+from streampose.runtime.pipeline import Pipeline
+from streampose.stages.noop import NoopStage
+
+CHAIR = VIDEOS / "fall_room_chair_320x240.mp4"   # 193 frames, 10 fps
+JACKS = VIDEOS / "jumping_jacks_Ibbu_1.mp4"       # 273 frames, 30 fps
+
+
+def frame_count(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def write_graph(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "graph.yml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def run_to_end(graph_path: Path, timeout_s: float = 60) -> Pipeline:
+    pipeline = Pipeline(load_graph(graph_path), output_dir=graph_path.parent / "out")
+    pipeline.start()
+    assert pipeline.wait(timeout_s), "graph did not finish"
+    return pipeline
+
+
+def jsonl_frames(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_file_streams_process_every_frame_in_order(tmp_path):
+    graph = write_graph(tmp_path, f"""
+        sources:
+          - {{id: chair, uri: {CHAIR}}}
+          - {{id: jacks, uri: {JACKS}}}
+        stages:
+          - {{id: batched, type: noop, batch: {{max_size: 6, timeout_ms: 5, per_stream: 2}}}}
+          - {{id: slow, type: noop, delay_ms: 1}}
+          - {{id: log, type: jsonl, path: "{{stream}}.jsonl"}}
+        runtime: {{metrics: {{bind: null}}, in_flight: 4}}
+    """)
+    pipeline = run_to_end(graph)
+    for stream, video in (("chair", CHAIR), ("jacks", JACKS)):
+        lines = jsonl_frames(tmp_path / "out" / f"{stream}.jsonl")
+        assert [m["frame"] for m in lines] == list(range(frame_count(video)))
+        media = [m["media_time"] for m in lines]
+        assert media == sorted(media)
+        assert pipeline.metrics.count("drops", stream=stream) == 0
+    assert pipeline.metrics.quantiles("stage_latency", stage="slow")[0] >= 0.001
+
+
+class FlakyStage(NoopStage):
+    """Fails on every 10th frame of stream `chair`, as a model might on a bad input."""
+
+    def process(self, frames):
+        if any(f.stream == "chair" and f.index % 10 == 3 for f in frames):
+            raise ValueError("bad frame")
+
+
+def test_stage_failure_is_counted_and_stream_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setitem(pipeline_module.STAGE_CLASSES, "noop", FlakyStage)
+    graph = write_graph(tmp_path, f"""
+        sources:
+          - {{id: chair, uri: {CHAIR}}}
+          - {{id: jacks, uri: {JACKS}}}
+        stages:
+          - {{id: flaky, type: noop, batch: {{max_size: 4}}}}
+          - {{id: log, type: jsonl, path: "{{stream}}.jsonl"}}
+        runtime: {{metrics: {{bind: null}}}}
+    """)
+    pipeline = run_to_end(graph)
+    chair = jsonl_frames(tmp_path / "out" / "chair.jsonl")
+    failed = [m["frame"] for m in chair if m["failed_stages"] == ["flaky"]]
+    assert len(chair) == 193
+    assert failed == [i for i in range(193) if i % 10 == 3]
+    assert pipeline.metrics.count("errors", stage="flaky", stream="chair") == len(failed)
+    # Frames of the other stream that shared a batch with a bad frame were retried alone.
+    assert pipeline.metrics.count("errors", stream="jacks") == 0
+    assert all(not m["failed_stages"] for m in jsonl_frames(tmp_path / "out" / "jacks.jsonl"))
+
+
+def test_repeated_failures_mark_stream_degraded(tmp_path, monkeypatch):
+    class AlwaysFails(NoopStage):
+        def process(self, frames):
+            raise RuntimeError("model crashed")
+
+    monkeypatch.setitem(pipeline_module.STAGE_CLASSES, "noop", AlwaysFails)
+    graph = write_graph(tmp_path, f"""
+        sources: [{{id: chair, uri: {CHAIR}, options: {{realtime: true}}}}]
+        stages: [{{id: broken, type: noop}}]
+        runtime: {{metrics: {{bind: null}}, degraded_after: 3}}
+    """)
+    pipeline = Pipeline(load_graph(graph), output_dir=tmp_path / "out")
+    pipeline.start()
+    deadline = time.monotonic() + 10
+    while pipeline.streams["chair"].state != "degraded" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pipeline.streams["chair"].state == "degraded"
+    assert pipeline.health()["state"] == "degraded"
+    assert pipeline.shutdown()
+
+
+def test_latest_frame_policy_bounds_latency_and_counts_drops(tmp_path):
+    graph = write_graph(tmp_path, f"""
+        sources: [{{id: live, uri: {JACKS}, options: {{realtime: true}}}}]
+        stages: [{{id: slow, type: noop, delay_ms: 100}}]
+        runtime: {{metrics: {{bind: null}}, in_flight: 1}}
+    """)
+    pipeline = Pipeline(load_graph(graph), output_dir=tmp_path / "out")
+    pipeline.start()
+    time.sleep(3.0)
+    assert pipeline.shutdown()
+    processed = pipeline.metrics.count("frames", stage="slow")
+    drops = pipeline.metrics.count("drops", stream="live")
+    p50, p95 = pipeline.metrics.quantiles("e2e_latency", stream="live")
+    # 30 fps in, 10 fps of work: about two frames in three are dropped at the door,
+    # and a frame never waits behind a backlog.
+    assert 20 <= processed <= 32
+    assert drops >= 1.5 * processed
+    assert p95 < 0.2, (p50, p95)
+
+
+def test_zmq_messages_match_frames_processed(tmp_path):
+    port = free_port()
+    graph = write_graph(tmp_path, f"""
+        sources: [{{id: chair, uri: {CHAIR}}}]
+        stages:
+          - {{id: work, type: noop}}
+          - {{id: publish, type: publisher, bind: "tcp://127.0.0.1:{port}"}}
+        runtime: {{metrics: {{bind: null}}}}
+    """)
+    pipeline = Pipeline(load_graph(graph), output_dir=tmp_path / "out")
+    schema = messages.message_schema()
+    received = []
+    with Subscriber(f"tcp://127.0.0.1:{port}", topics=("pose/", "status/"), timeout_s=3.0) as subscriber:
+        time.sleep(0.5)  # ZeroMQ's slow joiner: let the subscription reach the publisher
+        pipeline.start()
+        while True:
+            item = subscriber.recv_dict()
+            if item is None:
+                break
+            topic, message = item
+            jsonschema.validate(message, schema)
+            received.append((topic, message))
+            if message["type"] == "status" and message["kind"] == "ended":
+                break
+    assert pipeline.wait(10)
+    poses = [m for t, m in received if t == "pose/chair"]
+    statuses = [m["kind"] for t, m in received if t == "status/chair"]
+    assert len(poses) == pipeline.metrics.count("frames", stage="publish") == 193
+    assert [m["frame"] for m in poses] == list(range(193))
+    assert statuses == ["opened", "ended"]
+
+
+def test_rtsp_outage_reconnects_while_file_stream_flows(tmp_path, rtsp_server):
+    port = free_port()
+    graph = write_graph(tmp_path, f"""
+        sources:
+          - id: cam
+            uri: {rtsp_server.url}
+            options: {{read_timeout_s: 2, reconnect: {{initial_s: 0.2, max_s: 1}}}}
+          - {{id: file, uri: {JACKS}, options: {{realtime: true, loop: true}}}}
+        stages:
+          - {{id: work, type: noop}}
+          - {{id: publish, type: publisher, bind: "tcp://127.0.0.1:{port}"}}
+        runtime: {{metrics: {{bind: null}}}}
+    """)
+    pipeline = Pipeline(load_graph(graph), output_dir=tmp_path / "out")
+    log: list[tuple[float, object]] = []
+    stop = threading.Event()
+
+    def listen():
+        with Subscriber(f"tcp://127.0.0.1:{port}", topics=("pose/", "status/"), timeout_s=0.5) as sub:
+            while not stop.is_set():
+                message = sub.recv()
+                if message is not None:
+                    log.append((time.monotonic(), message))
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    time.sleep(0.5)
+    pipeline.start()
+
+    def wait_for(predicate, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(predicate(m) for _, m in list(log)):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def cam_frames(segment):
+        return [m for _, m in list(log) if isinstance(m, PoseMessage) and m.stream == "cam" and m.segment == segment]
+
+    try:
+        assert wait_for(lambda m: isinstance(m, PoseMessage) and m.stream == "cam", 20), "no RTSP frames"
+        rtsp_server.stop()
+        killed = time.monotonic()
+        assert wait_for(lambda m: isinstance(m, StatusMessage) and m.kind == "lost", 10)
+        time.sleep(1.5)  # an outage while the file stream must keep flowing
+        file_during_outage = [t for t, m in list(log) if isinstance(m, PoseMessage) and m.stream == "file"
+                              and t > killed + 0.5]
+        assert len(file_during_outage) >= 20
+        assert pipeline.health()["streams"]["cam"]["state"] == "reconnecting"
+        rtsp_server.start()
+        assert wait_for(lambda m: isinstance(m, StatusMessage) and m.kind == "opened" and m.segment == 1, 20)
+        assert wait_for(lambda m: isinstance(m, PoseMessage) and m.stream == "cam" and m.segment == 1, 20)
+        assert pipeline.metrics.count("reconnects", stream="cam") >= 1
+        assert pipeline.health()["streams"]["cam"]["state"] == "running"
+        assert len(cam_frames(0)) > 0 and len(cam_frames(1)) > 0
+    finally:
+        assert pipeline.shutdown()
+        stop.set()
+        listener.join()
+
+
+def test_sigterm_drains_finalises_recording_and_serves_metrics(tmp_path):
+    metrics_port = free_port()
+    graph = write_graph(tmp_path, f"""
+        sources: [{{id: cam, uri: {JACKS}, options: {{realtime: true, loop: true}}}}]
+        stages:
+          - {{id: work, type: noop}}
+          - {{id: record, type: recorder, path: "rec/{{stream}}.mp4"}}
+        runtime: {{metrics: {{bind: "127.0.0.1:{metrics_port}", log_interval_s: 1}}, output_dir: {tmp_path / "out"}}}
+    """)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, str(REPO / "run_pipeline.py"), str(graph)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{metrics_port}"
+        deadline = time.monotonic() + 20
+        health = None
+        while time.monotonic() < deadline:
+            try:
+                health = json.load(urllib.request.urlopen(base + "/health", timeout=1))
+                if health["state"] == "running" and health["streams"]["cam"]["frames"] > 30:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert health and health["state"] == "running", health
+        assert health["streams"]["cam"]["state"] == "running"
+        text = urllib.request.urlopen(base + "/metrics", timeout=1).read().decode()
+        assert 'streampose_frames_total{stage="record",stream="cam"}' in text
+        assert 'streampose_e2e_latency_seconds{quantile="0.95",stream="cam"}' in text
+        assert 'streampose_queue_depth{stage="work"}' in text
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert "cam: ended" in text or "cam: running" in text
+    with av.open(str(tmp_path / "out" / "rec" / "cam.mp4")) as container:
+        stream = container.streams.video[0]
+        decoded = sum(1 for _ in container.decode(video=0))
+        assert (stream.width, stream.height) == (352, 640)
+    assert decoded >= 30
