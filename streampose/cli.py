@@ -117,6 +117,18 @@ def schema_command(args) -> int:
     return 0
 
 
+def infer_command(args) -> int:
+    from streampose.infer import infer
+    try:
+        written = infer(args.input, args.graph, args.output, _model_paths(args), args.overrides)
+    except GraphError as error:
+        print(error, file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def keys(args) -> int:
     from streampose.sinks.publisher import make_curve_keys
     public, secret = make_curve_keys(Path(args.directory))
@@ -141,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("schema", help="print the graph parameter reference (Markdown)")
     p.set_defaults(func=schema_command)
+
+    p = commands.add_parser("infer", help="draw what a graph's models find in an image, image folder or video")
+    p.add_argument("input", type=Path, help="image, folder of images, or video file")
+    p.add_argument("--graph", type=Path, default=Path("graphs/demo.yml"), help="graph whose processing stages run")
+    p.add_argument("-o", "--output", type=Path, default=Path("out/infer"), help="output folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_models_argument(p)
+    p.set_defaults(func=infer_command)
 
     p = commands.add_parser("keys", help="create a CURVE key pair for an encrypted publisher")
     p.add_argument("directory", help="folder to write the key files into")

@@ -2,16 +2,20 @@
 
 import logging
 import shutil
+import warnings
 
 import cv2
 import numpy as np
-import paddle
 import pytest
 
 from conftest import IMAGES, MODELS
-from streampose.engines import EngineError, EngineUnavailableError, InputShapeError, load_engine
+from streampose.engines import EngineError, EngineUnavailableError, InputShapeError, TensorInfo, load_engine
 from streampose.engines.paddle import calibration_feeds
 from streampose.models.folder import find_model, load_model_folder
+
+with warnings.catch_warnings():  # paddle's import warns about ccache
+    warnings.simplefilter("ignore")
+    import paddle
 
 PICODET = "picodet_s_192_pedestrian"
 TINYPOSE = "tinypose_128x96_ov"
@@ -209,11 +213,11 @@ def test_auto_picks_openvino_on_cpu_and_caches_compiled_networks(caplog, tmp_pat
 
 def test_int8_calibration_feeds_from_an_image_folder(tmp_path):
     folder = model(PICODET)
-    engine = load_engine(folder, engine="paddle", threads=2)
-    feeds = calibration_feeds(IMAGES, folder.config, engine.inputs)
+    inputs = [TensorInfo("image", (-1, 3, 192, 192), np.dtype(np.float32))]
+    feeds = calibration_feeds(IMAGES, folder.config, inputs)
     assert len(feeds) == len([p for p in IMAGES.iterdir() if p.suffix == ".jpg"])
     first = feeds[0]["image"]
     assert first.shape == (1, 3, 192, 192) and first.dtype == np.float32
     assert -2.2 < first.min() < 0 < first.max() < 2.7  # ImageNet-normalized pixels
     with pytest.raises(EngineError, match=rf"int8 calibration needs images .* in {tmp_path}; none found"):
-        calibration_feeds(tmp_path, folder.config, engine.inputs)
+        calibration_feeds(tmp_path, folder.config, inputs)

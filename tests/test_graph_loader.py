@@ -107,3 +107,11 @@ def test_shipped_graphs_validate():
     assert graphs
     for path in graphs:
         load_graph(path)
+
+
+def test_parameter_reference_is_up_to_date():
+    from conftest import REPO
+
+    from streampose.graph.docs import markdown
+    assert (REPO / "docs" / "graphs-reference.md").read_text() == markdown() + "\n", \
+        "docs/graphs-reference.md is stale: run `make docs`"

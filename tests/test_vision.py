@@ -278,6 +278,22 @@ def test_picodet_raw_heads_decode_like_paddle(picodet_raw, name):
     np.testing.assert_allclose(found.scores, expected_scores, atol=1e-6)
 
 
+def test_nms_in_graph_rows_are_split_per_frame_filtered_and_clipped():
+    rows = np.array([[0, 0.90, 10, 10, 50, 90],      # frame 0: a person
+                     [2, 0.95, 20, 20, 60, 60],      # frame 0: another class
+                     [0, 0.20, 30, 30, 40, 40],      # frame 0: below the threshold
+                     [0, 0.70, 100, 20, 500, 400],   # frame 1: reaches past the 400x300 frame
+                     [0, 0.80, 10, 20, 30, 40]], np.float32)
+    counts = np.array([3, 2], np.int32)
+    assert picodet.output_form([rows.shape, counts.shape], 4) == picodet.NMS_IN_GRAPH
+    first, second = picodet.detections_from_graph_nms([rows, counts], 0, [(100, 100), (300, 400)], 0.3, 10)
+    np.testing.assert_array_equal(first.boxes, [[10, 10, 50, 90]])
+    np.testing.assert_array_equal(second.scores, np.float32([0.8, 0.7]))
+    np.testing.assert_array_equal(second.boxes, [[10, 20, 30, 40], [100, 20, 400, 300]])
+    (capped,) = picodet.detections_from_graph_nms([rows[3:], counts[1:]], 0, [(300, 400)], 0.3, 1)
+    assert len(capped.boxes) == 1 and capped.scores[0] == np.float32(0.8)
+
+
 def test_unknown_picodet_output_shapes_are_a_clear_error():
     with pytest.raises(picodet.OutputFormError, match="match no known export form"):
         picodet.output_form([(-1, 100, 7)], num_levels=4)
@@ -323,6 +339,13 @@ def test_crop_regions_are_paddle_expand_crop_inside_the_frame_and_unclipped_outs
     assert region[0] < 0 and region[3] > height - 1       # not clipped: the person keeps their scale
     _, scale = topdown.center_scale(region[None], 0.75)
     assert scale[0, 0] * 200 >= (region[3] - region[1]) * 0.75 - 1
+
+
+def test_degenerate_boxes_get_finite_crops():
+    boxes = np.array([[450.0, 10.0, 450.0, 10.0], [5.0, 5.0, 5.2, 80.0]])
+    center, scale = topdown.center_scale(topdown.crop_regions(boxes, 0.3, 0.75), 0.75)
+    assert np.isfinite(topdown.affine_matrices(center, scale, (96, 128))).all()
+    assert (scale > 0).all()
 
 
 def test_crop_pixels_match_paddle_crop_for_a_person_inside_the_frame(tinypose):

@@ -27,6 +27,10 @@ from streampose.stages import STAGE_CLASSES
 log = logging.getLogger("streampose.runtime")
 
 
+class StageBuildError(RuntimeError):
+    """A stage could not be built (model missing, bad path...); names the stage."""
+
+
 @dataclass
 class StreamState:
     """What /health reports for one stream."""
@@ -85,7 +89,10 @@ class Pipeline:
             context = StageContext(graph_dir=graph.path.parent, output_dir=self.output_dir,
                                    model_paths=list(model_paths or []),
                                    streams=self._streams_reaching(st.id), metrics=self.metrics)
-            stage = STAGE_CLASSES[st.type](st.id, st, context)
+            try:
+                stage = STAGE_CLASSES[st.type](st.id, st, context)
+            except Exception as error:
+                raise StageBuildError(f"stage '{st.id}' ({st.type}): {error}") from error
             self.runners[st.id] = StageRunner(stage, self.inboxes[st.id], upstreams=len(graph.inputs[st.id]),
                                               metrics=self.metrics, on_result=self._on_result,
                                               on_leaf=self._on_leaf)

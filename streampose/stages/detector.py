@@ -18,7 +18,7 @@ from streampose.models.folder import ModelFolder, default_search_path, find_mode
 from streampose.runtime.stage import Stage, StageContext
 from streampose.vision import picodet, yolox
 from streampose.vision.detections import Detections, NmsSettings, select_batch
-from streampose.vision.preprocess import prepare_images
+from streampose.vision.preprocess import IMAGE_OPS, check_ops, prepare_images
 
 PERSON_LABELS = ("person", "pedestrian")
 # Used when a model's infer_cfg.yml has no NMS block.
@@ -53,6 +53,7 @@ class PersonDetector:
         if config.task != "detector":
             raise DetectorConfigError(f"model {folder.name} is a {config.task} model (arch {config.arch}), "
                                       "not a detector")
+        check_ops(config.preprocess, IMAGE_OPS, config.source)
         self.folder = folder
         self.config = config
         self.engine = engine
@@ -67,15 +68,16 @@ class PersonDetector:
             raise DetectorConfigError(
                 f"model {folder.name}: {config.source} pre-processes to {config.input_size[0]}x"
                 f"{config.input_size[1]} (height x width) but the network input is {size[0]}x{size[1]}")
-        self.person_class = _person_class(folder)
-        self.settings = NmsSettings.from_config(config.nms, DEFAULT_NMS, params.score_threshold,
-                                                params.nms_threshold, params.max_persons)
+        shapes = [t.shape for t in engine.outputs]
         if config.arch == "YOLOX":
-            self.form = "yolox"
+            self.form = yolox.OUTPUT_FORM
         else:
-            self.form = picodet.output_form([t.shape for t in engine.outputs], len(config.fpn_stride or ()))
+            self.form = picodet.output_form(shapes, len(config.fpn_stride or ()))
             if self.form == picodet.RAW_HEADS and not config.fpn_stride:
                 raise DetectorConfigError(f"{config.source}: raw PicoDet heads need fpn_stride")
+        self.person_class = _person_class(folder, _class_count(self.form, shapes))
+        self.settings = NmsSettings.from_config(config.nms, DEFAULT_NMS, params.score_threshold,
+                                                params.nms_threshold, params.max_persons)
 
     def detect(self, images: list[np.ndarray]) -> list[Detections]:
         """Persons in each (H, W, 3) uint8 BGR image, at most `engine.max_batch` images."""
@@ -89,7 +91,7 @@ class PersonDetector:
         results = self.engine.run(feed)
         outputs = [results[t.name] for t in self.engine.outputs]
         input_hw = batch.tensor.shape[2:]
-        if self.form == "yolox":
+        if self.form == yolox.OUTPUT_FORM:
             boxes, scores = yolox.decode(outputs[0], input_hw, self.person_class,
                                          self.config.fpn_stride or yolox.STRIDES)
         elif self.form == picodet.RAW_HEADS:
@@ -104,13 +106,28 @@ class PersonDetector:
         return select_batch(boxes, scores, self.settings, batch)
 
 
-def _person_class(folder: ModelFolder) -> int:
-    labels = [label.lower() for label in folder.config.label_list]
+def _class_count(form: str, shapes: list[tuple[int, ...]]) -> int | None:
+    """Classes the network scores, from its output shapes; None when they do not tell."""
+    if form == picodet.RAW_HEADS:
+        count = shapes[0][-1]
+    elif form == picodet.DECODED:
+        count = shapes[1][1] if shapes[0][-1] == 4 else shapes[0][1]
+    elif form == yolox.OUTPUT_FORM:
+        count = shapes[0][-1] - 5
+    else:
+        return None
+    return count if count > 0 else None
+
+
+def _person_class(folder: ModelFolder, class_count: int | None) -> int:
+    config = folder.config
+    labels = [label.lower() for label in (config.labels_for(class_count) if class_count else config.label_list)]
     for name in PERSON_LABELS:
         if name in labels:
             return labels.index(name)
-    raise DetectorConfigError(f"model {folder.name}: label_list in {folder.config.source} has no "
-                              f"{' or '.join(PERSON_LABELS)} class")
+    raise DetectorConfigError(f"model {folder.name}: the network's classes ({', '.join(labels[:5])}"
+                              f"{', ...' if len(labels) > 5 else ''}, from label_list in {config.source}) "
+                              f"include no {' or '.join(PERSON_LABELS)}")
 
 
 def boxes_from_keypoints(persons: Persons, width: int, height: int) -> Persons:

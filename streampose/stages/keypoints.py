@@ -14,7 +14,7 @@ from streampose.graph import schema
 from streampose.models.folder import ModelFolder, default_search_path, find_model
 from streampose.runtime.stage import Stage, StageContext
 from streampose.vision import heatmap, topdown
-from streampose.vision.preprocess import normalize_crops
+from streampose.vision.preprocess import CROP_OPS, check_ops, normalize_crops
 
 # Most crops in one engine run (more persons run in several). Runs take power-of-two
 # batches (13 crops: 8 + 4 + 1), so an engine that compiles per batch size compiles at most
@@ -40,6 +40,7 @@ class PoseEstimator:
                                       "TopDownEvalAffine")
         if affine.params.get("use_udp", False):
             raise KeypointConfigError(f"{config.source}: TopDownEvalAffine use_udp is not supported")
+        check_ops(config.preprocess[1:], CROP_OPS, config.source)
         self.folder = folder
         self.config = config
         self.engine = engine

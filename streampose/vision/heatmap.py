@@ -70,6 +70,11 @@ def _quarter_offsets(heatmaps: np.ndarray, px: np.ndarray, py: np.ndarray) -> np
     return np.where(inside[..., None], 0.25 * np.stack([step_x, step_y], axis=-1), 0.0)
 
 
+# (dy, dx) of the samples the derivatives need, in the order _dark_offsets unpacks them.
+_TAPS = np.array([(0, 0), (0, 1), (0, -1), (1, 0), (-1, 0), (0, 2), (0, -2), (2, 0), (-2, 0),
+                  (1, 1), (-1, 1), (1, -1), (-1, -1)])
+
+
 def _dark_offsets(heatmaps: np.ndarray, maxima: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
     """(N, K, 2) Newton steps on the smoothed log-heatmap at integer peaks (px, py)."""
     n, k, height, width = heatmaps.shape
@@ -78,22 +83,17 @@ def _dark_offsets(heatmaps: np.ndarray, maxima: np.ndarray, px: np.ndarray, py: 
     ratio = np.divide(maxima, blurred_max, out=np.ones_like(maxima), where=blurred_max != 0)
 
     inside = (px > 1) & (px < width - 2) & (py > 1) & (py < height - 2)
-    x = np.clip(px, 2, width - 3)
-    y = np.clip(py, 2, height - 3)
-    person = np.arange(n)[:, None]
-    joint = np.arange(k)[None, :]
-
-    def at(dy: int, dx: int) -> np.ndarray:
-        """The smoothed, rescaled log-heatmap at the peak + (dx, dy)."""
-        value = blurred[person, joint, y + dy, x + dx] * ratio
-        return np.log(np.maximum(value, 1e-10)).astype(np.float64)
-
-    centre = at(0, 0)
-    dx = 0.5 * (at(0, 1) - at(0, -1))
-    dy = 0.5 * (at(1, 0) - at(-1, 0))
-    dxx = 0.25 * (at(0, 2) - 2 * centre + at(0, -2))
-    dyy = 0.25 * (at(2, 0) - 2 * centre + at(-2, 0))
-    dxy = 0.25 * (at(1, 1) - at(-1, 1) - at(1, -1) + at(-1, -1))
+    x = np.clip(px, 2, width - 3)[..., None] + _TAPS[:, 1]
+    y = np.clip(py, 2, height - 3)[..., None] + _TAPS[:, 0]
+    taps = blurred[np.arange(n)[:, None, None], np.arange(k)[None, :, None], y, x] * ratio[..., None]
+    log = np.log(np.maximum(taps, 1e-10)).astype(np.float64)        # (N, K, taps)
+    centre, right, left, down, up, right2, left2, down2, up2, down_right, up_right, down_left, up_left = \
+        np.moveaxis(log, -1, 0)
+    dx = 0.5 * (right - left)
+    dy = 0.5 * (down - up)
+    dxx = 0.25 * (right2 - 2 * centre + left2)
+    dyy = 0.25 * (down2 - 2 * centre + up2)
+    dxy = 0.25 * (down_right - up_right - down_left + up_left)
     det = dxx * dyy - dxy ** 2
     usable = inside & (det != 0)
     safe_det = np.where(usable, det, 1.0)

@@ -30,8 +30,20 @@ import numpy as np
 from streampose.models.infer_cfg import PreprocessOp
 
 
+IMAGE_OPS = frozenset({"Resize", "NormalizeImage", "Permute", "PadStride", "Pad"})
+CROP_OPS = frozenset({"NormalizeImage", "Permute"})
+
+
 class PreprocessError(ValueError):
     """The pre-processing cannot produce what the network takes."""
+
+
+def check_ops(ops: Sequence[PreprocessOp], supported: frozenset[str], source: str) -> None:
+    """Raise PreprocessError naming `source` if an op is not in `supported`."""
+    for op in ops:
+        if op.type not in supported:
+            raise PreprocessError(f"{source}: pre-processing op {op.type} is not supported here "
+                                  f"(supported: {', '.join(sorted(supported))})")
 
 
 @dataclass
@@ -61,9 +73,8 @@ def resize_factors(height: int, width: int, params: Mapping) -> tuple[float, flo
     return scale, scale
 
 
-def normalization(params: Mapping, channels_reversed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """NormalizeImage as one multiply-add per channel: x * gain + offset, in the
-    channel order of the image it is applied to (mean/std are in network order)."""
+def normalization(params: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """NormalizeImage as one multiply-add per channel, x * gain + offset, in network channel order."""
     if params.get("norm_type", "mean_std") == "none":
         gain, offset = np.ones(3), np.zeros(3)
     else:
@@ -72,22 +83,19 @@ def normalization(params: Mapping, channels_reversed: bool) -> tuple[np.ndarray,
         gain, offset = 1.0 / std, -mean / std
     if params.get("is_scale", True):
         gain = gain / 255.0
-    if channels_reversed:
-        gain, offset = gain[::-1], offset[::-1]
     return gain.astype(np.float32), offset.astype(np.float32)
 
 
 def normalize_crops(crops: np.ndarray, ops: Sequence[PreprocessOp], channel_order: str) -> np.ndarray:
     """(N, H, W, 3) uint8 BGR crops -> (N, 3, H, W) float32 network input.
 
-    `ops` may only normalize and permute (the crop itself was the geometric step).
+    `ops` may only normalize and permute (CROP_OPS): the crop was the geometric step.
     """
+    check_ops(ops, CROP_OPS, "top-down crop")
     gain, offset = np.ones(3, np.float32), np.zeros(3, np.float32)
     for op in ops:
         if op.type == "NormalizeImage":
-            gain, offset = normalization(op.params, channels_reversed=False)
-        elif op.type != "Permute":
-            raise PreprocessError(f"pre-processing op {op.type} cannot follow a top-down crop")
+            gain, offset = normalization(op.params)
     tensor = np.empty((crops.shape[0], 3, *crops.shape[1:3]), np.float32)
     for channel in range(3):
         source = 2 - channel if channel_order == "RGB" else channel
@@ -142,14 +150,15 @@ def _prepare_one(image: np.ndarray, ops: Sequence[PreprocessOp],
             data = _to_network_order(data, channel_order)
             in_network_order = True
         if op.type == "NormalizeImage":
-            gain, offset = normalization(op.params, channels_reversed=False)
+            gain, offset = normalization(op.params)
             data = data * gain + offset
         elif op.type == "PadStride":
             data = _pad_stride(data, op.params["stride"])
         elif op.type == "Pad":
             data = _pad(data, op.params)
         elif op.type != "Permute":
-            raise PreprocessError(f"pre-processing op {op.type} is not supported for whole images")
+            raise PreprocessError(f"pre-processing op {op.type} is not supported for whole images "
+                                  f"(supported: {', '.join(sorted(IMAGE_OPS))})")
     if not in_network_order:
         data = _to_network_order(data, channel_order)
     return data, scale, resized

@@ -50,7 +50,7 @@ def center_scale(regions: np.ndarray, aspect_ratio: float) -> tuple[np.ndarray, 
     """Regions (N, 4) -> (center (N, 2) in pixels, scale (N, 2) in units of PIXEL_STD pixels),
     scale's height fixed by the network's aspect ratio (width / height)."""
     center = (regions[:, :2] + regions[:, 2:]) / 2
-    width = regions[:, 2] - regions[:, 0]
+    width = np.maximum(regions[:, 2] - regions[:, 0], 1.0)  # a degenerate box still gets a finite zoom
     scale = np.stack([width, width / aspect_ratio], axis=1) / PIXEL_STD
     return center, scale
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 STRIDES = (8, 16, 32)
+OUTPUT_FORM = "yolox"
 
 
 class YoloxOutputError(ValueError):
