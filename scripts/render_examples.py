@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         target = args.out / f"{path.stem}.jpg"
         target.write_bytes(encode_small(draw_frame(frame)))
         print(f"{path.name}: {len(frame.persons)} persons, detector {1e3 * (detected - started):.1f} ms, "
-              f"keypoints {1e3 * (done - detected):.1f} ms -> {target.relative_to(REPO) if target.is_relative_to(REPO) else target}")
+              f"keypoints {1e3 * (done - detected):.1f} ms (first runs include network compiles) -> {target}")
     detector.close()
     keypoints.close()
     return 0

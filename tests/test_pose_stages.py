@@ -220,7 +220,7 @@ def test_flip_test_averages_both_views(stages):
 def test_low_score_and_surplus_persons_get_no_keypoints():
     kp = keypoint_stage(min_box_score=0.5, max_persons=3)
     det = detector()
-    (result,) = [frame("coco_000000014439.jpg")]
+    result = frame("coco_000000014439.jpg")
     det.process([result])
     kp.process([result])
     persons = result.persons
@@ -248,7 +248,7 @@ def test_every_n_frames_carries_boxes_from_keypoints_between_detections(stages):
     det = detector(every_n_frames=3)
     # The man walks across the room 1.5-1.7 s in.
     frames = video_frames("office_man_walking_1280x720.mp4", 45, 6)
-    reference = video_frames("office_man_walking_1280x720.mp4", 45, 6)
+    reference = video_frames("office_man_walking_1280x720.mp4", 45, 6)  # every frame detected
     stages[0].process(reference)
     for f in frames[:5]:  # one frame at a time, as a pipeline with batch size 1 runs
         det.process([f])

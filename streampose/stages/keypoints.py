@@ -108,7 +108,7 @@ def _runs(total: int, largest: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def select_persons(persons: Persons, min_score: float, max_persons: int) -> np.ndarray:
+def choose_persons(persons: Persons, min_score: float, max_persons: int) -> np.ndarray:
     """Indices of the persons given keypoints: score >= min_score, largest boxes first."""
     eligible = np.flatnonzero(persons.scores >= min_score)
     sides = persons.boxes[eligible, 2:] - persons.boxes[eligible, :2]
@@ -130,7 +130,7 @@ class KeypointStage(Stage):
         self.log.info("%s, crops of %dx%d", engine.describe(), *self.estimator.input_size)
 
     def process(self, frames: list[Frame]) -> None:
-        chosen = [select_persons(f.persons, self.params.min_box_score, self.params.max_persons) for f in frames]
+        chosen = [choose_persons(f.persons, self.params.min_box_score, self.params.max_persons) for f in frames]
         counts = [len(c) for c in chosen]
         if sum(counts):
             boxes = np.concatenate([f.persons.boxes[c] for f, c in zip(frames, chosen)])
@@ -144,8 +144,8 @@ class KeypointStage(Stage):
             if end > start:
                 frame_keypoints[picked] = keypoints[start:end]
                 frame_scores[picked] = scores[start:end]
-            # Filled in place: the detector reads the keypoints of this Persons object for
-            # frames between detections, so it must see both arrays or neither.
+            # Filled in place: the detector carries boxes over from this Persons object between
+            # detections. Keypoints last, so whoever sees them sees the scores too.
             persons.pose_scores = frame_scores
             persons.keypoints = frame_keypoints
 

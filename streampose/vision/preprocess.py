@@ -97,10 +97,13 @@ def normalize_crops(crops: np.ndarray, ops: Sequence[PreprocessOp], channel_orde
         if op.type == "NormalizeImage":
             gain, offset = normalization(op.params)
     tensor = np.empty((crops.shape[0], 3, *crops.shape[1:3]), np.float32)
-    for channel in range(3):
-        source = 2 - channel if channel_order == "RGB" else channel
-        np.multiply(crops[..., source], gain[channel], out=tensor[:, channel], dtype=np.float32)
-        tensor[:, channel] += offset[channel]
+    # Planes first, arithmetic after, on contiguous memory: faster than strided channel maths.
+    for i, crop in enumerate(crops):
+        planes = cv2.split(crop)
+        for channel, plane in enumerate(planes[::-1] if channel_order == "RGB" else planes):
+            tensor[i, channel] = plane
+    tensor *= gain[:, None, None]
+    tensor += offset[:, None, None]
     return tensor
 
 
