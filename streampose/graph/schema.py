@@ -175,6 +175,44 @@ class Keypoints(ModelStage):
     max_persons: int = Field(32, ge=1, le=1000, description="Most persons per frame given keypoints (largest first).")
 
 
+class Tracker(StageBase):
+    """Gives each person a stable integer id per stream (ByteTrack or OC-SORT)."""
+
+    type: Literal["tracker"]
+    algorithm: Literal["bytetrack", "ocsort"] = Field("bytetrack", description="Association method.")
+    min_hits: int = Field(3, ge=1, le=100, description="Matches before a track is confirmed and published.")
+    max_age_s: float = Field(1.0, gt=0, le=600, description="A track unmatched for this long is removed, seconds.")
+
+
+class Smoother(StageBase):
+    """Smooths keypoints over time per track and joint (OneEuro or EMA), from media timestamps."""
+
+    type: Literal["smoother"]
+    filter: Literal["one_euro", "ema"] = Field("one_euro", description="Filter kind.")
+
+
+class Lift3D(ModelStage):
+    """Lifts each tracked person's 2D keypoints to 3D joints in metres in the camera frame."""
+
+    type: Literal["lift3d"]
+
+
+class JdeDetector(ModelStage):
+    """Detects and tracks in one network (FairMOT / JDE exports with a `tracker:` section)."""
+
+    type: Literal["jde"]
+
+
+class Plugin(StageBase):
+    """Runs a plugin (fall detection, repetition counting, your own) on each frame's tracked persons."""
+
+    type: Literal["plugin"]
+    plugin: str | None = Field(None, description="A shipped plugin by name (fall, reps, hand_raised) or an "
+                               "entry point in the `streampose.plugins` group.")
+    module: str | None = Field(None, description="Your plugin class as `package.module:ClassName`.")
+    params: dict = Field(default_factory=dict, description="The plugin's own parameters, validated by its schema.")
+
+
 STAGE_TYPES: dict[str, type[StageBase]] = {
     "noop": Noop,
     "publisher": Publisher,
@@ -182,9 +220,17 @@ STAGE_TYPES: dict[str, type[StageBase]] = {
     "jsonl": Jsonl,
     "detector": Detector,
     "keypoints": Keypoints,
+    "tracker": Tracker,
+    "smoother": Smoother,
+    "lift3d": Lift3D,
+    "jde": JdeDetector,
+    "plugin": Plugin,
 }
 
-StageSpec = Annotated[Noop | Publisher | Recorder | Jsonl | Detector | Keypoints, Field(discriminator="type")]
+StageSpec = Annotated[
+    Noop | Publisher | Recorder | Jsonl | Detector | Keypoints | Tracker | Smoother | Lift3D | JdeDetector | Plugin,
+    Field(discriminator="type"),
+]
 
 
 class Graph(Strict):
