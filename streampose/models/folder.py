@@ -73,12 +73,15 @@ def default_search_path(extra: list[Path] = ()) -> list[Path]:
     return path
 
 
-def find_model(name_or_path: str, search_path: list[Path]) -> ModelFolder:
+def find_model(name_or_path: str, search_path: list[Path], relative_to: Path | None = None) -> ModelFolder:
     """The model folder named `name_or_path`: a path (absolute, or containing a separator, or
-    starting with "." or "~") is loaded as is; a bare name is looked up in each folder of
-    `search_path`, first match wins. Raises ModelNotFoundError listing every path tried."""
+    starting with "." or "~") is loaded as is, a relative one against `relative_to` (a graph's
+    folder) when given; a bare name is looked up in each folder of `search_path`, first match
+    wins. Raises ModelNotFoundError listing every path tried."""
     if os.sep in name_or_path or "/" in name_or_path or name_or_path.startswith(("~", ".")):
         folder = Path(name_or_path).expanduser()
+        if relative_to is not None and not folder.is_absolute():
+            folder = relative_to / folder
         if not folder.is_dir():
             raise ModelNotFoundError(f"model folder {folder} does not exist")
         return load_model_folder(folder)

@@ -5,6 +5,7 @@ schema model. Model-running stages load their engines in `__init__`, so importin
 this module stays cheap.
 """
 
+from streampose.plugins.stage import PluginStage
 from streampose.sinks.jsonl import JsonlStage
 from streampose.sinks.publisher import PublisherStage
 from streampose.sinks.recorder import RecorderStage
@@ -19,4 +20,5 @@ STAGE_CLASSES = {
     "jsonl": JsonlStage,
     "detector": DetectorStage,
     "keypoints": KeypointStage,
+    "plugin": PluginStage,
 }

@@ -153,7 +153,7 @@ class DetectorStage(Stage):
 
     def __init__(self, stage_id: str, params: schema.Detector, context: StageContext):
         super().__init__(stage_id, params, context)
-        folder = find_model(params.model, context.model_paths or default_search_path())
+        folder = find_model(params.model, context.model_paths or default_search_path(), context.graph_dir)
         engine = load_engine(folder, engine=params.engine, device=params.device, precision=params.precision,
                              threads=params.threads, fallback=params.fallback, max_batch=params.batch.max_size)
         self.detector = PersonDetector(folder, engine, params)

@@ -121,7 +121,7 @@ class KeypointStage(Stage):
 
     def __init__(self, stage_id: str, params: schema.Keypoints, context: StageContext):
         super().__init__(stage_id, params, context)
-        folder = find_model(params.model, context.model_paths or default_search_path())
+        folder = find_model(params.model, context.model_paths or default_search_path(), context.graph_dir)
         crops = _power_of_two_floor(min(MAX_CROPS_PER_RUN, params.batch.max_size * params.max_persons))
         engine = load_engine(folder, engine=params.engine, device=params.device, precision=params.precision,
                              threads=params.threads, fallback=params.fallback,

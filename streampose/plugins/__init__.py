@@ -1,0 +1,1 @@
+"""Plugins: per-person logic (fall detection, repetition counting, your own)."""
