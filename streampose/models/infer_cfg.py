@@ -209,7 +209,7 @@ def parse_infer_cfg(data: Any, source: str) -> InferConfig:
             raise fail("NMS", "not a mapping")
         for key in ("score_threshold", "nms_threshold"):
             value = nms.get(key)
-            if value is not None and not (isinstance(value, (int, float)) and -1 <= value <= 1):
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
                 raise fail(f"NMS.{key}", f"expected a number in [0, 1], got {value!r}")
 
     strides = data.get("fpn_stride")

@@ -63,7 +63,8 @@ class PluginStage(Stage):
         try:
             plugin_params = cls.Params.model_validate(params.params)
         except ValidationError as error:
-            problems = "; ".join(f"params.{'.'.join(map(str, e['loc']))}: {e['msg'].lower()}"
+            problems = "; ".join(f"{'.'.join(['params', *map(str, e['loc'])])}: "
+                                 f"{e['ctx']['error'] if e['type'] == 'value_error' else e['msg'].lower()}"
                                  for e in error.errors())
             raise ValueError(f"plugin {cls.__name__}: {problems}") from None
         self.plugin = cls(plugin_params)
