@@ -72,6 +72,7 @@ def pose_message(frame: Frame, now: float | None = None) -> dict:
         "height": frame.height,
         "timings": {stage: round(float(s), SECOND_DECIMALS) for stage, s in frame.timings.items()},
         "failed_stages": list(frame.failed_stages),
+        "ended_tracks": [int(t) for t in frame.ended_tracks],
         "persons": [
             {"track_id": track_id, "box": box, "score": score, "keypoints": kpts,
              "pose_score": pose_score, "kpts3d": k3d, "annotations": annotations}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel
@@ -67,6 +68,6 @@ def markdown() -> str:
     ]
     common = set(schema.StageBase.model_fields)
     for type_name, model in schema.STAGE_TYPES.items():
-        parts += ["", f"### `type: {type_name}`", "", (model.__doc__ or "").strip(), "",
+        parts += ["", f"### `type: {type_name}`", "", inspect.cleandoc(model.__doc__ or ""), "",
                   _table(model, skip=tuple(common))]
     return "\n".join(parts) + "\n"

@@ -137,6 +137,32 @@ class Jsonl(StageBase):
                       "field {stream}.")
 
 
+class Clips(StageBase):
+    """Saves a short annotated MP4 around each chosen event, with a JSON sidecar: `pre_s` of
+    pre-roll from a per-stream ring buffer of JPEG frames, and `post_s` after the event. An event
+    that comes while its stream's clip is still being recorded extends that clip."""
+
+    type: Literal["clips"]
+    events: list[str] = Field(min_length=1, description="Event kinds that save a clip, e.g. [fall_confirmed].")
+    pre_s: float = Field(5.0, ge=0, le=120, description="Video kept from before the event, seconds of media time "
+                         "(less if max_buffer_bytes is reached first).")
+    post_s: float = Field(5.0, ge=0, le=600, description="Video recorded after the (latest) event, seconds of "
+                          "media time.")
+    path: str = Field("clips/{stream}/{date}_{time}_{event}.mp4", description="Clip path template under the "
+                      "output directory, ending in .mp4; fields {stream} (anywhere), and in the file name only "
+                      "{date} (YYYYMMDD) and {time} (HHMMSS) of the event's capture, local time, {event} (its "
+                      "kind) and {track} (its track id). The sidecar is the same path ending in .json. An "
+                      "existing file is never overwritten: a -1, -2... suffix is added.")
+    max_buffer_bytes: int = Field(64 << 20, ge=1 << 20, le=16 << 30, description="Per stream, most bytes of JPEG "
+                                  "frames the pre-roll ring buffer holds; the oldest frames go first.")
+    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of buffered frames, 10..100.")
+    crf: int = Field(23, ge=0, le=51, description="x264 constant rate factor (lower is better quality).")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = Field(
+        "ultrafast", description="x264 speed preset; the pre-roll is encoded at twice the stream's rate "
+        "while a clip catches up, so the fastest is the default.")
+    draw: bool = Field(True, description="Draw boxes, ids, skeletons, annotations and events.")
+
+
 class ModelStage(StageBase):
     """Keys shared by stages that run a neural network."""
 
@@ -176,25 +202,120 @@ class Keypoints(ModelStage):
 
 
 class Tracker(StageBase):
-    """Gives each person a stable integer id per stream (ByteTrack or OC-SORT)."""
+    """Gives each person a stable integer id per stream (ByteTrack or OC-SORT), with a Kalman
+    filter per person stepped by the frames' media time. Only persons of confirmed tracks go on
+    downstream, ordered by id; the others are dropped. Ids start at 1 and are never reused in a
+    stream; a removed track's id is listed in the frame's `ended_tracks`. Runs before or after
+    the keypoint stage (OKS needs it before)."""
 
     type: Literal["tracker"]
-    algorithm: Literal["bytetrack", "ocsort"] = Field("bytetrack", description="Association method.")
-    min_hits: int = Field(3, ge=1, le=100, description="Matches before a track is confirmed and published.")
-    max_age_s: float = Field(1.0, gt=0, le=600, description="A track unmatched for this long is removed, seconds.")
+    algorithm: Literal["bytetrack", "ocsort"] = Field("bytetrack", description="Association method: bytetrack "
+                                                      "(two-stage high/low score matching) or ocsort "
+                                                      "(observation-centric momentum, re-update and recovery).")
+    min_hits: int = Field(3, ge=1, le=100, description="Matches (the first detection included) before a track "
+                          "is confirmed, gets its id and is published; a tentative track that misses a frame is "
+                          "dropped.")
+    max_age_s: float = Field(1.0, gt=0, le=600, description="A confirmed track unmatched for longer than this "
+                             "much media time is removed and its id ended, seconds.")
+    high_threshold: float = Field(0.5, ge=0, le=1, description="Detections scoring at least this (0..1) are "
+                                  "matched first and may start tracks.")
+    low_threshold: float = Field(0.1, ge=0, le=1, description="Detections scoring from this up to high_threshold "
+                                 "(0..1) only continue existing tracks; lower ones are dropped. At or above "
+                                 "high_threshold: no second stage.")
+    new_track_threshold: float = Field(0.6, ge=0, le=1, description="An unmatched detection starts a tentative "
+                                       "track when its score reaches this and high_threshold, 0..1.")
+    match_iou: float = Field(0.2, gt=0, le=1, description="Least IoU (0..1) between a track's predicted (ocsort "
+                             "recovery: last seen) box and a confident detection for them to match.")
+    low_match_iou: float = Field(0.5, gt=0, le=1, description="Least IoU (0..1) between a track's predicted box "
+                                 "and a low-score detection for them to match.")
+    use_oks: bool = Field(False, description="Pose-aware matching for crowds: blend the IoU with the object "
+                          "keypoint similarity of the track's last pose (moved with its box) and the detection's, "
+                          "when the tracker runs after the keypoint stage (COCO 17 keypoints). The IoU still "
+                          "decides which pairs may match.")
+    oks_weight: float = Field(0.5, ge=0, le=1, description="With use_oks: weight of OKS in the blend, 0..1 "
+                              "(1 - oks_weight goes to IoU).")
+    inertia: float = Field(0.2, ge=0, le=1, description="ocsort: weight of direction consistency in the first "
+                           "matching; a detection straight ahead of a track gains up to inertia/2 x its score.")
+    momentum_window_s: float = Field(0.1, gt=0, le=5, description="ocsort: a track's direction of travel is "
+                                     "measured from its observation about this long ago, seconds.")
+
+
+class SmoothingPixels(Strict):
+    """Filter settings for 2D keypoints, in pixels."""
+
+    min_cutoff_hz: float = Field(1.0, gt=0, le=100, description="OneEuro: cutoff frequency of a joint at rest, "
+                                 "Hz; lower removes more jitter but lags slow motion more.")
+    beta: float = Field(3.0, ge=0, le=1000, description="OneEuro: cutoff added per unit of joint speed, Hz per "
+                        "(person size per second), the person size being the box diagonal in pixels, so one "
+                        "value fits near and far people; higher follows fast motion more closely.")
+    d_cutoff_hz: float = Field(4.0, gt=0, le=100, description="OneEuro: cutoff frequency of the joint speed "
+                               "estimate, Hz.")
+    alpha: float = Field(0.5, gt=0, le=1, description="EMA: weight of the newest sample when frames are 1/30 s "
+                         "apart (other intervals keep the same time constant); 1 = no smoothing.")
+
+
+class SmoothingMetres(Strict):
+    """Filter settings for 3D joints, in metres."""
+
+    min_cutoff_hz: float = Field(1.0, gt=0, le=100, description="OneEuro: cutoff frequency of a joint at rest, "
+                                 "Hz; lower removes more jitter but lags slow motion more.")
+    beta: float = Field(1.7, ge=0, le=1000, description="OneEuro: cutoff added per unit of joint speed, Hz per "
+                        "(metre per second); higher follows fast motion more closely. The default matches the "
+                        "pixels default for a person 1.8 m tall.")
+    d_cutoff_hz: float = Field(4.0, gt=0, le=100, description="OneEuro: cutoff frequency of the joint speed "
+                               "estimate, Hz.")
+    alpha: float = Field(0.5, gt=0, le=1, description="EMA: weight of the newest sample when frames are 1/30 s "
+                         "apart (other intervals keep the same time constant); 1 = no smoothing.")
 
 
 class Smoother(StageBase):
-    """Smooths keypoints over time per track and joint (OneEuro or EMA), from media timestamps."""
+    """Smooths keypoints over time per track and joint (OneEuro or EMA), from media timestamps: 2D
+    keypoints, and 3D joints when a 3D stage ran before. Untracked persons (track id -1) pass
+    through unsmoothed. A joint's filter restarts after a gap; a low-confidence joint is held at
+    its last smoothed position with a decaying confidence instead of moving the filter."""
 
     type: Literal["smoother"]
-    filter: Literal["one_euro", "ema"] = Field("one_euro", description="Filter kind.")
+    filter: Literal["one_euro", "ema"] = Field("one_euro", description="Filter kind: one_euro (smooths more at "
+                                               "rest, less in fast motion) or ema (fixed smoothing).")
+    pixels: SmoothingPixels = Field(default_factory=SmoothingPixels, description="Settings for 2D keypoints.")
+    metres: SmoothingMetres = Field(default_factory=SmoothingMetres, description="Settings for 3D joints.")
+    min_confidence: float = Field(0.3, ge=0, le=1, description="Joints less confident than this do not update "
+                                  "the filter: their last smoothed position is held.")
+    hold_half_life_s: float = Field(0.2, gt=0, le=60, description="A held joint's confidence halves every this "
+                                    "many seconds; once below the joint's own confidence, or after reset_gap_s, "
+                                    "the raw joint passes through.")
+    reset_gap_s: float = Field(0.5, gt=0, le=60, description="A joint not updated for longer than this (a gap in "
+                               "media time, a long occlusion) starts afresh at its next observation, seconds.")
+    max_tracks: int = Field(256, ge=1, le=4096, description="Per stream, most tracks with filter state; beyond "
+                            "it the least recently seen track's state is dropped (the tracker normally frees "
+                            "ended tracks first).")
 
 
 class Lift3D(ModelStage):
-    """Lifts each tracked person's 2D keypoints to 3D joints in metres in the camera frame."""
+    """Lifts each person's 2D keypoints to 3D joints in metres in the camera frame (x right, y down,
+    z forward): a network maps a window of each track's recent 2D poses to a root-relative 3D
+    skeleton, which is placed in front of the camera from the person's assumed height (or on the
+    floor, when the camera's calibration gives one)."""
 
     type: Literal["lift3d"]
+    model: str = Field("lifter_coco17", description="Lifter model folder (train one with `python -m "
+                       "trainers.lifter.train`): a name looked up on the model search path, or a path.")
+    calib: str | dict[str, str] | None = Field(
+        None, description="Camera calibration files (`streampose calib camera`): a mapping stream id -> file, "
+        "or a folder holding <stream id>.yml; relative paths resolve against the graph file. A stream "
+        "without one gets the assumed field of view (logged).")
+    assumed_hfov_deg: float = Field(60.0, gt=10, lt=170, description="Horizontal field of view assumed for "
+                                    "streams without calibration, degrees (typical webcam 60-70, wide CCTV 90-110).")
+    person_height_m: float = Field(1.70, ge=0.5, le=2.5, description="Standing height assumed for every person, "
+                                   "metres; sets the distance of persons from the camera (10% taller = 10% farther).")
+    placement: Literal["auto", "height"] = Field(
+        "auto", description="How the 3D skeleton is placed: auto = feet on the floor where the calibration "
+        "gives camera_height_m or ground_plane (then the person's size is measured too) and the feet are "
+        "seen, else from person_height_m; height = always from person_height_m.")
+    min_confidence: float = Field(0.3, ge=0, le=1, description="2D joints less confident than this do not count "
+                                  "for placement or for min_joints, 0..1.")
+    min_joints: int = Field(6, ge=2, le=17, description="Persons with fewer confident 2D joints get no 3D joints "
+                            "(kpts3d confidence 0).")
 
 
 class JdeDetector(ModelStage):
@@ -218,6 +339,7 @@ STAGE_TYPES: dict[str, type[StageBase]] = {
     "publisher": Publisher,
     "recorder": Recorder,
     "jsonl": Jsonl,
+    "clips": Clips,
     "detector": Detector,
     "keypoints": Keypoints,
     "tracker": Tracker,
@@ -228,7 +350,8 @@ STAGE_TYPES: dict[str, type[StageBase]] = {
 }
 
 StageSpec = Annotated[
-    Noop | Publisher | Recorder | Jsonl | Detector | Keypoints | Tracker | Smoother | Lift3D | JdeDetector | Plugin,
+    Noop | Publisher | Recorder | Jsonl | Clips | Detector | Keypoints | Tracker | Smoother | Lift3D | JdeDetector
+    | Plugin,
     Field(discriminator="type"),
 ]
 

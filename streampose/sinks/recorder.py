@@ -121,10 +121,13 @@ class PathTemplate:
     Fields: {stream} anywhere; {date} (YYYYMMDD) and {time} (HHMMSS), the local wall
     clock of the file's first capture, and {segment}, the file's number in its
     stream since the recorder started, only in the file name, so that each stream's
-    files share one folder.
+    files share one folder. A subclass may name other fields (FIELDS, with sample
+    values in EXAMPLE) and passes their values to `resolve`.
     """
 
     FIELDS = ("stream", "date", "time", "segment")
+    EXAMPLE = {"segment": 0}  # values of the fields beyond stream, date and time, to check format specs
+    NAME = "recorder path"  # what the template is called in errors
     _FIELD_PATTERNS = {"date": r"\d{8}", "time": r"\d{6}", "segment": r"\d+"}
 
     def __init__(self, template: str, output_dir: Path):
@@ -134,25 +137,25 @@ class PathTemplate:
         self.fields = _fields(template)
         unknown = self.fields - set(self.FIELDS)
         if unknown:
-            raise ValueError(f"recorder path {template!r}: unknown field(s) {sorted(unknown)}; "
+            raise ValueError(f"{self.NAME} {template!r}: unknown field(s) {sorted(unknown)}; "
                              f"allowed: {', '.join('{' + f + '}' for f in self.FIELDS)}")
         if relative.is_absolute() or ".." in relative.parts:
-            raise ValueError(f"recorder path {template!r} escapes the output directory {self.output_dir}: "
+            raise ValueError(f"{self.NAME} {template!r} escapes the output directory {self.output_dir}: "
                              f"use a relative path without '..'")
         if relative.suffix != ".mp4":
-            raise ValueError(f"recorder path {template!r} must end in .mp4")
+            raise ValueError(f"{self.NAME} {template!r} must end in .mp4")
         if _fields(str(relative.parent)) - {"stream"}:
-            raise ValueError(f"recorder path {template!r}: only {{stream}} may appear in folder names")
-        self.resolve("stream", time.time(), 0)  # a bad format spec fails here, not at the first frame
+            raise ValueError(f"{self.NAME} {template!r}: only {{stream}} may appear in folder names")
+        self.resolve("stream", time.time(), **self.EXAMPLE)  # a bad format spec fails here, not at the first frame
 
-    def resolve(self, stream: str, wall_time: float, segment: int) -> Path:
+    def resolve(self, stream: str, wall_time: float, segment: int = 0, **fields: object) -> Path:
         """The path of a new file, made unique with a -N suffix if one exists already."""
         local = time.localtime(wall_time)
         path = self.output_dir / self.template.format(
             stream=stream, date=time.strftime("%Y%m%d", local), time=time.strftime("%H%M%S", local),
-            segment=segment)
+            segment=segment, **fields)
         if not path.resolve().is_relative_to(self.output_dir):
-            raise ValueError(f"recorder path {self.template!r} for stream {stream!r} escapes the "
+            raise ValueError(f"{self.NAME} {self.template!r} for stream {stream!r} escapes the "
                              f"output directory {self.output_dir}")
         unique, n = path, 0
         while unique.exists():

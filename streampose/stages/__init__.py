@@ -6,19 +6,25 @@ this module stays cheap.
 """
 
 from streampose.plugins.stage import PluginStage
+from streampose.sinks.clips import ClipStage
 from streampose.sinks.jsonl import JsonlStage
 from streampose.sinks.publisher import PublisherStage
 from streampose.sinks.recorder import RecorderStage
 from streampose.stages.detector import DetectorStage
 from streampose.stages.keypoints import KeypointStage
 from streampose.stages.noop import NoopStage
+from streampose.stages.smoother import SmootherStage
+from streampose.stages.tracker import TrackerStage
 
 STAGE_CLASSES = {
     "noop": NoopStage,
     "publisher": PublisherStage,
     "recorder": RecorderStage,
     "jsonl": JsonlStage,
+    "clips": ClipStage,
     "detector": DetectorStage,
     "keypoints": KeypointStage,
+    "tracker": TrackerStage,
+    "smoother": SmootherStage,
     "plugin": PluginStage,
 }

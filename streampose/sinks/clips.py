@@ -1,0 +1,258 @@
+"""Event clips: a short annotated MP4 around each chosen event, with a JSON sidecar.
+
+Every frame of a stream is drawn and JPEG-encoded into the stream's ring buffer,
+which keeps the last `pre_s` seconds of media time but never more than
+`max_buffer_bytes`. When a frame carries an event of a chosen kind, a clip opens
+with the buffered frames from `pre_s` before it and runs until `post_s` after it;
+another chosen event before the end extends the clip, so an incident is one
+clip, not several overlapping ones. On close, a sidecar (the clip's path ending in
+.json) lists the events as published on `event/<stream>`, and the clip's times.
+
+Why JPEG frames: any frame can open a clip, so the pre-roll starts exactly
+`pre_s` before the event (H.264 packets could only start at a keyframe), and a
+frame costs ~70-110 KiB at 720p-1080p (30-60 times less than raw) for 2-5 ms of
+encoding per frame (libjpeg-turbo). Raw frames would need 2.7-6 MiB each; H.264
+packets would be ~10 times smaller than JPEG but cost 3-5 times the CPU on every
+frame, event or not.
+
+The pre-roll is not encoded all at once when the event arrives, which would stall
+the stream for as long as encoding `pre_s` of video takes: each incoming frame
+writes up to CATCH_UP_FRAMES buffered frames, so the clip catches up with the live
+frames while the post-roll is recorded. The buffer never drops a frame the open
+clip still needs, except to respect `max_buffer_bytes`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from streampose import messages
+from streampose.frame import Event, Frame, StreamEvent
+from streampose.graph import schema
+from streampose.runtime.stage import Stage, StageContext
+from streampose.sinks.draw import draw_frame
+from streampose.sinks.recorder import MAX_MEDIA_TIME_STEP_BACK_S, Mp4Writer, PathTemplate
+
+# Buffered frames written per incoming frame while a clip's pre-roll is behind.
+CATCH_UP_FRAMES = 2
+
+
+class ClipPathTemplate(PathTemplate):
+    """The clip path template: {stream} anywhere; {date}, {time}, {event} and {track} in the file name."""
+
+    FIELDS = ("stream", "date", "time", "event", "track")
+    EXAMPLE = {"event": "fall_confirmed", "track": 1}
+    NAME = "clips path"
+
+
+@dataclass
+class _Buffered:
+    """One frame in a ring buffer."""
+
+    jpeg: np.ndarray  # (bytes,) uint8, the drawn frame as JPEG
+    media_time: float  # seconds
+
+
+@dataclass
+class _Clip:
+    """A clip being written: ring frames up to `end_time`, written `pending` frames behind the newest."""
+
+    writer: Mp4Writer
+    end_time: float  # media time, seconds
+    events: list[tuple[Event, int]]  # (event, index of the frame that carried it)
+    pending: int = 0  # the newest frames of the ring not written yet
+    lost_frames: int = 0  # frames dropped from the ring (byte cap) before they were written
+
+
+@dataclass
+class _StreamClips:
+    """A stream's ring buffer of recent frames and its open clip."""
+
+    segment: int
+    size: tuple[int, int]  # width, height of the buffered frames
+    ring: deque[_Buffered] = field(default_factory=deque)
+    nbytes: int = 0  # JPEG bytes in the ring
+    clip: _Clip | None = None
+    capped: bool = False  # the byte cap cut the pre-roll short (logged once)
+
+    @property
+    def span_s(self) -> float:
+        """Media time covered by the ring, seconds."""
+        try:
+            return self.ring[-1].media_time - self.ring[0].media_time
+        except IndexError:  # empty, or emptied while the metrics thread reads it
+            return 0.0
+
+
+class ClipStage(Stage):
+    """Saves a clip around each chosen event of each stream."""
+
+    Params = schema.Clips
+    params: schema.Clips
+
+    def __init__(self, stage_id: str, params: schema.Clips, context: StageContext):
+        super().__init__(stage_id, params, context)
+        self.paths = ClipPathTemplate(params.path, context.output_dir)
+        if len(context.streams) > 1 and "stream" not in self.paths.fields:
+            raise ValueError(f"clips {stage_id}: path {params.path!r} has no {{stream}} field but "
+                             f"{len(context.streams)} streams reach it; their clips would mix")
+        self.kinds = frozenset(params.events)
+        self._streams: dict[str, _StreamClips] = {}
+        for stream in context.streams:
+            context.metrics.gauge("clip_buffer_bytes", lambda s=stream: self.buffer_bytes(s), stage=stage_id,
+                                  stream=stream)
+            context.metrics.gauge("clip_buffer_seconds", lambda s=stream: self.buffer_seconds(s), stage=stage_id,
+                                  stream=stream)
+
+    def buffer_bytes(self, stream: str) -> int:
+        """JPEG bytes in the stream's ring buffer."""
+        clips = self._streams.get(stream)
+        return clips.nbytes if clips else 0
+
+    def buffer_seconds(self, stream: str) -> float:
+        """Media time the stream's ring buffer covers, seconds: the pre-roll a clip opened now would get."""
+        clips = self._streams.get(stream)
+        return clips.span_s if clips else 0.0
+
+    def process(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            self._take(frame)
+
+    def on_stream_event(self, event: StreamEvent) -> None:
+        clips = self._streams.get(event.stream)
+        if clips is not None and (event.kind in ("lost", "ended") or event.segment != clips.segment):
+            self._finish(event.stream, clips)
+            del self._streams[event.stream]
+
+    def close(self) -> None:
+        for stream, clips in self._streams.items():
+            self._finish(stream, clips)
+        self._streams.clear()
+
+    # ------------------------------------------------------------------ per frame
+
+    def _take(self, frame: Frame) -> None:
+        clips = self._streams_for(frame)
+        if clips.clip is not None and frame.media_time > clips.clip.end_time:
+            self._finish(frame.stream, clips)
+        image = draw_frame(frame) if self.params.draw else frame.image
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.params.jpeg_quality])
+        if not ok:
+            raise RuntimeError(f"stream {frame.stream}: JPEG encoding of frame {frame.index} failed")
+        clips.ring.append(_Buffered(jpeg, frame.media_time))
+        clips.nbytes += jpeg.nbytes
+        if clips.clip is not None:
+            clips.clip.pending += 1
+        triggers = [event for event in frame.events if event.kind in self.kinds]
+        if triggers:
+            self._trigger(frame, clips, triggers)
+        if clips.clip is not None:
+            self._write(frame.stream, clips, CATCH_UP_FRAMES)
+        self._trim(frame, clips)
+
+    def _streams_for(self, frame: Frame) -> _StreamClips:
+        """The stream's buffer, restarted when its frames can no longer join the buffered ones."""
+        clips = self._streams.get(frame.stream)
+        if clips is not None and (frame.segment != clips.segment or (frame.width, frame.height) != clips.size
+                                  or (clips.ring and frame.media_time
+                                      < clips.ring[-1].media_time - MAX_MEDIA_TIME_STEP_BACK_S)):
+            self._finish(frame.stream, clips)
+            clips = None
+        if clips is None:
+            clips = self._streams[frame.stream] = _StreamClips(frame.segment, (frame.width, frame.height))
+        return clips
+
+    def _trigger(self, frame: Frame, clips: _StreamClips, events: list[Event]) -> None:
+        end_time = frame.media_time + self.params.post_s
+        if clips.clip is not None:
+            clips.clip.end_time = max(clips.clip.end_time, end_time)
+            clips.clip.events.extend((event, frame.index) for event in events)
+            self.log.info("stream %s: %s extends clip %s to %.2f s", frame.stream,
+                          ", ".join(e.kind for e in events), clips.clip.writer.path.name, clips.clip.end_time)
+            return
+        first = events[0]
+        path = self.paths.resolve(frame.stream, first.capture_time, event=_file_safe(first.kind),
+                                  track=first.track_id)
+        start_time = frame.media_time - self.params.pre_s
+        pending = sum(1 for buffered in clips.ring if buffered.media_time >= start_time)
+        writer = Mp4Writer(path, frame.width, frame.height, self.params.crf, self.params.preset)
+        clips.clip = _Clip(writer, end_time, [(event, frame.index) for event in events], pending)
+        self.log.info("stream %s: %s at %.2f s; clip %s with %.2f s of pre-roll (%d frames, buffer %.1f MiB)",
+                      frame.stream, first.kind, frame.media_time, path,
+                      frame.media_time - clips.ring[-pending].media_time, pending, clips.nbytes / 2**20)
+
+    def _write(self, stream: str, clips: _StreamClips, most: int) -> None:
+        """Write up to `most` of the open clip's pending frames, oldest first."""
+        clip = clips.clip
+        try:
+            while clip.pending and most:
+                buffered = clips.ring[-clip.pending]
+                clip.writer.write(cv2.imdecode(buffered.jpeg, cv2.IMREAD_COLOR), buffered.media_time)
+                clip.pending -= 1
+                most -= 1
+        except Exception as error:
+            self.context.metrics.inc("errors", stage=self.id, stream=stream)
+            self.log.error("stream %s: writing clip %s failed; closing it", stream, clip.writer.path,
+                           exc_info=error)
+            clips.clip = None
+            self._close(stream, clip)
+
+    def _trim(self, frame: Frame, clips: _StreamClips) -> None:
+        """Drop the oldest frames beyond the pre-roll (unless the open clip still needs them) or
+        beyond the byte cap."""
+        oldest_kept = frame.media_time - self.params.pre_s
+        pending = clips.clip.pending if clips.clip else 0
+        while clips.ring and (clips.nbytes > self.params.max_buffer_bytes
+                              or (clips.ring[0].media_time < oldest_kept and len(clips.ring) > pending)):
+            dropped = clips.ring.popleft()
+            clips.nbytes -= dropped.jpeg.nbytes
+            if dropped.media_time >= oldest_kept and not clips.capped:
+                clips.capped = True
+                self.log.warning("stream %s: max_buffer_bytes (%.1f MiB) holds only %.2f s of frames, less than "
+                                 "pre_s (%.2f s); clips get less pre-roll", frame.stream,
+                                 self.params.max_buffer_bytes / 2**20, clips.span_s, self.params.pre_s)
+            if clips.clip is not None and len(clips.ring) < clips.clip.pending:
+                clips.clip.pending -= 1
+                clips.clip.lost_frames += 1
+
+    def _finish(self, stream: str, clips: _StreamClips) -> None:
+        """Write the open clip's pending frames, then close it."""
+        if clips.clip is not None:
+            self._write(stream, clips, clips.clip.pending)
+        if clips.clip is not None:  # still open unless writing failed
+            clip, clips.clip = clips.clip, None
+            self._close(stream, clip)
+
+    def _close(self, stream: str, clip: _Clip) -> None:
+        """Close the clip's file and write its sidecar."""
+        writer = clip.writer
+        try:
+            writer.close()
+        except Exception:
+            self.log.exception("stream %s: error while closing clip %s", stream, writer.path)
+        if not writer.frames:
+            return
+        sidecar = writer.path.with_suffix(".json")
+        sidecar.write_bytes(messages.encode({
+            "stream": stream,
+            "clip": writer.path.name,
+            "start_media_time": writer.start_time,
+            "end_media_time": writer.last_media_time,
+            "duration_s": writer.duration,
+            "frames": writer.frames,
+            "frames_lost": clip.lost_frames,
+            "events": [messages.event_message(event, index) for event, index in clip.events],
+        }, "json"))
+        self.log.info("stream %s: saved clip %s (%d frames, %.2f s, %d event(s)%s)", stream, writer.path,
+                      writer.frames, writer.duration, len(clip.events),
+                      f", {clip.lost_frames} frames lost to max_buffer_bytes" if clip.lost_frames else "")
+
+
+def _file_safe(text: str) -> str:
+    """`text` with every character that is not a letter, digit, '_', '.' or '-' replaced by '_'."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
