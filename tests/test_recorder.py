@@ -246,3 +246,25 @@ def test_draw_frame_returns_annotated_copy(source_frames):
     assert np.any(drawn[:8, :100] != image[:8, :100])                          # the event banner
     untouched = np.s_[100:140, 5:60]  # left of the box, below the banner, above the overlay
     np.testing.assert_array_equal(drawn[untouched], image[untouched])
+
+
+def test_event_banner_stays_up_for_a_few_seconds(tmp_path, source_frames):
+    from streampose.frame import Event
+    from streampose.sinks.recorder import BANNER_S
+
+    recorder = make_recorder(tmp_path)
+    for index, (image, media_time) in enumerate(source_frames):
+        frame = Frame("cam", index, image, time.time(), media_time)
+        if index == 5:
+            frame.events.append(Event("fall_confirmed", "cam", 3, media_time, frame.capture_time))
+        recorder.process([frame])
+    recorder.close()
+    images, times, _ = decode(recordings(tmp_path)[0])
+
+    def banner_drawn(i):  # the banner's top-left corner against the raw frame
+        corner = (slice(0, 12), slice(0, 60))
+        return np.abs(images[i][corner].astype(int) - source_frames[i][0][corner]).mean() > 40
+
+    event_time = times[5]
+    shown = [banner_drawn(i) for i in range(len(images))]
+    assert shown == [0 <= t - event_time <= BANNER_S + 1e-6 for t in times]

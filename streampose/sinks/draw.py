@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from streampose.frame import COCO_SKELETON, UNTRACKED, Frame, Persons
+from streampose.frame import COCO_SKELETON, UNTRACKED, Event, Frame, Persons
 
 # Joints less confident than this are not drawn, nor the bones that touch them.
 MIN_KEYPOINT_CONFIDENCE = 0.3
@@ -37,11 +37,14 @@ def track_colour(track_id: int) -> tuple[int, int, int]:
     return PALETTE[track_id % len(PALETTE)]
 
 
-def draw_frame(frame: Frame, overlay: dict[str, object] | None = None) -> np.ndarray:
+def draw_frame(frame: Frame, overlay: dict[str, object] | None = None,
+               events: list[Event] | None = None) -> np.ndarray:
     """An annotated copy of `frame.image` ((H, W, 3) uint8 BGR); the frame is not changed.
 
     overlay: label -> value shown on one line at the bottom-left, e.g.
              {"fps": 9.9, "latency": "42 ms"}; floats are shown with one decimal.
+    events:  the event banners to show (default: this frame's events); a recorder
+             passes recent ones too so a banner stays up long enough to be read.
     """
     image = frame.image.copy()
     style = _Style.for_image(image)
@@ -49,7 +52,7 @@ def draw_frame(frame: Frame, overlay: dict[str, object] | None = None) -> np.nda
     if persons.keypoints is not None:
         _draw_skeletons(image, persons, style)
     _draw_persons(image, persons, style)
-    _draw_events(image, frame, style)
+    _draw_events(image, frame.events if events is None else events, style)
     if overlay:
         _draw_overlay(image, overlay, style)
     return image
@@ -102,9 +105,9 @@ def _format_annotations(annotations: dict) -> str:
     return "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown)
 
 
-def _draw_events(image: np.ndarray, frame: Frame, style: _Style) -> None:
+def _draw_events(image: np.ndarray, events: list[Event], style: _Style) -> None:
     y = 0
-    for event in frame.events:
+    for event in events:
         text = event.kind.replace("_", " ").upper()
         if event.track_id != UNTRACKED:
             text += f"  id {event.track_id}"

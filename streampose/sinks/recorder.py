@@ -25,7 +25,7 @@ import av
 import cv2
 import numpy as np
 
-from streampose.frame import Frame, StreamEvent
+from streampose.frame import Event, Frame, StreamEvent
 from streampose.graph import schema
 from streampose.runtime.stage import Stage, StageContext
 from streampose.sinks.draw import draw_frame
@@ -37,6 +37,7 @@ NOMINAL_RATE = 30
 # a bigger step back is a new timeline (a looped file) and starts a new file.
 MAX_MEDIA_TIME_STEP_BACK_S = 0.5
 FPS_WINDOW = 32  # frames over which the overlay's fps is measured
+BANNER_S = 3.0  # seconds of media time an event's banner stays on screen
 
 
 class Mp4Writer:
@@ -190,6 +191,12 @@ class _StreamRecording:
     files_opened: int = 0
     failing: bool = False  # the last write failed; further failures are logged quietly
     media_times: deque = field(default_factory=lambda: deque(maxlen=FPS_WINDOW))
+    recent_events: deque = field(default_factory=lambda: deque(maxlen=8))
+
+    def banners_for(self, frame: Frame) -> list[Event]:
+        """This frame's events and those of the last BANNER_S seconds, oldest first."""
+        self.recent_events.extend(frame.events)
+        return [e for e in self.recent_events if 0 <= frame.media_time - e.media_time <= BANNER_S]
 
     def overlay_for(self, frame: Frame) -> dict[str, object]:
         """The overlay of `frame`: fps over the recent frames, this one included, and its
@@ -224,6 +231,7 @@ class RecorderStage(Stage):
         if recording is None:
             return
         recording.media_times.clear()
+        recording.recent_events.clear()
         if event.kind in ("lost", "ended") or event.segment != recording.segment:
             self._finish(event.stream, recording)
 
@@ -235,7 +243,8 @@ class RecorderStage(Stage):
         recording = self._streams.setdefault(frame.stream, _StreamRecording())
         if recording.writer is not None and self._needs_new_file(recording, frame):
             self._finish(frame.stream, recording)
-        image = draw_frame(frame, recording.overlay_for(frame)) if self.params.draw else frame.image
+        image = (draw_frame(frame, recording.overlay_for(frame), recording.banners_for(frame))
+                 if self.params.draw else frame.image)
         try:
             if recording.writer is None:
                 recording.writer = self._open(frame, recording)
