@@ -115,3 +115,31 @@ def test_parameter_reference_is_up_to_date():
     from streampose.graph.docs import markdown
     assert (REPO / "docs" / "graphs-reference.md").read_text() == markdown() + "\n", \
         "docs/graphs-reference.md is stale: run `make docs`"
+
+
+PLUGIN_GRAPH = GOOD + """\
+  - id: hands
+    type: plugin
+    plugin: hand_raised
+    params:
+      hold_s: 0.2
+"""
+
+
+def test_plugin_params_are_validated_by_the_plugin_schema(tmp_path):
+    load_graph(write(tmp_path, PLUGIN_GRAPH))
+    path = write(tmp_path, PLUGIN_GRAPH.replace("hold_s: 0.2", "hold_sec: 0.2"))
+    with pytest.raises(GraphError) as caught:
+        load_graph(path)
+    assert caught.value.problems == [f"{path}:14:7: stage 'hands': unknown key 'params.hold_sec' "
+                                     f"(did you mean 'hold_s'?)"]
+    path = write(tmp_path, PLUGIN_GRAPH.replace("hold_s: 0.2", "hold_s: -1"))
+    with pytest.raises(GraphError) as caught:
+        load_graph(path)
+    assert caught.value.problems == [f"{path}:14:15: stage 'hands': key 'params.hold_s': "
+                                     f"input should be greater than or equal to 0, got -1"]
+    path = write(tmp_path, PLUGIN_GRAPH.replace("plugin: hand_raised", "plugin: hand_rised"))
+    with pytest.raises(GraphError) as caught:
+        load_graph(path)
+    assert caught.value.problems[0].startswith(f"{path}:12:13: stage 'hands': unknown plugin 'hand_rised'; "
+                                               f"available: fall, hand_raised, reps")

@@ -277,6 +277,36 @@ def _find_cycle(inputs: dict[str, list[str]], sources: set[str]) -> list[str] | 
     return None
 
 
+def _check_plugins(spec: schema.Graph, where: _Locations) -> list[str]:
+    """Plugin stages: the plugin loads and its `params` fit the plugin's own schema."""
+    from streampose.plugins.stage import load_plugin_class
+
+    problems = []
+    for i, stage in enumerate(spec.stages):
+        if stage.type != "plugin":
+            continue
+        try:
+            cls = load_plugin_class(stage.plugin, stage.module)
+        except ValueError as error:
+            key = "module" if stage.module else "plugin"
+            problems.append(f"{where.where(('stages', i, key))}: stage '{stage.id}': {error}")
+            continue
+        try:
+            cls.Params.model_validate(stage.params)
+        except ValidationError as error:
+            for e in error.errors():
+                loc = ("stages", i, "params") + tuple(e["loc"])
+                name = ".".join(["params", *map(str, e["loc"])])
+                if e["type"] == "extra_forbidden":
+                    message = f"unknown key '{name}'{_suggest(e['loc'][-1], cls.Params.model_fields)}"
+                    problems.append(f"{where.where(loc, key=True)}: stage '{stage.id}': {message}")
+                    continue
+                text = e["ctx"]["error"] if e["type"] == "value_error" else e["msg"][0].lower() + e["msg"][1:]
+                got = "" if isinstance(e.get("input"), (dict, list)) else f", got {e.get('input')!r}"
+                problems.append(f"{where.where(loc)}: stage '{stage.id}': key '{name}': {text}{got}")
+    return problems
+
+
 # --------------------------------------------------------------------------- entry point
 
 def load_graph(path: str | Path, overrides: list[str] = ()) -> LoadedGraph:
@@ -310,6 +340,7 @@ def load_graph(path: str | Path, overrides: list[str] = ()) -> LoadedGraph:
     except ValidationError as error:
         raise GraphError([_format_error(e, data, where) for e in error.errors()]) from None
     inputs, problems = _check_topology(spec, where)
+    problems += _check_plugins(spec, where)
     if problems:
         raise GraphError(problems)
     return LoadedGraph(spec=spec, path=path.resolve(), inputs=inputs)
