@@ -1,0 +1,565 @@
+"""The fall detector: a per-track state machine over body-size-normalised posture and motion.
+
+A fall is a *transition*: a person seen upright goes down fast and stays down. Each frame of
+a tracked person gives two measurements, both free of units so that one setting fits near
+and far people, any image size and any frame rate:
+
+- posture, 0 (upright) .. 1 (lying): the mean of the cues the visible body allows
+  (`CUE_RAMPS`): the torso's tilt (turned from vertical in the image, or foreshortened when
+  it points towards or away from the camera), head height above the hips, hip height above
+  the ankles, the joints' vertical extent, the box's height and its aspect ratio. With 3D
+  joints the torso angle and the heights are measured in 3D along the person's up direction,
+  the hips' height above the ground plane (both learnt while the person stands).
+- descent, 0..1: how deep (`min_drop`) and how fast (`min_speed`) the body's centres
+  (shoulders, hips, box) dropped since the person was last upright within `fall_window_s`.
+  The window slides with every frame and is measured in media time, so a 3 fps stream and
+  a 60 fps one see the same fall.
+
+Heights are in body heights. Body height is not read from the box (which shrinks when a
+person sits or lies and is cut by the frame edge): each frame estimates it from the lengths
+of the visible limb and torso segments divided by their share of standing height, and the
+track keeps a high percentile of the last `height_memory_s` of estimates taken while it was
+not down. Keypoints outside the frame or less confident than `min_confidence` are ignored,
+and cues needing them are left out of the mean: legs cut by the frame edge, a face turned
+away, a box cut at the top or bottom each remove cues, not the person.
+
+fall_score = min(descent, posture), a fuzzy "and" (each is 0.5 at its thresholds), so the
+score passes 0.5 exactly when a deep, fast drop ends in a lying posture. Sitting down on a
+chair, squatting or crouching drop the body but keep the torso and head up; push-ups and
+someone sitting or lying down on purpose are low without a fast drop from upright; a person
+first seen on the floor has no upright reference. None of these starts a fall.
+
+States (annotation `fall_state`) and the events that leave them:
+
+    upright | down | recovered --score >= 0.5, track old enough--> falling   (fall_started)
+    falling --down for confirm_s--> fallen                                    (fall_confirmed)
+    falling --not down for recover_s--> upright                               (none: a stumble)
+    fallen --not down for recover_s--> recovered                              (fall_recovered)
+
+"down" has hysteresis: posture >= lying_threshold to enter, < lying_release to leave. A
+posture that cannot be measured (too few cues: a lying body's joints are often missed, or
+the body is cut by the frame edge) is the last one measured for up to `max_gap_s`; after
+that the person stays down or not down as last seen, since only a measured posture can
+show a recovery. Time is summed between observations at most `max_gap_s` apart, so missed
+detections and timestamp gaps neither fake nor lose lying time.
+
+Tracks break in falls: the box changes shape fast, and at a low frame rate the tracker may
+lose the person and start a new id for the body on the floor. A new track whose box overlaps
+the last box of a track of the same stream that was not seen for at most `handover_s`
+continues that track's history and state (the old track is retired). A track that ends while
+falling and down (slid out of view, hidden on the floor) is confirmed at its end when
+`confirm_when_lost` is set.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from streampose.frame import COCO_KEYPOINTS, Event, Frame
+from streampose.plugins.base import Plugin, PluginParams, make_event
+
+_J = {name: i for i, name in enumerate(COCO_KEYPOINTS)}
+HEAD = [_J[n] for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
+SHOULDERS = [_J["left_shoulder"], _J["right_shoulder"]]
+HIPS = [_J["left_hip"], _J["right_hip"]]
+LEGS = [_J[n] for n in ("left_knee", "right_knee", "left_ankle", "right_ankle")]
+ANKLES = [_J["left_ankle"], _J["right_ankle"]]
+# Every joint but the elbows and wrists: arms move freely (raised, waving, reaching out from
+# the floor) and say nothing about posture.
+BODY = HEAD + SHOULDERS + HIPS + LEGS
+
+# Segments (joint a, joint b) and their length as a share of standing height, from Winter's
+# segment proportions (Biomechanics and Motor Control of Human Movement): shoulder 0.818,
+# elbow 0.630, wrist 0.485, hip 0.530, knee 0.285, ankle 0.039 of height above the floor.
+SEGMENTS = np.array([
+    (_J["left_shoulder"], _J["left_hip"]), (_J["right_shoulder"], _J["right_hip"]),
+    (_J["left_hip"], _J["left_knee"]), (_J["right_hip"], _J["right_knee"]),
+    (_J["left_knee"], _J["left_ankle"]), (_J["right_knee"], _J["right_ankle"]),
+    (_J["left_shoulder"], _J["left_elbow"]), (_J["right_shoulder"], _J["right_elbow"]),
+    (_J["left_elbow"], _J["left_wrist"]), (_J["right_elbow"], _J["right_wrist"]),
+])
+SEGMENT_SHARE = np.array([0.288, 0.288, 0.245, 0.245, 0.246, 0.246, 0.188, 0.188, 0.145, 0.145])
+# A height estimate needs this many segments: the median of fewer is one bad joint from nonsense.
+MIN_SEGMENTS = 3
+
+# Each cue's ramp: (value read as upright -> 0, value read as lying -> 1), 0.5 halfway. Angles
+# in degrees from vertical, heights and lengths in body heights. Standing: torso 0-15 deg and
+# (COCO shoulders to hips, measured on the shared videos) 0.33 long, eyes 0.40 above the
+# hips, hips 0.49 above the ankles, joints spanning 0.9 (eyes to ankles), box 1.0 high and
+# 0.3-0.6 wide. Sitting on a chair: torso upright, eyes 0.40 above the hips, hips 0.2 above
+# the ankles, joints spanning 0.65. Lying across the view: torso near 90 deg, head, hips and
+# ankles level, joints spanning under 0.3, box over 1.5 times wider than high. Lying along
+# the view (towards or away from the camera): the torso looks upright but short.
+CUE_RAMPS = {
+    "torso_angle": (30.0, 65.0),
+    "torso_length": (0.20, 0.10),
+    "head_above_hips": (0.30, 0.05),
+    "hips_above_ground": (0.30, 0.05),
+    "extent": (0.60, 0.30),
+    "box_height": (0.70, 0.35),
+    "aspect": (1.0, 1.8),
+}
+MIN_CUES = 2
+# A torso tilted out of the image plane is foreshortened, one tilted in it is turned: either
+# shows the tilt, so the two cues count as one, the larger.
+TORSO_CUES = ("torso_angle", "torso_length")
+# Per-track history is trimmed by time, and also capped in samples whatever the frame rate.
+MAX_SAMPLES = 1024
+# The up direction and the floor level learnt from 3D joints follow upright frames with this
+# time constant; a frame whose body axis (ankles to shoulders) is further than
+# UP_TOLERANCE_DEG from the learnt up (a fall beginning, a bad pose) is not used.
+UP_TIME_CONSTANT_S = 1.0
+UP_TOLERANCE_DEG = 15.0
+CAMERA_UP = np.array([0.0, -1.0, 0.0])  # camera axes: x right, y down, z forward
+
+
+def ramp(value: float, zero_at: float, one_at: float) -> float:
+    """0 at `zero_at`, 1 at `one_at`, linear between, clipped."""
+    return float(np.clip((value - zero_at) / (one_at - zero_at), 0.0, 1.0))
+
+
+def segment_height(joints: np.ndarray, seen: np.ndarray) -> float:
+    """Standing height implied by the seen segments of (17, D) joints (median), or NaN."""
+    both = seen[SEGMENTS[:, 0]] & seen[SEGMENTS[:, 1]]
+    if both.sum() < MIN_SEGMENTS:
+        return np.nan
+    lengths = np.linalg.norm(joints[SEGMENTS[both, 0]] - joints[SEGMENTS[both, 1]], axis=1)
+    return float(np.median(lengths / SEGMENT_SHARE[both]))
+
+
+def _centre(joints: np.ndarray, seen: np.ndarray, group: list[int]) -> np.ndarray:
+    """Mean of the seen joints of `group`, NaN when none is seen."""
+    mask = seen[group]
+    return joints[group][mask].mean(axis=0) if mask.any() else np.full(joints.shape[1], np.nan)
+
+
+@dataclass
+class Observation:
+    """One person in one frame, in image pixels (y grows downwards); NaN where not measurable.
+
+    size:      body height implied by the visible segments, pixels.
+    head, shoulders, hips, ankles: (2,) centres of the seen joints of each group.
+    top_y, bottom_y: rows of the highest and lowest seen joints of the BODY (arms left out).
+    legs_seen: a knee or an ankle is seen.
+    floor_y: the row of the lower seen ankle, where the person stands; NaN without one. When
+             the box touches the bottom edge the legs are taken as cut: knees and ankles are
+             not used, whatever the keypoint model guessed.
+    box_centre_y: pixels; NaN when the box touches the top or bottom edge.
+    box_height: pixels; NaN when the box touches any edge (only part of the body is in view).
+    aspect: box width / height; NaN when the box touches the top or bottom edge. When it
+            touches the left or right edge the body goes on outside, so this is a lower bound.
+    side_cut: the box touches the left or right edge.
+    """
+
+    size: float
+    head: np.ndarray
+    shoulders: np.ndarray
+    hips: np.ndarray
+    ankles: np.ndarray
+    top_y: float
+    bottom_y: float
+    legs_seen: bool
+    floor_y: float
+    box_centre_y: float
+    box_height: float
+    aspect: float
+    side_cut: bool
+
+
+def observe(keypoints: np.ndarray, box: np.ndarray, width: int, height: int,
+            min_confidence: float, edge_margin: float) -> Observation:
+    """Measure one person. keypoints: (17, 3) x, y pixels and confidence; box: (4,) x1 y1 x2 y2."""
+    xy = keypoints[:, :2].astype(np.float64)
+    seen = ((keypoints[:, 2] >= min_confidence) & (xy[:, 0] >= 0) & (xy[:, 0] < width)
+            & (xy[:, 1] >= 0) & (xy[:, 1] < height))
+    x1, y1, x2, y2 = (float(v) for v in box)
+    bottom_cut = y2 >= (1 - edge_margin) * height
+    rows_ok = y1 > edge_margin * height and not bottom_cut and y2 > y1
+    side_cut = x1 <= edge_margin * width or x2 >= (1 - edge_margin) * width
+    if bottom_cut:
+        seen[LEGS] = False
+    rows = xy[BODY, 1][seen[BODY]]
+    return Observation(
+        size=segment_height(xy, seen),
+        head=_centre(xy, seen, HEAD), shoulders=_centre(xy, seen, SHOULDERS),
+        hips=_centre(xy, seen, HIPS), ankles=_centre(xy, seen, ANKLES),
+        top_y=rows.min() if len(rows) else np.nan, bottom_y=rows.max() if len(rows) else np.nan,
+        legs_seen=bool(seen[LEGS].any()),
+        floor_y=xy[ANKLES, 1][seen[ANKLES]].max() if seen[ANKLES].any() else np.nan,
+        box_centre_y=(y1 + y2) / 2 if rows_ok else np.nan,
+        box_height=y2 - y1 if rows_ok and not side_cut else np.nan,
+        aspect=(x2 - x1) / (y2 - y1) if rows_ok else np.nan, side_cut=side_cut)
+
+
+@dataclass
+class Body3D:
+    """One person's 3D joints (metres, camera frame): group centres (3,), NaN where not seen,
+    and the height implied by the segments (metres)."""
+
+    head: np.ndarray
+    shoulders: np.ndarray
+    hips: np.ndarray
+    ankles: np.ndarray
+    stature: float
+
+
+def observe_3d(joints: np.ndarray, min_confidence: float) -> Body3D | None:
+    """Measure (17, 4) joints (x, y, z metres, confidence); None without a seen torso."""
+    xyz = joints[:, :3].astype(np.float64)
+    seen = (joints[:, 3] >= min_confidence) & np.isfinite(xyz).all(axis=1)
+    body = Body3D(_centre(xyz, seen, HEAD), _centre(xyz, seen, SHOULDERS), _centre(xyz, seen, HIPS),
+                  _centre(xyz, seen, ANKLES), segment_height(xyz, seen))
+    torso_seen = np.isfinite(body.shoulders).all() and np.isfinite(body.hips).all()
+    return body if torso_seen and body.stature > 0 else None
+
+
+def posture_score(values: dict[str, float], side_cut: bool) -> float:
+    """0 (upright) .. 1 (lying): the mean of the measurable cues (values in CUE_RAMPS units,
+    NaN where not measurable), or NaN with fewer than MIN_CUES of them."""
+    cues = {name: ramp(value, *CUE_RAMPS[name]) for name, value in values.items() if np.isfinite(value)}
+    torso = [cues.pop(name) for name in TORSO_CUES if name in cues]
+    if torso:
+        cues["torso"] = max(torso)
+    if side_cut and cues.get("aspect", 1.0) < 0.5:
+        del cues["aspect"]   # a lower bound of the aspect only tells when it already reads lying
+    return float(np.mean(list(cues.values()))) if len(cues) >= MIN_CUES else np.nan
+
+
+@dataclass
+class Sample:
+    """What the descent window keeps of one frame: time, posture, the body's centres as image
+    rows (shoulders, hips, box; pixels) with the floor row under the person, with 3D joints
+    the centres as points (metres), and the descent evidence measured at that frame."""
+
+    time: float
+    posture: float
+    rows: np.ndarray       # (3,)
+    floor: float
+    points: np.ndarray     # (2, 3) shoulders, hips; NaN without 3D
+    descent: float = 0.0
+
+
+@dataclass
+class FallTrack:
+    """One track's state. Times are media time, seconds."""
+
+    stream: str = ""
+    state: str = "upright"
+    retired: bool = False          # its history was handed over to a newer track
+    first_seen: float | None = None
+    last_seen: float | None = None
+    last_capture: float = 0.0      # capture time of the last sighting, seconds since the epoch
+    last_box: np.ndarray | None = None
+    sizes: deque = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))    # (time, pixels)
+    window: deque = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))   # Samples
+    up: np.ndarray = field(default_factory=lambda: CAMERA_UP.copy())  # 3D: unit up vector
+    ground: float = np.nan         # 3D: height of the floor along `up`, metres
+    up_time: float | None = None   # 3D: when `up` and `ground` were last learnt
+    posture: float = np.nan        # latest measured
+    posture_time: float = -np.inf  # when it was measured
+    down: bool = False
+    down_s: float = 0.0            # time down since the fall started
+    up_s: float = 0.0              # time not down, in a row
+    fall_descent: float = 0.0      # descent evidence when the current fall started
+    features: dict = field(default_factory=dict)   # the latest frame's, for events
+
+
+class FallDetector(Plugin):
+    """Annotates every tracked person with `fall_score` (0..1) and `fall_state`, and raises
+    `fall_started`, `fall_confirmed` (the alarm) and `fall_recovered` events whose data holds
+    the features of the frame that raised them."""
+
+    class Params(PluginParams):
+        min_confidence: float = Field(0.3, ge=0, le=1, description="Keypoints (and 3D joints) less confident "
+                                      "than this, or outside the frame, are ignored, 0..1.")
+        fall_window_s: float = Field(1.2, gt=0, le=10, description="A fall is a drop from an upright posture "
+                                     "within this long, seconds of media time (a window sliding with every frame).")
+        min_drop: float = Field(0.25, gt=0, le=2, description="Drop of the body's centres (mean of shoulders, hips "
+                                "and box centre) within fall_window_s at which the descent evidence is 0.5, in "
+                                "body heights; it is 0 at half and 1 at one and a half times this. Sitting down "
+                                "or squatting drops them 0.2-0.35, a fall 0.4-0.6.")
+        min_speed: float = Field(0.5, gt=0, le=20, description="Mean speed of that drop at which the descent "
+                                 "evidence is 0.5, body heights per second; 0 at half and 1 at one and a half "
+                                 "times this. Falls reach the floor in 0.4-1 s (0.5-1.5 body heights per "
+                                 "second); sitting or lying down on purpose takes 1.5 s or more.")
+        upright_max: float = Field(0.15, ge=0, le=1, description="Posture score (0 upright .. 1 lying) up to which "
+                                   "a frame is an upright reference for the drop.")
+        lying_threshold: float = Field(0.5, gt=0, le=1, description="Posture score at which a person counts as "
+                                       "down (lying, on the floor), 0..1.")
+        lying_release: float = Field(0.35, ge=0, le=1, description="Posture score below which a person who was "
+                                     "down no longer counts as down (hysteresis), 0..1; below lying_threshold.")
+        confirm_s: float = Field(0.8, ge=0, le=60, description="Time down after a fall starts before it is "
+                                 "confirmed (fall_confirmed), seconds of media time.")
+        recover_s: float = Field(1.0, gt=0, le=60, description="Time not down, in a row, that ends a fall: a "
+                                 "confirmed fall is recovered (fall_recovered), an unconfirmed one dropped, seconds.")
+        min_track_age_s: float = Field(0.25, ge=0, le=60, description="A track must have been seen this long "
+                                       "before a fall can start, seconds (a new track is often a false detection).")
+        height_memory_s: float = Field(3.0, gt=0, le=60, description="Body height is the 90th percentile of the "
+                                       "per-frame estimates of the last this many seconds the person was not down.")
+        max_gap_s: float = Field(0.7, gt=0, le=10, description="Time between two observations of a track counts "
+                                 "(as down or not down) only when they are at most this far apart, seconds.")
+        handover_s: float = Field(1.5, ge=0, le=10, description="A new track overlapping the last box of a track "
+                                  "unseen for at most this long continues that track's history, seconds; 0 = never. "
+                                  "Cover the tracker's confirmation delay (min_hits frames) at the lowest frame rate.")
+        edge_margin: float = Field(0.01, ge=0, le=0.2, description="A box closer than this fraction of the frame "
+                                   "size to an edge is cut by it (the body goes on outside): its height is not "
+                                   "used; at the top or bottom edge neither its centre nor its aspect ratio, and at "
+                                   "the bottom edge neither the knees nor the ankles.")
+        confirm_when_lost: bool = Field(True, description="A track that ends while falling and down (slid out of "
+                                        "view, hidden on the floor) raises fall_confirmed at its end.")
+
+        @model_validator(mode="after")
+        def _hysteresis(self):
+            if self.lying_release >= self.lying_threshold:
+                raise ValueError(f"lying_release ({self.lying_release}) must be below lying_threshold "
+                                 f"({self.lying_threshold})")
+            return self
+
+    params: Params
+
+    def __init__(self, params: Params):
+        super().__init__(params)
+        # Every live track's state by (stream, track id), to hand history over across track breaks;
+        # entries leave with end_track, which the plugin stage calls for every track it created.
+        self._tracks: dict[tuple[str, int], FallTrack] = {}
+
+    def new_track(self) -> FallTrack:
+        return FallTrack()
+
+    def on_person(self, frame: Frame, i: int, state: FallTrack) -> list[Event]:
+        persons = frame.persons
+        if persons.keypoints is None:
+            raise ValueError("fall needs keypoints: put a keypoints stage before this plugin")
+        p, now, box = self.params, frame.media_time, persons.boxes[i].astype(np.float64)
+        if state.retired:   # seen again after its history went to another track: start afresh
+            state.__dict__.update(FallTrack().__dict__)
+        if state.first_seen is None:
+            self._take_over(frame, box, state)
+            self._tracks[frame.stream, int(persons.track_ids[i])] = state
+
+        obs = observe(persons.keypoints[i], box, frame.width, frame.height, p.min_confidence, p.edge_margin)
+        body3d = observe_3d(persons.kpts3d[i], p.min_confidence) if persons.kpts3d is not None else None
+        body_height = self._body_height(state, now, obs.size)
+        values = self._cue_values(obs, body_height, body3d, state)
+        measured = posture_score(values, obs.side_cut)
+        sample = Sample(now, measured, np.array([obs.shoulders[1], obs.hips[1], obs.box_centre_y]), obs.floor_y,
+                        np.full((2, 3), np.nan) if body3d is None else np.stack([body3d.shoulders, body3d.hips]))
+        sample.descent, drop, speed = self._descent(state, sample, body_height, body3d)
+        # The drop and the lying posture need not peak in the same frame (the body lands, then
+        # settles; a blurred landing is not measured): the drop counts for the whole window.
+        descent = max([sample.descent] + [s.descent for s in state.window])
+        if body3d is not None and measured <= p.upright_max:
+            self._learn_ground(state, body3d, now)
+        posture = self._posture(state, measured, now)
+
+        gap = None if state.last_seen is None else now - state.last_seen
+        state.first_seen = now if state.first_seen is None else state.first_seen
+        state.stream, state.last_seen, state.last_capture, state.last_box = frame.stream, now, frame.capture_time, box
+        state.window.append(sample)
+        state.features = {"posture": posture, "descent": descent, "drop": drop, "speed": speed,
+                          "body_height_px": body_height,
+                          "cues": {name: value for name, value in values.items() if np.isfinite(value)}}
+
+        events = self._step(frame, i, state, posture, descent, gap)
+        evidence = state.fall_descent if state.state in ("falling", "fallen") else descent
+        persons.annotations[i]["fall_score"] = round(min(evidence, posture), 3) if np.isfinite(posture) else 0.0
+        persons.annotations[i]["fall_state"] = state.state
+        return events
+
+    # ------------------------------------------------------------------ measuring
+
+    def _body_height(self, state: FallTrack, now: float, size: float) -> float:
+        """The track's body height in pixels. Estimates taken while down (lying joints are
+        often wrong and foreshortened) are not used: the height seen before holds."""
+        if np.isfinite(size) and size > 0 and not state.down:
+            state.sizes.append((now, size))
+            while state.sizes[0][0] < now - self.params.height_memory_s:
+                state.sizes.popleft()
+        if not state.sizes:
+            return np.nan
+        return float(np.percentile([s for _, s in state.sizes], 90))
+
+    @staticmethod
+    def _cue_values(obs: Observation, body_height: float, body3d: Body3D | None,
+                    state: FallTrack) -> dict[str, float]:
+        """Each cue's value in its own unit (see CUE_RAMPS); NaN where not measurable."""
+        torso_length = np.nan   # 3D angles need no foreshortening cue
+        if body3d is not None:
+            torso = body3d.shoulders - body3d.hips
+            torso_angle = np.degrees(np.arccos(np.clip(torso @ state.up / np.linalg.norm(torso), -1, 1)))
+            ground = state.ground if np.isfinite(state.ground) else body3d.ankles @ state.up
+            head_above_hips = (body3d.head - body3d.hips) @ state.up / body3d.stature
+            hips_above_ground = (body3d.hips @ state.up - ground) / body3d.stature
+        else:
+            torso = obs.shoulders - obs.hips
+            torso_angle = np.degrees(np.arctan2(abs(torso[0]), -torso[1]))
+            torso_length = np.linalg.norm(torso) / body_height
+            head_above_hips = (obs.hips[1] - obs.head[1]) / body_height
+            hips_above_ground = (obs.ankles[1] - obs.hips[1]) / body_height
+        both_ends_seen = obs.legs_seen and np.isfinite(obs.head[1])
+        return {
+            "torso_angle": float(torso_angle),
+            "torso_length": float(torso_length),
+            "head_above_hips": float(head_above_hips),
+            "hips_above_ground": float(hips_above_ground),
+            "extent": (obs.bottom_y - obs.top_y) / body_height if both_ends_seen else np.nan,
+            "box_height": obs.box_height / body_height,
+            "aspect": obs.aspect,
+        }
+
+    @staticmethod
+    def _learn_ground(state: FallTrack, body3d: Body3D, now: float) -> None:
+        """Follow the person's up direction (ankles to shoulders; the camera's up until first
+        seen) and the floor under the ankles while upright."""
+        axis = body3d.shoulders - body3d.ankles
+        if not np.isfinite(axis).all():
+            return
+        axis /= np.linalg.norm(axis)
+        if state.up_time is None:
+            weight = 1.0
+        elif np.degrees(np.arccos(np.clip(axis @ state.up, -1, 1))) > UP_TOLERANCE_DEG:
+            return
+        else:
+            weight = 1 - np.exp(-max(now - state.up_time, 0.0) / UP_TIME_CONSTANT_S)
+        up = (1 - weight) * state.up + weight * axis
+        state.up = up / np.linalg.norm(up)
+        ground = body3d.ankles @ state.up
+        state.ground = ground if state.up_time is None else (1 - weight) * state.ground + weight * ground
+        state.up_time = now
+
+    def _descent(self, state: FallTrack, sample: Sample, body_height: float,
+                 body3d: Body3D | None) -> tuple[float, float, float]:
+        """(descent evidence 0..1, its drop in body heights and mean speed in body heights per
+        second) from the upright frame in the window that gives the most evidence; (0, NaN,
+        NaN) without one. The evidence from one upright frame is that of a drop both deep
+        (min_drop) and fast (min_speed): a deliberate sit-down to the floor can drop as deep
+        as a fall, but not as fast. A drop is the mean over the body's centres seen in both
+        frames: in 3D along the up direction when both frames have 3D joints, else in the image
+        as heights above the floor row when both frames show it (so that walking towards a high
+        camera, which moves the whole body down the image, or the camera tilting, drops
+        nothing), else as image rows."""
+        p = self.params
+        while state.window and state.window[0].time < sample.time - p.fall_window_s:
+            state.window.popleft()
+        upright = [s for s in state.window if s.posture <= p.upright_max]
+        if not upright:
+            return 0.0, np.nan, np.nan
+        then_rows, then_floor = np.array([s.rows for s in upright]), np.array([s.floor for s in upright])
+        shift = np.where(np.isfinite(then_floor) & np.isfinite(sample.floor), sample.floor - then_floor, 0.0)
+        drops = (sample.rows - then_rows - shift[:, None]) / body_height             # (M, 3)
+        if body3d is not None:
+            heights = np.array([s.points for s in upright]) @ state.up                 # (M, 2)
+            drops_3d = (heights - sample.points @ state.up) / body3d.stature
+            has_3d = np.isfinite(drops_3d).any(axis=1)
+            drops[has_3d] = np.column_stack([drops_3d[has_3d], np.full(has_3d.sum(), np.nan)])
+        seen = np.isfinite(drops)
+        counts = seen.sum(axis=1)
+        if not counts.any():
+            return 0.0, np.nan, np.nan
+        mean_drops = np.where(counts > 0, np.where(seen, drops, 0.0).sum(axis=1) / np.maximum(counts, 1), -np.inf)
+        speeds = mean_drops / np.maximum(sample.time - np.array([s.time for s in upright]), 1e-6)
+        evidence = np.minimum(np.clip((mean_drops / p.min_drop - 0.5), 0, 1),
+                              np.clip((speeds / p.min_speed - 0.5), 0, 1))
+        best = int(np.argmax(evidence))
+        return float(evidence[best]), float(mean_drops[best]), float(speeds[best])
+
+    # ------------------------------------------------------------------ deciding
+
+    def _posture(self, state: FallTrack, measured: float, now: float) -> float:
+        """The posture to act on: the measured one, else the last one measured if recent (a
+        blurred frame, a lost joint), else NaN."""
+        if np.isfinite(measured):
+            state.posture, state.posture_time = measured, now
+            return measured
+        return state.posture if now - state.posture_time <= self.params.max_gap_s else np.nan
+
+    def _step(self, frame: Frame, i: int, state: FallTrack, posture: float, descent: float,
+              gap: float | None) -> list[Event]:
+        """Advance the state machine by one observation; the events it raises."""
+        p, now = self.params, frame.media_time
+        known = np.isfinite(posture)
+        was_down = state.down
+        if known:
+            state.down = posture >= (p.lying_release if state.down else p.lying_threshold)
+        # Time counts between two observations in the same posture close enough together.
+        span = gap if gap is not None and gap <= p.max_gap_s and state.down == was_down else 0.0
+        if state.down:
+            state.down_s, state.up_s = state.down_s + span, 0.0
+        else:
+            state.up_s += span
+
+        if state.state in ("upright", "down", "recovered"):
+            score = min(descent, posture) if known else 0.0
+            if score >= 0.5 and now - state.first_seen >= p.min_track_age_s:
+                state.state, state.down, state.down_s, state.up_s = "falling", True, 0.0, 0.0
+                state.fall_descent = descent
+                return [self._event(frame, i, "fall_started", score, state)]
+            if state.state != "recovered" or state.down:
+                state.state = "down" if state.down else "upright"
+        elif state.state == "falling":
+            if state.down_s >= p.confirm_s:
+                state.state = "fallen"
+                return [self._event(frame, i, "fall_confirmed", state.posture, state)]
+            if state.up_s >= p.recover_s:
+                state.state = "upright"
+        elif state.state == "fallen" and state.up_s >= p.recover_s:
+            state.state = "recovered"
+            return [self._event(frame, i, "fall_recovered", 1.0 - state.posture, state)]
+        return []
+
+    def _event(self, frame: Frame, i: int, kind: str, score: float, state: FallTrack) -> Event:
+        return make_event(frame, i, kind, score, down_s=round(state.down_s, 3), **_rounded(state.features))
+
+    # ------------------------------------------------------------------ track life
+
+    def _take_over(self, frame: Frame, box: np.ndarray, state: FallTrack) -> None:
+        """Continue the history of the lost track (same stream, unseen for at most
+        handover_s, not in this frame) whose last box overlaps `box` most, if any."""
+        present = set(frame.persons.track_ids.tolist())
+        best, best_overlap = None, 0.0
+        for (stream, track_id), old in self._tracks.items():
+            if (stream != frame.stream or track_id in present or old.retired or old.last_box is None
+                    or frame.media_time - old.last_seen > self.params.handover_s):
+                continue
+            overlap = _overlap(old.last_box, box)
+            if overlap > best_overlap:
+                best, best_overlap = old, overlap
+        if best is not None:
+            state.__dict__.update(copy.deepcopy(best.__dict__))
+            best.retired = True
+
+    def end_track(self, frame: Frame | None, track_id: int, state: FallTrack) -> list[Event]:
+        self._tracks.pop((state.stream, track_id), None)
+        if state.retired or not (self.params.confirm_when_lost and state.state == "falling" and state.down):
+            return []
+        data = {"lost_while_down": True, "last_seen": round(state.last_seen, 3),
+                "down_s": round(state.down_s, 3), **_rounded(state.features)}
+        # At a stream gap (no frame) the event is stamped with the last sighting and only logged.
+        media_time, capture_time = ((frame.media_time, frame.capture_time) if frame is not None
+                                    else (state.last_seen, state.last_capture))
+        return [Event(kind="fall_confirmed", stream=state.stream, track_id=track_id, media_time=media_time,
+                      capture_time=capture_time, score=state.posture, data=data)]
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection of two x1 y1 x2 y2 boxes over the smaller one's area, 0..1."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return float(width * height / smaller) if smaller > 0 else 0.0
+
+
+def _rounded(features: dict) -> dict:
+    """JSON-ready copy: floats to 3 decimals, NaN to None."""
+    def one(value):
+        if isinstance(value, dict):
+            return _rounded(value)
+        return round(float(value), 3) if np.isfinite(value) else None
+    return {key: one(value) for key, value in features.items()}

@@ -1,0 +1,479 @@
+"""The fall detector: its state machine on synthetic keypoint sequences, and the evaluation
+on the labelled videos through the full graph (scripts/evaluate_falls.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import MEDIA, MODELS, REPO, VIDEOS
+from streampose import messages
+from streampose.frame import Event, Frame, Persons, StreamEvent
+from streampose.graph import schema
+from streampose.plugins.fall import FallDetector
+from streampose.plugins.stage import PluginStage
+from streampose.runtime.stage import StageContext
+
+# ----------------------------------------------------------------- synthetic people
+
+# A person standing, facing the camera: per COCO joint, (sideways offset, height above the
+# floor) in body heights (Winter's proportions).
+STANDING = np.array([
+    (0.0, 0.93), (-0.02, 0.945), (0.02, 0.945), (-0.05, 0.93), (0.05, 0.93),
+    (-0.13, 0.82), (0.13, 0.82), (-0.16, 0.63), (0.16, 0.63), (-0.17, 0.485), (0.17, 0.485),
+    (-0.09, 0.53), (0.09, 0.53), (-0.09, 0.285), (0.09, 0.285), (-0.09, 0.04), (0.09, 0.04),
+])
+# Seated on a chair (seat at a quarter of the height), torso upright, hands on the lap.
+SITTING = np.array([
+    (0.0, 0.67), (-0.02, 0.685), (0.02, 0.685), (-0.05, 0.67), (0.05, 0.67),
+    (-0.13, 0.56), (0.13, 0.56), (-0.16, 0.40), (0.16, 0.40), (-0.10, 0.30), (0.10, 0.30),
+    (-0.09, 0.27), (0.09, 0.27), (-0.10, 0.26), (0.10, 0.26), (-0.09, 0.04), (0.09, 0.04),
+])
+# Sitting on the floor, legs stretched out sideways, torso upright.
+ON_THE_FLOOR = np.array([
+    (0.0, 0.43), (-0.02, 0.445), (0.02, 0.445), (-0.05, 0.43), (0.05, 0.43),
+    (-0.13, 0.32), (0.13, 0.32), (-0.16, 0.15), (0.16, 0.15), (-0.12, 0.05), (0.12, 0.05),
+    (-0.09, 0.03), (0.09, 0.03), (0.15, 0.05), (0.33, 0.05), (0.38, 0.03), (0.56, 0.03),
+])
+
+
+def tipped(angle_deg: float) -> np.ndarray:
+    """The standing pose rotated about the feet by `angle_deg` in the image plane (a
+    sideways fall; 90 = lying on the floor)."""
+    a = np.radians(angle_deg)
+    x, h = STANDING[:, 0], STANDING[:, 1]
+    return np.column_stack([x * np.cos(a) + h * np.sin(a), np.maximum(h * np.cos(a) - x * np.sin(a), 0.0)])
+
+
+def blend(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
+    return (1 - w) * a + w * b
+
+
+def fall_angle(t: float, start: float, duration: float) -> float:
+    """Tipping angle of a fall starting at `start` and hitting the floor `duration` later
+    (accelerating, like a falling body)."""
+    return 90.0 * float(np.clip((t - start) / duration, 0, 1)) ** 2
+
+
+@dataclass
+class View:
+    """An image in which a pose (body heights, see STANDING) is drawn `body_px` tall with its
+    feet at (`foot_x`, `floor_y`)."""
+
+    width: int = 640
+    height: int = 480
+    body_px: float = 300.0
+    foot_x: float = 320.0
+    floor_y: float = 420.0
+
+    def _pixels(self, pose: np.ndarray, shift_x: float) -> np.ndarray:
+        return np.column_stack([self.foot_x + shift_x + self.body_px * pose[:, 0],
+                                self.floor_y - self.body_px * pose[:, 1]])
+
+    def keypoints(self, pose: np.ndarray, shift_x: float = 0.0) -> np.ndarray:
+        """(17, 3) pixels and confidence."""
+        return self._with_confidence(self._pixels(pose, shift_x))
+
+    def box(self, pose: np.ndarray, shift_x: float = 0.0) -> np.ndarray:
+        """The detector's box."""
+        return self._box_around(self._pixels(pose, shift_x))
+
+    def _with_confidence(self, xy: np.ndarray) -> np.ndarray:
+        """Joints outside the image get a low confidence at the border, as a keypoint model
+        guesses them."""
+        inside = (xy[:, 0] >= 0) & (xy[:, 0] < self.width) & (xy[:, 1] >= 0) & (xy[:, 1] < self.height)
+        clipped = np.clip(xy, 0, [self.width - 1, self.height - 1])
+        return np.column_stack([clipped, np.where(inside, 0.9, 0.05)]).astype(np.float32)
+
+    def _box_around(self, xy: np.ndarray) -> np.ndarray:
+        """The joints' extent grown like a body's outline, cut by the frame."""
+        low, high = xy.min(axis=0), xy.max(axis=0)
+        margin = np.maximum(high - low, 1.0) * [0.1, 0.08]
+        return np.clip(np.concatenate([low - margin, high + margin]), 0,
+                       [self.width, self.height, self.width, self.height]).astype(np.float32)
+
+
+@dataclass
+class Shot:
+    """One frame of a synthetic clip: its time and the tracked people in it."""
+
+    time: float
+    people: list[tuple[int, np.ndarray, float]]   # (track id, pose, sideways shift px)
+    ended: tuple[int, ...] = ()
+
+
+def play(shots: list[Shot], view: View = View(), params: dict | None = None,
+         kpts3d=None) -> tuple[list[Event], list[list[dict]], PluginStage]:
+    """Run the fall plugin stage over the shots; (events, per-frame annotations, stage).
+    kpts3d: optional function (time, track id) -> (17, 4) joints in metres."""
+    spec = schema.Plugin(id="fall", type="plugin", plugin="fall", params=params or {})
+    stage = PluginStage("fall", spec, StageContext(graph_dir=Path("."), output_dir=Path(".")))
+    image = np.zeros((view.height, view.width, 3), np.uint8)
+    events, annotations = [], []
+    for index, shot in enumerate(shots):
+        boxes = [view.box(pose, shift) for _, pose, shift in shot.people]
+        persons = Persons.from_boxes(np.array(boxes).reshape(-1, 4), np.full(len(boxes), 0.9))
+        persons.track_ids[:] = [track_id for track_id, _, _ in shot.people]
+        persons.keypoints = np.array([view.keypoints(pose, shift) for _, pose, shift in shot.people],
+                                     np.float32).reshape(-1, 17, 3)
+        if kpts3d is not None:
+            persons.kpts3d = np.array([kpts3d(shot.time, track_id) for track_id, _, _ in shot.people],
+                                      np.float32).reshape(-1, 17, 4)
+        frame = Frame("cam", index, image, time.time(), shot.time, persons=persons,
+                      ended_tracks=list(shot.ended))
+        stage.process([frame])
+        events += frame.events
+        annotations.append(frame.persons.annotations)
+    return events, annotations, stage
+
+
+def times(fps: float, start: float, end: float) -> np.ndarray:
+    return np.arange(round(start * fps), round(end * fps)) / fps
+
+
+def fall_clip(fps: float, fall_start: float = 2.0, fall_s: float = 0.6, end: float = 5.0) -> list[Shot]:
+    """Standing, then a sideways fall hitting the floor at fall_start + fall_s, then lying."""
+    return [Shot(t, [(1, tipped(fall_angle(t, fall_start, fall_s)), 0.0)]) for t in times(fps, 0, end)]
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [e.kind for e in events]
+
+
+def first(events: list[Event], kind: str) -> Event:
+    return next(e for e in events if e.kind == kind)
+
+
+# ----------------------------------------------------------------- state machine
+
+@pytest.mark.parametrize("fps", [3, 10, 30])
+def test_a_fall_is_confirmed_by_media_time_whatever_the_frame_rate(fps):
+    events, annotations, _ = play(fall_clip(fps))
+    assert kinds(events) == ["fall_started", "fall_confirmed"]
+    started, confirmed = first(events, "fall_started"), first(events, "fall_confirmed")
+    on_ground = 2.6
+    assert 2.0 < started.media_time <= on_ground + 1 / fps
+    # confirm_s (0.8 s) of lying after the start, measured in media time, not frames.
+    assert started.media_time + 0.8 <= confirmed.media_time <= started.media_time + 0.8 + 1 / fps + 1e-6
+    assert confirmed.media_time <= on_ground + 1.5
+    assert confirmed.track_id == 1 and confirmed.score > 0.5
+    # The features that triggered it travel with the event, as JSON.
+    assert started.data["drop"] > 0.25 and started.data["posture"] >= 0.5
+    assert {"torso_angle", "head_above_hips"} <= set(started.data["cues"])
+    for event in events:
+        assert messages.decode(messages.encode(messages.event_message(event, 0), "json"))["data"] == event.data
+    # Every frame carries a score and a state; states only move forward.
+    states = [a[0]["fall_state"] for a in annotations]
+    assert all(0.0 <= a[0]["fall_score"] <= 1.0 for a in annotations)
+    assert states[0] == "upright" and states[-1] == "fallen"
+    order = ["upright", "falling", "fallen"]
+    assert [order.index(s) for s in states] == sorted(order.index(s) for s in states)
+
+
+@pytest.mark.parametrize("sit_s", [0.6, 1.5])
+@pytest.mark.parametrize("fps", [3, 25])
+def test_sitting_down_on_a_chair_and_standing_up_raises_nothing(fps, sit_s):
+    def pose(t):
+        if t < 2:
+            return STANDING
+        if t < 2 + sit_s:
+            return blend(STANDING, SITTING, (t - 2) / sit_s)
+        if t < 6:
+            return SITTING
+        return blend(SITTING, STANDING, min((t - 6) / 1.2, 1.0))
+
+    events, annotations, _ = play([Shot(t, [(1, pose(t), 0.0)]) for t in times(fps, 0, 9)])
+    assert events == []
+    assert max(a[0]["fall_score"] for a in annotations) < 0.5
+    assert {a[0]["fall_state"] for a in annotations} == {"upright"}
+
+
+def test_a_person_seen_lying_from_the_start_never_falls():
+    """Push-ups, someone asleep on the floor: low, but never seen going down from upright."""
+    def pose(t):
+        return tipped(80 + 10 * np.sin(2 * np.pi * t / 2.5))   # rocking like push-ups
+
+    events, annotations, _ = play([Shot(t, [(1, pose(t), 0.0)]) for t in times(30, 0, 8)])
+    assert events == []
+    assert {a[0]["fall_state"] for a in annotations} == {"down"}
+    assert max(a[0]["fall_score"] for a in annotations) == 0.0
+
+
+def test_lying_down_on_purpose_is_not_a_fall():
+    """Sitting down on the floor (1.5 s), then lying back (1.5 s): down, but not fast from upright."""
+    def pose(t):
+        if t < 2:
+            return STANDING
+        if t < 3.5:
+            return blend(STANDING, ON_THE_FLOOR, (t - 2) / 1.5)
+        return blend(ON_THE_FLOOR, tipped(90), min((t - 3.5) / 1.5, 1.0))
+
+    for fps in (3, 30):
+        events, annotations, _ = play([Shot(t, [(1, pose(t), 0.0)]) for t in times(fps, 0, 8)])
+        assert events == []
+        assert annotations[-1][0]["fall_state"] == "down"
+
+
+def test_a_short_gap_in_timestamps_still_counts_as_lying():
+    shots = [s for s in fall_clip(10) if not 2.9 < s.time < 3.4]   # 0.5 s without frames
+    events, _, _ = play(shots)
+    assert kinds(events) == ["fall_started", "fall_confirmed"]
+    confirmed = first(events, "fall_confirmed")
+    assert confirmed.media_time <= first(events, "fall_started").media_time + 0.8 + 0.1 + 1e-6
+
+
+def test_a_long_gap_does_not_count_as_lying_time():
+    """Lying 0.3 s, then 3 s without frames: the 3 s are unobserved, so the confirmation
+    needs another 0.5 s of lying after the gap."""
+    shots = [s for s in fall_clip(10, end=8.0) if not 3.0 < s.time < 6.0]
+    events, _, _ = play(shots)
+    started, confirmed = first(events, "fall_started"), first(events, "fall_confirmed")
+    lying_before_gap = 3.0 - started.media_time
+    assert confirmed.media_time >= 6.0 + (0.8 - lying_before_gap) - 0.1 - 1e-6
+    assert confirmed.data["down_s"] == pytest.approx(0.8, abs=0.11)
+
+
+def test_a_person_who_leaves_the_frame_while_on_the_floor_is_confirmed_when_the_track_ends():
+    shots = [s for s in fall_clip(10, end=3.0)]                       # 0.4 s on the floor
+    shots += [Shot(t, []) for t in times(10, 3.0, 4.0)]               # out of view (slid, crawled)
+    shots.append(Shot(4.0, [], ended=(1,)))                           # the tracker ends the track
+    events, _, stage = play(shots)
+    assert kinds(events) == ["fall_started", "fall_confirmed"]
+    confirmed = first(events, "fall_confirmed")
+    assert confirmed.media_time == 4.0 and confirmed.track_id == 1
+    assert confirmed.data["lost_while_down"] is True and confirmed.data["last_seen"] == pytest.approx(2.9)
+    messages.encode(messages.event_message(confirmed, 40), "json")
+    assert stage.live_states == 0
+
+    events, _, _ = play(shots, params={"confirm_when_lost": False})
+    assert kinds(events) == ["fall_started"]
+
+
+def test_a_lying_body_cut_by_the_side_edge_is_confirmed():
+    """Falls towards the right edge and lies there with the head outside the frame."""
+    view = View(foot_x=380)   # lying, the head reaches 380 + 0.93 * 300 = 659 > 640
+    events, _, _ = play(fall_clip(10), view)
+    assert kinds(events) == ["fall_started", "fall_confirmed"]
+
+
+def test_a_track_broken_by_the_fall_hands_its_history_to_the_new_track():
+    """At a low frame rate the tracker may lose the falling body and start a new id for it
+    on the floor: the new track continues the old one's history, and only it raises events."""
+    shots = []
+    for shot in fall_clip(5, end=5.0):
+        pose = shot.people[0][1]
+        if 2.3 <= shot.time < 2.8:
+            shot.people = []                             # lost while falling
+        elif shot.time >= 2.8:
+            shot.people = [(2, pose, 0.0)]               # found again on the floor, as track 2
+        if shot.time == 3.6:
+            shot.ended = (1,)
+        shots.append(shot)
+    events, _, stage = play(shots)
+    assert kinds(events) == ["fall_started", "fall_confirmed"]
+    assert first(events, "fall_confirmed").track_id == 2
+    assert first(events, "fall_confirmed").media_time <= 2.6 + 1.5
+
+    # Someone else appearing far from where track 1 was lost inherits nothing.
+    for shot in shots:
+        if shot.people and shot.people[0][0] == 2:
+            shot.people = [(2, shot.people[0][1], -350.0)]
+    events, _, _ = play(shots)
+    assert all(e.track_id == 1 for e in events) and "fall_confirmed" not in kinds(events)
+
+
+def test_standing_up_again_recovers_and_the_next_fall_is_caught_too():
+    def pose(t):
+        if t < 5:
+            return tipped(fall_angle(t, 2.0, 0.6))
+        if t < 9:                                          # gets up over 1.5 s, stands
+            return tipped(90 * (1 - min((t - 5) / 1.5, 1)))
+        return tipped(fall_angle(t, 9.0, 0.6))
+
+    events, annotations, _ = play([Shot(t, [(1, pose(t), 0.0)]) for t in times(10, 0, 12)])
+    assert kinds(events) == ["fall_started", "fall_confirmed", "fall_recovered", "fall_started", "fall_confirmed"]
+    recovered = first(events, "fall_recovered")
+    assert 6.0 < recovered.media_time < 8.0
+    assert annotations[80][0]["fall_state"] == "recovered"   # t = 8.0
+
+
+def test_a_stream_gap_ends_the_tracks_state():
+    events, _, stage = play(fall_clip(10, end=2.8))
+    assert isinstance(stage.plugin, FallDetector) and stage.live_states == 1
+    stage.on_stream_event(StreamEvent("cam", "lost", 0, "read timeout"))
+    assert stage.live_states == 0 and stage.plugin._tracks == {}
+
+
+def test_inconsistent_hysteresis_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"params: lying_release \(0.6\) must be below lying_threshold \(0.5\)"):
+        play([], params={"lying_release": 0.6})
+    with pytest.raises(ValueError, match=r"params.confirm_s"):
+        play([], params={"confirm_s": -1})
+    with pytest.raises(ValueError, match=r"params.confirm_secs"):
+        play([], params={"confirm_secs": 1})
+
+
+# ----------------------------------------------------------------- a camera in a room
+
+@dataclass
+class Camera(View):
+    """A pinhole camera `height_m` above a flat floor, pitched down by `pitch_deg`, with its
+    principal point at (width / 2, `centre_y`). Poses given to it are world joints (17, 3):
+    metres, x right, y up from the floor, z away from the camera."""
+
+    height_m: float = 1.2
+    pitch_deg: float = 0.0
+    focal_px: float = 500.0
+    centre_y: float = 240.0
+
+    def camera_frame(self, world: np.ndarray) -> np.ndarray:
+        """(17, 3) in the camera's axes (x right, y down, z forward), metres."""
+        p = np.radians(self.pitch_deg)
+        d = world - [0.0, self.height_m, 0.0]
+        return np.column_stack([d[:, 0], -d[:, 1] * np.cos(p) - d[:, 2] * np.sin(p),
+                                -d[:, 1] * np.sin(p) + d[:, 2] * np.cos(p)])
+
+    def joints_3d(self, world: np.ndarray) -> np.ndarray:
+        """(17, 4) camera-frame joints with confidence, as a 3D stage gives them."""
+        return np.column_stack([self.camera_frame(world), np.full(17, 0.9)]).astype(np.float32)
+
+    def _pixels(self, pose: np.ndarray, shift_x: float) -> np.ndarray:
+        cam = self.camera_frame(pose)
+        return self.focal_px * cam[:, :2] / cam[:, 2:] + [self.width / 2 + shift_x, self.centre_y]
+
+    def keypoints(self, pose: np.ndarray, shift_x: float = 0.0) -> np.ndarray:
+        return self._with_confidence(self._pixels(pose, shift_x))
+
+    def box(self, pose: np.ndarray, shift_x: float = 0.0) -> np.ndarray:
+        return self._box_around(self._pixels(pose, shift_x))
+
+
+def in_room(pose: np.ndarray, distance_m: float, height_m: float = 1.75) -> np.ndarray:
+    """A pose (body heights, facing the camera) as world joints `distance_m` ahead."""
+    return np.column_stack([pose[:, 0] * height_m, pose[:, 1] * height_m, np.full(17, distance_m)])
+
+
+def backward_fall(t: float, start: float, distance_m: float, height_m: float = 1.75) -> np.ndarray:
+    """World joints of a person `distance_m` ahead falling straight away from the camera."""
+    a = np.radians(fall_angle(t, start, 0.6))
+    x, h = STANDING[:, 0] * height_m, STANDING[:, 1] * height_m
+    return np.column_stack([x, h * np.cos(a), distance_m + h * np.sin(a)])
+
+
+def test_legs_cut_by_the_frame_edge():
+    """A camera at 1.2 m framing a person 3 m away from the knees up (the box ends at the
+    bottom edge; the keypoint model guesses the ankles there): walking closer raises nothing;
+    falling backwards away from the camera, the body looks upright in the image but short,
+    and the fall is confirmed from the visible joints alone."""
+    view = Camera(height=370, centre_y=200)   # ankles at 388 px: below the frame
+    walk = [Shot(t, [(1, in_room(STANDING, 4.0 - 0.5 * t), 0.0)]) for t in times(10, 0, 3)]
+    events, annotations, _ = play(walk, view)
+    assert events == [] and max(a[0]["fall_score"] for a in annotations) < 0.5
+
+    shots = [Shot(t, [(1, backward_fall(t, 2.0, 3.0), 0.0)]) for t in times(10, 0, 5)]
+    assert view.keypoints(shots[0].people[0][1])[15:, 2].max() < 0.1       # the ankles are cut
+    events, _, _ = play(shots, view)
+    assert kinds(events) == ["fall_started", "fall_confirmed"]
+    assert first(events, "fall_confirmed").media_time <= 2.6 + 1.5
+
+
+# ----------------------------------------------------------------- 3D joints
+
+HIGH_CAMERA = Camera(height_m=3.0, pitch_deg=35.0)
+
+
+def test_with_3d_joints_a_fall_away_from_a_high_camera_is_confirmed_from_3d_cues():
+    shots = [Shot(t, [(1, backward_fall(t, 2.0, 3.0), 0.0)]) for t in times(10, 0, 5)]
+    events, _, _ = play(shots, HIGH_CAMERA,
+                        kpts3d=lambda t, _: HIGH_CAMERA.joints_3d(backward_fall(t, 2.0, 3.0)))
+    assert kinds(events) == ["fall_started", "fall_confirmed"]
+    cues = first(events, "fall_confirmed").data["cues"]
+    # 3D angles and heights: the torso is horizontal and the hips on the floor, in 3D.
+    assert "torso_length" not in cues
+    assert cues["torso_angle"] > 70 and cues["hips_above_ground"] < 0.1
+
+
+def test_with_3d_joints_sitting_down_raises_nothing():
+    def world(t):
+        return in_room(blend(STANDING, SITTING, float(np.clip((t - 2) / 0.8, 0, 1))), 3.0)
+
+    shots = [Shot(t, [(1, world(t), 0.0)]) for t in times(10, 0, 6)]
+    events, annotations, _ = play(shots, HIGH_CAMERA, kpts3d=lambda t, _: HIGH_CAMERA.joints_3d(world(t)))
+    assert events == [] and max(a[0]["fall_score"] for a in annotations) < 0.5
+
+
+# ----------------------------------------------------------------- the labelled videos
+
+LABELS = yaml.safe_load((MEDIA / "labels.yml").read_text())
+FALL_CLIPS = sorted(name for name, label in LABELS.items() if label.get("falls"))
+OTHER_CLIPS = sorted(name for name, label in LABELS.items() if not label.get("falls"))
+
+
+def evaluate(out: Path, *options: str) -> dict[str, dict]:
+    """Run scripts/evaluate_falls.py (one graph over the clips, every frame processed:
+    file -> detector -> keypoints -> tracker -> smoother -> fall -> publisher); results by clip."""
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate_falls.py"), "--videos", str(VIDEOS),
+                             "--labels", str(MEDIA / "labels.yml"), "--models", str(MODELS),
+                             "--json", str(out / "falls.json"), "--out", str(out), *options],
+                            capture_output=True, text=True, timeout=900)
+    assert (out / "falls.json").is_file(), result.stderr
+    print(result.stdout)
+    results = json.loads((out / "falls.json").read_text())["clips"]
+    assert result.returncode == (0 if all(r["passed"] for r in results) else 1)
+    assert "| clip | expected | got | delay | result |" in result.stdout
+    return {r["clip"]: r for r in results}
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory) -> dict[str, dict]:
+    """Every labelled clip at its own frame rate."""
+    return evaluate(tmp_path_factory.mktemp("falls"))
+
+
+def test_the_evaluation_covers_every_labelled_clip_frame_by_frame(evaluation):
+    assert sorted(evaluation) == sorted(LABELS)
+    for clip, result in evaluation.items():
+        assert result["frames"] == result["frames_expected"] == LABELS[clip]["frame_count"], clip
+        # Every tracked person of every frame carries a fall score and state.
+        assert result["unannotated"] == 0 and sum(result["states"].values()) > 0, clip
+
+
+@pytest.mark.parametrize("clip", FALL_CLIPS)
+def test_a_labelled_fall_raises_the_alarm_for_the_right_person_in_time(evaluation, clip):
+    result = evaluation[clip]
+    for fall, delay in zip(result["falls"], result["delays"]):
+        assert delay is not None, f"{clip}: no fall_confirmed for the fall at {fall}; got {result['alarms']}"
+        assert fall["start_s"] - fall["on_ground_s"] <= delay <= 1.5
+    assert result["unexpected"] == [], f"{clip}: alarms besides the labelled falls"
+    assert result["states"].get("fallen", 0) > 0
+
+
+@pytest.mark.parametrize("clip", OTHER_CLIPS)
+def test_no_alarm_without_a_fall(evaluation, clip):
+    result = evaluation[clip]
+    assert result["alarms"] == [], f"{clip}: {result['alarms']}"
+    assert set(result["states"]) <= {"upright", "down"}   # not even a fall started
+
+
+# The rider in fall_snowboarder slides out of view 1.2 s after landing; at 10 fps his body on
+# the snow is measured on about eight frames before that, and whether the last of them still
+# read "down" varies from run to run (the detector's batches, and so its scores, vary): at 10
+# fps that clip confirms in time in some runs only (docs/falls.md, Lower frame rates).
+STAY_IN_VIEW_CLIPS = [clip for clip in FALL_CLIPS if clip != "fall_snowboarder.mp4"]
+
+
+def test_falls_are_caught_at_10_fps_too(tmp_path):
+    """The clips re-encoded at 10 frames per second (the same timestamps, fewer frames): the
+    same falls, confirmed in time, and nothing else."""
+    results = evaluate(tmp_path, "--fps", "10", *(option for clip in STAY_IN_VIEW_CLIPS for option in ("--clip", clip)))
+    for clip in STAY_IN_VIEW_CLIPS:
+        assert results[clip]["passed"], results[clip]
+        assert results[clip]["frames"] == results[clip]["frames_expected"] <= LABELS[clip]["frame_count"]
