@@ -96,8 +96,8 @@ def _draw_persons(image: np.ndarray, persons: Persons, style: _Style) -> None:
         label = f"id {track_id}" if track_id != UNTRACKED else f"{persons.scores[i]:.2f}"
         _label(image, label, (x1, y1), colour, style, above=True)
         notes = _format_annotations(persons.annotations[i]) if i < len(persons.annotations) else ""
-        if notes:
-            _label(image, notes, (x1, y2), colour, style, above=False)
+        if notes:  # inside the box's top: below it may be off the frame or under the overlay
+            _label(image, notes, (x1, y1), colour, style, above=False)
 
 
 def _format_annotations(annotations: dict) -> str:
@@ -109,6 +109,8 @@ def _draw_events(image: np.ndarray, events: list[Event], style: _Style) -> None:
     y = 0
     for event in events:
         text = event.kind.replace("_", " ").upper()
+        if "count" in event.data:
+            text += f" {event.data['count']}"
         if event.track_id != UNTRACKED:
             text += f"  id {event.track_id}"
         y += _label(image, text, (0, y), EVENT_BACKGROUND, style, above=False)

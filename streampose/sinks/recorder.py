@@ -194,9 +194,12 @@ class _StreamRecording:
     recent_events: deque = field(default_factory=lambda: deque(maxlen=8))
 
     def banners_for(self, frame: Frame) -> list[Event]:
-        """This frame's events and those of the last BANNER_S seconds, oldest first."""
+        """The newest event of each kind and track from the last BANNER_S seconds."""
         self.recent_events.extend(frame.events)
-        return [e for e in self.recent_events if 0 <= frame.media_time - e.media_time <= BANNER_S]
+        recent = [e for e in self.recent_events if 0 <= frame.media_time - e.media_time <= BANNER_S]
+        # One banner per kind and track: the newest (a rep counter's latest count).
+        newest = {(e.kind, e.track_id): e for e in recent}
+        return list(newest.values())
 
     def overlay_for(self, frame: Frame) -> dict[str, object]:
         """The overlay of `frame`: fps over the recent frames, this one included, and its
