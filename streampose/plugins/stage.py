@@ -89,6 +89,7 @@ class PluginStage(Stage):
 
     def _emit(self, frame: Frame | None, events) -> None:
         for event in events:
+            self.context.metrics.inc("events", kind=event.kind, stream=event.stream)
             self.log.info("%s %s track %d at %.2f s, score %.2f %s", event.stream, event.kind, event.track_id,
                           event.media_time, event.score, event.data)
             if frame is not None:

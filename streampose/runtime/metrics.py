@@ -28,6 +28,7 @@ COUNTERS = {
     "reconnects": "Times a source reopened its stream.",
     "decode_errors": "Corrupt or undecodable packets skipped, by stream.",
     "published": "Messages sent by a publisher, by topic kind.",
+    "events": "Events raised by plugins, by event kind and stream.",
 }
 LATENCIES = {
     "stage_latency": "Seconds a stage spent per batch, by stage.",
