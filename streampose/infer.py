@@ -23,7 +23,9 @@ from streampose.sources.capture import Capture
 from streampose.sources.images import IMAGE_SUFFIXES, find_images
 from streampose.stages import STAGE_CLASSES
 
-SINK_TYPES = {"publisher", "recorder", "jsonl"}
+SINK_TYPES = {"publisher", "recorder", "jsonl", "clips"}
+# Still images have no time: only the stages that work on one frame alone run on them.
+IMAGE_TYPES = {"detector", "keypoints"}
 
 log = logging.getLogger("streampose.infer")
 
@@ -34,10 +36,12 @@ def infer(input_path: Path, graph_path: Path, output_dir: Path, model_paths: lis
     graph = load_graph(graph_path, overrides)
     context = StageContext(graph_dir=graph.path.parent, output_dir=output_dir, model_paths=model_paths,
                            streams=["infer"], metrics=Metrics())
-    stages = [STAGE_CLASSES[s.type](s.id, s, context) for s in graph.spec.stages if s.type not in SINK_TYPES]
+    images = input_path.is_dir() or input_path.suffix.lower() in IMAGE_SUFFIXES
+    wanted = IMAGE_TYPES if images else set(STAGE_CLASSES) - SINK_TYPES
+    stages = [STAGE_CLASSES[s.type](s.id, s, context) for s in graph.spec.stages if s.type in wanted]
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        if input_path.is_dir() or input_path.suffix.lower() in IMAGE_SUFFIXES:
+        if images:
             return _infer_images(input_path, stages, output_dir)
         return _infer_video(input_path, stages, output_dir, context.metrics)
     finally:
