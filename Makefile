@@ -12,7 +12,7 @@ export STREAMPOSE_SHARED := $(SHARED)
 RTSP_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 
-.PHONY: demo test rtsp-deps bench docs clean
+.PHONY: demo test rtsp-deps bench docs lifter clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ test: $(VENV)/.installed-test rtsp-deps
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/runtime.py
 	$(PY) benchmarks/models.py
+
+# The default 3D lifter (graphs/rtsp_fall.yml uses it): trained from ../shared/mocap, ~5 min on 2 cores.
+LIFTER := $(HOME)/.cache/streampose/models/lifter_coco17
+lifter: $(LIFTER)/infer_cfg.yml
+$(LIFTER)/infer_cfg.yml: $(VENV)/.installed-test
+	$(PY) -m trainers.lifter.train --out $(LIFTER) --mocap $(SHARED)/mocap
 
 docs: $(VENV)/.installed
 	$(PY) -m streampose schema > docs/graphs-reference.md

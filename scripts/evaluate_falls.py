@@ -73,25 +73,26 @@ class ClipRecord:
     states: Counter = field(default_factory=Counter)   # fall_state -> tracked persons in that state
     unannotated: int = 0                               # tracked persons without a fall score and state
     # track id -> (frame, box area, largest box area of that frame) at its latest sighting
-    last_seen: dict[int, tuple[int, float, float]] = field(default_factory=dict)
+    frames_largest: Counter = field(default_factory=Counter)  # track id -> frames it was the largest person
 
     def add_pose(self, msg: PoseMessage) -> None:
         self.frames += 1
         if not len(msg.boxes):
             return
         areas = (msg.boxes[:, 2] - msg.boxes[:, 0]) * (msg.boxes[:, 3] - msg.boxes[:, 1])
-        largest = float(areas.max())
-        for track_id, area, notes in zip(msg.track_ids.tolist(), areas.tolist(), msg.annotations):
-            self.last_seen[track_id] = (msg.frame, area, largest)
+        self.frames_largest[int(msg.track_ids[int(areas.argmax())])] += 1
+        for notes in msg.annotations:
             if "fall_score" in notes and "fall_state" in notes:
                 self.states[notes["fall_state"]] += 1
             else:
                 self.unannotated += 1
 
     def is_main_person(self, track_id: int) -> bool:
-        """Whether the track was the largest person of the last frame it was seen in."""
-        seen = self.last_seen.get(track_id)
-        return seen is not None and seen[1] >= seen[2]
+        """Whether the track was the largest person in more frames than any other track (a
+        passing arm or a background person may be larger for a moment, not for long)."""
+        if not self.frames_largest:
+            return False
+        return self.frames_largest[track_id] == max(self.frames_largest.values())
 
 
 def stream_id(clip: str) -> str:

@@ -171,10 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="folder to write the key files into")
     p.set_defaults(func=keys)
 
+    from streampose.calib import add_calib_parser
     from streampose.client import add_subscribe_parser
     from streampose.models.cli import add_models_parser
     add_subscribe_parser(commands)
     add_models_parser(commands)
+    add_calib_parser(commands)
     return parser
 
 

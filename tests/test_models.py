@@ -123,7 +123,7 @@ def test_corrupt_yaml_names_the_file(tmp_path):
 @pytest.mark.parametrize("change, message", [
     (lambda c: c["Preprocess"].insert(1, {"type": "RandomFlip"}),
      r"key 'Preprocess\[1\]\.type': unknown pre-processing op 'RandomFlip'; known: LetterBoxResize"),
-    (lambda c: c.update(arch="MaskRCNN"), r"key 'arch': unsupported architecture 'MaskRCNN'; supported: GFL"),
+    (lambda c: c.update(arch="MaskRCNN"), r"key 'arch': unsupported architecture 'MaskRCNN'; supported: FairMOT, GFL"),
     (lambda c: c.pop("label_list"), r"key 'label_list': missing"),
     (lambda c: c["Preprocess"][0].update(target_size=[192]),
      r"key 'Preprocess\[0\]\.target_size': expected \[height, width\], positive integers, got \[192\]"),

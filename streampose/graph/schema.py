@@ -319,9 +319,26 @@ class Lift3D(ModelStage):
 
 
 class JdeDetector(ModelStage):
-    """Detects and tracks in one network (FairMOT / JDE exports with a `tracker:` section)."""
+    """Detects and tracks persons in one network: a FairMOT or JDE export of PaddleDetection (infer_cfg.yml
+    with arch FairMOT or JDE, LetterBoxResize pre-processing and a `tracker:` section). The network gives
+    every person a box and an appearance embedding; tracks are matched as PaddleDetection's JDETracker
+    matches them: by embedding distance fused with a Kalman filter's distance (never beyond its 95% gate),
+    then by box overlap. The association settings (conf_thres, det_thresh, tracked_thresh,
+    r_tracked_thresh, unconfirmed_thresh, metric_type, track_buffer, min_box_area, vertical_ratio) come
+    from the model's `tracker:` section. As after the tracker stage, only persons of confirmed tracks go
+    on, ordered by id, with their track ids; ids start at 1 and are never reused in a stream, and a
+    removed track's id is listed in the frame's `ended_tracks`. These networks take one frame at a time:
+    a batch of frames runs through the network frame by frame."""
 
     type: Literal["jde"]
+    min_hits: int = Field(2, ge=1, le=100, description="Matches (the first detection included) before a track "
+                          "is confirmed, gets its id and is published; a tentative track that misses a frame is "
+                          "dropped. 2 is PaddleDetection's rule.")
+    max_age_s: float | None = Field(None, gt=0, le=600, description="A confirmed track unmatched for longer than "
+                                    "this much media time is removed and its id ended, seconds; default: the "
+                                    "tracker section's track_buffer frames at 30 fps (PaddleDetection's 30 = 1 s).")
+    conf_threshold: float | None = Field(None, ge=0, le=1, description="Detections scoring this or less (0..1) "
+                                         "are ignored; default: the tracker section's conf_thres.")
 
 
 class Plugin(StageBase):

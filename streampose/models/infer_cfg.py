@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 
 DETECTOR_ARCHS = frozenset({"PicoDet", "GFL", "YOLOX"})
 KEYPOINT_ARCHS = frozenset({"HRNet"})
-KNOWN_ARCHS = DETECTOR_ARCHS | KEYPOINT_ARCHS
+# 2D->3D pose lifters (trainers/lifter): no image pre-processing, so Preprocess may be empty.
+LIFTER_ARCHS = frozenset({"PoseLifter"})
+# Joint detection-embedding trackers: boxes and appearance embeddings from one network, with
+# the association settings in the file's `tracker` section (streampose.tracking.jde).
+JDE_ARCHS = frozenset({"FairMOT", "JDE"})
+KNOWN_ARCHS = DETECTOR_ARCHS | KEYPOINT_ARCHS | LIFTER_ARCHS | JDE_ARCHS
 
 
 class InferConfigError(ValueError):
@@ -126,7 +131,11 @@ class InferConfig:
 
     @property
     def task(self) -> str:
-        """"detector" or "keypoints"."""
+        """"detector", "keypoints", "lifter" or "jde"."""
+        if self.arch in LIFTER_ARCHS:
+            return "lifter"
+        if self.arch in JDE_ARCHS:
+            return "jde"
         return "keypoints" if self.arch in KEYPOINT_ARCHS else "detector"
 
     @property
@@ -194,8 +203,8 @@ def parse_infer_cfg(data: Any, source: str) -> InferConfig:
     if arch not in KNOWN_ARCHS:
         raise fail("arch", f"unsupported architecture {arch!r}; supported: {', '.join(sorted(KNOWN_ARCHS))}")
 
-    ops_data = data.get("Preprocess")
-    if not isinstance(ops_data, list) or not ops_data:
+    ops_data = data.get("Preprocess", [] if arch in LIFTER_ARCHS else None)
+    if not isinstance(ops_data, list) or (not ops_data and arch not in LIFTER_ARCHS):
         raise fail("Preprocess", "missing or not a non-empty list of ops")
     ops = tuple(_parse_op(i, op, fail) for i, op in enumerate(ops_data))
 

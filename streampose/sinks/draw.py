@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from streampose.frame import COCO_SKELETON, UNTRACKED, Event, Frame, Persons
+from streampose.sinks.inset3d import draw_inset
 
 # Joints less confident than this are not drawn, nor the bones that touch them.
 MIN_KEYPOINT_CONFIDENCE = 0.3
@@ -52,6 +53,8 @@ def draw_frame(frame: Frame, overlay: dict[str, object] | None = None,
     if persons.keypoints is not None:
         _draw_skeletons(image, persons, style)
     _draw_persons(image, persons, style)
+    if persons.kpts3d is not None and len(persons):
+        draw_inset(image, persons.kpts3d, [track_colour(int(t)) for t in persons.track_ids])
     _draw_events(image, frame.events if events is None else events, style)
     if overlay:
         _draw_overlay(image, overlay, style)

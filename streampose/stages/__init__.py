@@ -11,7 +11,9 @@ from streampose.sinks.jsonl import JsonlStage
 from streampose.sinks.publisher import PublisherStage
 from streampose.sinks.recorder import RecorderStage
 from streampose.stages.detector import DetectorStage
+from streampose.stages.jde import JdeStage
 from streampose.stages.keypoints import KeypointStage
+from streampose.stages.lift3d import Lift3DStage
 from streampose.stages.noop import NoopStage
 from streampose.stages.smoother import SmootherStage
 from streampose.stages.tracker import TrackerStage
@@ -24,7 +26,9 @@ STAGE_CLASSES = {
     "clips": ClipStage,
     "detector": DetectorStage,
     "keypoints": KeypointStage,
+    "lift3d": Lift3DStage,
     "tracker": TrackerStage,
     "smoother": SmootherStage,
+    "jde": JdeStage,
     "plugin": PluginStage,
 }

@@ -24,14 +24,16 @@ from streampose.tracking.kalman import BoxKalman
 class Detections:
     """One frame's persons as the tracker sees them.
 
-    boxes:     (N, 4) float, x1, y1, x2, y2 in pixels.
-    scores:    (N,) float, detection confidence 0..1.
-    keypoints: (N, K, 3) float, x, y in pixels and confidence, or None.
+    boxes:      (N, 4) float, x1, y1, x2, y2 in pixels.
+    scores:     (N,) float, detection confidence 0..1.
+    keypoints:  (N, K, 3) float, x, y in pixels and confidence, or None.
+    embeddings: (N, D) float, appearance embeddings (joint detection-embedding networks), or None.
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     keypoints: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -106,7 +108,7 @@ class Tracker:
         hit = np.zeros(len(self.tracks), bool)
         hit[pairs[:, 0]] = True
         for track, row in matched:
-            track.observe(detections.boxes[row], _row(detections.keypoints, row), time)
+            self._observe(track, detections, row, time)
         for track in (t for t, h in zip(self.tracks, hit) if not h):
             track.miss(time)
         claimed = np.zeros(len(detections), bool)
@@ -128,6 +130,10 @@ class Tracker:
     def _associate(self, detections: Detections, time: float) -> np.ndarray:
         """(M, 2) int64 pairs (track index, detection row), each track and row at most once."""
         raise NotImplementedError
+
+    def _observe(self, track: Track, detections: Detections, row: int, time: float) -> None:
+        """Detection `row` matched `track` at `time`."""
+        track.observe(detections.boxes[row], _row(detections.keypoints, row), time)
 
     def _new_track(self, box: np.ndarray, keypoints: np.ndarray | None, time: float) -> Track:
         return Track(box, keypoints, time)

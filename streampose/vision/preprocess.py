@@ -9,6 +9,11 @@ The ops and their numerics follow PaddleDetection's deploy/python/preprocess.py:
 - Permute: HWC -> CHW (always last here: networks take NCHW).
 - PadStride: zero-pad height and width up to a multiple of `stride`.
 - Pad: a fixed canvas filled with `fill_value`, the image at the top-left.
+- LetterBoxResize (FairMOT/JDE): one factor, min(target_h / h, target_w / w), `cv2.resize`
+  with INTER_AREA to round(w x factor) by round(h x factor), then grey (127.5) borders
+  centred around it up to the target size. `im_shape` is the resized size without the
+  borders and `scale_factor` the factor: these networks find the borders from `im_shape`
+  and map their boxes back to the original image themselves.
 
 Frames arrive BGR (OpenCV); PaddleDetection networks take RGB, so channels are
 reversed unless the config says `channel_order: BGR`. Resize works per channel, so
@@ -31,6 +36,9 @@ from streampose.models.infer_cfg import PreprocessOp
 
 
 IMAGE_OPS = frozenset({"Resize", "NormalizeImage", "Permute", "PadStride", "Pad"})
+LETTERBOX_OPS = frozenset({"LetterBoxResize", "NormalizeImage", "Permute"})
+# LetterBoxResize's border value, on 0..255 pixels (on uint8 images OpenCV rounds it to 128).
+LETTERBOX_GREY = 127.5
 CROP_OPS = frozenset({"NormalizeImage", "Permute"})
 
 
@@ -141,13 +149,17 @@ def _prepare_one(image: np.ndarray, ops: Sequence[PreprocessOp],
     scale = (1.0, 1.0)
     data = image
     resized = image.shape[:2]
-    in_network_order = False  # BGR uint8 until the first op that is not a Resize
+    in_network_order = False  # BGR uint8 until the first op that is not a Resize or LetterBoxResize
     for op in ops:
         if op.type == "Resize":
             fy, fx = resize_factors(data.shape[0], data.shape[1], op.params)
             data = cv2.resize(data, None, None, fx=fx, fy=fy, interpolation=op.params.get("interp", 1))
             scale = (scale[0] * fy, scale[1] * fx)
             resized = data.shape[:2]
+            continue
+        if op.type == "LetterBoxResize":
+            data, factor, resized = letterbox(data, op.params["target_size"])
+            scale = (scale[0] * factor, scale[1] * factor)
             continue
         if not in_network_order:
             data = _to_network_order(data, channel_order)
@@ -161,10 +173,28 @@ def _prepare_one(image: np.ndarray, ops: Sequence[PreprocessOp],
             data = _pad(data, op.params)
         elif op.type != "Permute":
             raise PreprocessError(f"pre-processing op {op.type} is not supported for whole images "
-                                  f"(supported: {', '.join(sorted(IMAGE_OPS))})")
+                                  f"(supported: {', '.join(sorted(IMAGE_OPS | LETTERBOX_OPS))})")
     if not in_network_order:
         data = _to_network_order(data, channel_order)
     return data, scale, resized
+
+
+def letterbox(image: np.ndarray, target_size: int | Sequence[int]) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """LetterBoxResize as PaddleDetection's deploy code does it: (the image resized by one
+    factor and bordered with grey, centred, to `target_size` (height, width), the factor,
+    the resized (height, width) without the borders)."""
+    target_h, target_w = (target_size, target_size) if isinstance(target_size, int) else target_size
+    height, width = image.shape[:2]
+    factor = min(target_h / height, target_w / width)
+    new_h, new_w = round(height * factor), round(width * factor)
+    pad_h, pad_w = (target_h - new_h) / 2, (target_w - new_w) / 2
+    # An odd margin puts the extra pixel at the bottom and right, as PaddleDetection's rounding does.
+    top, bottom = round(pad_h - 0.1), round(pad_h + 0.1)
+    left, right = round(pad_w - 0.1), round(pad_w + 0.1)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    bordered = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT,
+                                  value=(LETTERBOX_GREY,) * 3)
+    return bordered, factor, (new_h, new_w)
 
 
 def _to_network_order(image: np.ndarray, channel_order: str) -> np.ndarray:

@@ -1,0 +1,158 @@
+"""The JDE stage: detects and tracks persons with one FairMOT / JDE network.
+
+Each frame is letterboxed and run through the network alone (these exports take a batch of
+one and return all detections of the image as one list). The network gives detections
+(K, 6) (class, score, x0, y0, x1, y1 in frame pixels: it maps its boxes back through
+im_shape and scale_factor itself) and embeddings (K, D), its first and second outputs, as
+PaddleDetection's deploy code reads them. Persons (the label named person or pedestrian) go
+to the stream's JdeTracker; the frame's persons become those of confirmed tracks that pass
+the tracker section's size filter, ordered by id, with `track_ids` set, and ended tracks are
+appended to `ended_tracks` (the size filter only hides boxes: a track whose boxes were never
+published still has an id, and its end is announced too).
+
+Streams reset as after the tracker stage: a stream's tracks are dropped without announcement
+on StreamEvent "lost" or "ended" and on a frame of a new segment; media time running backwards
+within a segment ends them (announced) and starts afresh; ids keep counting across resets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streampose.engines import Engine, load_engine
+from streampose.frame import Frame, Persons, StreamEvent
+from streampose.graph import schema
+from streampose.models.folder import ModelFolder, default_search_path, find_model
+from streampose.runtime.stage import Stage, StageContext
+from streampose.stages.detector import PERSON_LABELS
+from streampose.tracking.jde import JdeConfigError, JdeSettings, JdeTracker, publishable
+from streampose.tracking.track import Detections
+from streampose.vision.preprocess import LETTERBOX_OPS, check_ops, prepare_images
+
+DETECTION_COLUMNS = 6  # class, score, x0, y0, x1, y1
+
+
+class JdeNetwork:
+    """A FairMOT / JDE export with its pre-processing: BGR frame -> person detections with embeddings."""
+
+    def __init__(self, folder: ModelFolder, engine: Engine):
+        config = folder.config
+        if config.task != "jde":
+            raise JdeConfigError(f"model {folder.name} is a {config.task} model (arch {config.arch}), not a "
+                                 "joint detection-embedding (FairMOT or JDE) export")
+        check_ops(config.preprocess, LETTERBOX_OPS, config.source)
+        self.config = config
+        self.engine = engine
+        images = [t for t in engine.inputs if len(t.shape) == 4]
+        if len(images) != 1:
+            raise JdeConfigError(f"model {folder.name}: expected one image input (N, 3, H, W), got "
+                                 f"{[(t.name, list(t.shape)) for t in engine.inputs]}")
+        self.image_input = images[0].name
+        size = tuple(d if d > 0 else None for d in images[0].shape[2:])
+        if config.input_size is not None and None not in size and tuple(config.input_size) != size:
+            raise JdeConfigError(f"model {folder.name}: {config.source} letterboxes to {config.input_size[0]}x"
+                                 f"{config.input_size[1]} (height x width) but the network input is "
+                                 f"{size[0]}x{size[1]}")
+        self.input_size: tuple[int | None, int | None] = size  # type: ignore[assignment]
+        outputs = engine.outputs
+        if (len(outputs) < 2 or len(outputs[0].shape) != 2 or outputs[0].shape[1] != DETECTION_COLUMNS
+                or len(outputs[1].shape) != 2):
+            raise JdeConfigError(f"model {folder.name}: expected outputs detections (N, {DETECTION_COLUMNS}) and "
+                                 f"embeddings (N, D), got {[(t.name, list(t.shape)) for t in outputs]}")
+        self.detections_output, self.embeddings_output = outputs[0].name, outputs[1].name
+        labels = [label.lower() for label in config.label_list]
+        person = next((name for name in PERSON_LABELS if name in labels), None)
+        if person is None:
+            raise JdeConfigError(f"model {folder.name}: its classes ({', '.join(labels)}, from label_list in "
+                                 f"{config.source}) include no {' or '.join(PERSON_LABELS)}")
+        self.person_class = labels.index(person)
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """The persons of one (H, W, 3) uint8 BGR image, boxes in its pixels, with embeddings."""
+        batch = prepare_images([image], self.config.preprocess, self.config.channel_order, self.input_size)
+        feed = {self.image_input: batch.tensor}
+        for info in self.engine.inputs:
+            if info.name == "im_shape":
+                feed[info.name] = batch.im_shape
+            elif info.name == "scale_factor":
+                feed[info.name] = batch.scale_factor
+        results = self.engine.run(feed)
+        detections, embeddings = results[self.detections_output], results[self.embeddings_output]
+        if len(detections) != len(embeddings):
+            raise ValueError(f"the network gave {len(detections)} detections but {len(embeddings)} embeddings")
+        persons = detections[:, 0] == self.person_class
+        boxes = detections[persons, 2:6].astype(np.float32)
+        height, width = image.shape[:2]
+        np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
+        np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
+        return Detections(boxes, detections[persons, 1].astype(np.float32), embeddings=embeddings[persons])
+
+
+@dataclass
+class _StreamTracks:
+    segment: int
+    time: float       # media time of the stream's latest frame, seconds
+    tracker: JdeTracker
+
+
+class JdeStage(Stage):
+    Params = schema.JdeDetector
+
+    def __init__(self, stage_id: str, params: schema.JdeDetector, context: StageContext):
+        super().__init__(stage_id, params, context)
+        folder = find_model(params.model, context.model_paths or default_search_path(), context.graph_dir)
+        engine = load_engine(folder, engine=params.engine, device=params.device, precision=params.precision,
+                             threads=params.threads, fallback=params.fallback, max_batch=1)
+        try:
+            self.network = JdeNetwork(folder, engine)
+            self.settings = JdeSettings.from_section(folder.config.tracker, folder.config.source,
+                                                     min_hits=params.min_hits, max_age_s=params.max_age_s,
+                                                     conf_threshold=params.conf_threshold)
+        except JdeConfigError:
+            engine.close()
+            raise
+        self.log.info("%s, person class %d, %s", engine.describe(), self.network.person_class, self.settings)
+        self._streams: dict[str, _StreamTracks] = {}
+        self._next_ids: dict[str, int] = {}   # per stream, survives resets
+
+    def process(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            detections = self.network.detect(frame.image)
+            tracks = self._tracks_for(frame)
+            update = tracks.tracker.update(detections, frame.media_time)
+            shown = publishable(detections.boxes[update.rows], self.settings)
+            rows = update.rows[shown]
+            persons = Persons.from_boxes(detections.boxes[rows], detections.scores[rows])
+            persons.track_ids = update.track_ids[shown]
+            frame.persons = persons
+            frame.ended_tracks.extend(update.ended)
+            tracks.time = frame.media_time
+
+    def _tracks_for(self, frame: Frame) -> _StreamTracks:
+        tracks = self._streams.get(frame.stream)
+        if tracks is not None and tracks.segment == frame.segment and frame.media_time < tracks.time:
+            self.log.warning("stream %s: media time went back from %.3f to %.3f s; restarting its tracks",
+                             frame.stream, tracks.time, frame.media_time)
+            frame.ended_tracks.extend(tracks.tracker.end_all())
+            self._reset(frame.stream)
+            tracks = None
+        if tracks is None or tracks.segment != frame.segment:
+            self._reset(frame.stream)
+            tracks = _StreamTracks(frame.segment, frame.media_time,
+                                   JdeTracker(self.settings, self._next_ids.get(frame.stream, 1)))
+            self._streams[frame.stream] = tracks
+        return tracks
+
+    def _reset(self, stream: str) -> None:
+        tracks = self._streams.pop(stream, None)
+        if tracks is not None:
+            self._next_ids[stream] = tracks.tracker.next_id
+
+    def on_stream_event(self, event: StreamEvent) -> None:
+        if event.kind in ("lost", "ended") or (event.kind == "opened" and event.segment > 0):
+            self._reset(event.stream)
+
+    def close(self) -> None:
+        self.network.engine.close()
