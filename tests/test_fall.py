@@ -392,7 +392,7 @@ HIGH_CAMERA = Camera(height_m=3.0, pitch_deg=35.0)
 
 def test_with_3d_joints_a_fall_away_from_a_high_camera_is_confirmed_from_3d_cues():
     shots = [Shot(t, [(1, backward_fall(t, 2.0, 3.0), 0.0)]) for t in times(10, 0, 5)]
-    events, _, _ = play(shots, HIGH_CAMERA,
+    events, _, _ = play(shots, HIGH_CAMERA, params={"use_3d": True},
                         kpts3d=lambda t, _: HIGH_CAMERA.joints_3d(backward_fall(t, 2.0, 3.0)))
     assert kinds(events) == ["fall_started", "fall_confirmed"]
     cues = first(events, "fall_confirmed").data["cues"]
@@ -406,7 +406,8 @@ def test_with_3d_joints_sitting_down_raises_nothing():
         return in_room(blend(STANDING, SITTING, float(np.clip((t - 2) / 0.8, 0, 1))), 3.0)
 
     shots = [Shot(t, [(1, world(t), 0.0)]) for t in times(10, 0, 6)]
-    events, annotations, _ = play(shots, HIGH_CAMERA, kpts3d=lambda t, _: HIGH_CAMERA.joints_3d(world(t)))
+    events, annotations, _ = play(shots, HIGH_CAMERA, params={"use_3d": True},
+                                  kpts3d=lambda t, _: HIGH_CAMERA.joints_3d(world(t)))
     assert events == [] and max(a[0]["fall_score"] for a in annotations) < 0.5
 
 
