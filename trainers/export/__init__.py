@@ -1,0 +1,23 @@
+"""From a training checkpoint to model folders for every engine streampose runs.
+
+    python -m trainers.export model CHECKPOINT --out DIR        Paddle, OpenVINO IR, ONNX folders
+    python -m trainers.export tensorrt DIR --precision fp16 int8 --calib CROPS
+                                                                 TensorRT engines, built ahead of time
+    python -m trainers.export quantize DIR_ov --calib CROPS [--val-annotations J --val-images I]
+                                                                 OpenVINO INT8 (NNCF), AP and speed compared
+
+`model` writes (each with the checkpoint's infer_cfg.yml, train_config.yml and metrics.yml):
+    DIR/        model.pdmodel + model.pdiparams: a Paddle Inference program in the format of
+                PaddleDetection's releases, read by the paddle engine (CPU, GPU, TensorRT) and by
+                OpenVINO
+    DIR_ov/     model.xml + model.bin, OpenVINO IR with float32 weights
+    DIR_onnx/   model.onnx (paddle2onnx), for onnxruntime; skipped with a message where
+                paddle2onnx is missing or cannot convert the network
+Each exported network runs on the same probe batch as the checkpoint's network and must agree
+within trainers.common.export.TOLERANCE, or the export fails.
+
+Paddle 3 saves PIR programs (model.json), which OpenVINO and paddle2onnx's legacy path do not
+read; `paddle.jit.save` writes the older program format only when paddle is imported with
+FLAGS_enable_pir_api=0. `python -m trainers.export` sets that before importing paddle, so the
+export runs in its own process (the trainer starts it as a child).
+"""
