@@ -311,7 +311,7 @@ def test_ocsort_recovers_a_person_who_stopped_while_hidden():
     # the gap with the observed path (standing still); a plain update would leave -90 px/s.
     stage = tracker(algorithm="ocsort")
     track_frames(stage, [f for f in frames() if f.media_time < 1.51])
-    (track,) = stage._streams["s"].tracker.tracks
+    (track,) = stage.trackers.current("s").tracks
     assert abs(track.kalman.centre_velocity[0]) < 20
 
 
@@ -393,10 +393,10 @@ def test_people_coming_and_going_keep_state_bounded_and_every_id_ends(algorithm)
         for track_id in frame.ended_tracks:
             assert 1.0 < t - last_seen[track_id] <= 1.0 + 1 / fps + 1e-9
         ended += frame.ended_tracks
-        live_counts.append(len(stage._streams["s"].tracker.tracks))
+        live_counts.append(len(stage.trackers.current("s").tracks))
         if algorithm == "ocsort":
             assert all(len(tr.observed) <= HISTORY and len(tr.missed) <= HISTORY
-                       for tr in stage._streams["s"].tracker.tracks)
+                       for tr in stage.trackers.current("s").tracks)
     assert sorted(last_seen) == list(range(1, len(starts) + 1))
     assert sorted(ended) == sorted(last_seen)
     # In view at once: at most 4; plus those gone for less than max_age_s: at most one more.

@@ -17,8 +17,6 @@ within a segment ends them (announced) and starts afresh; ids keep counting acro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from streampose.engines import Engine, load_engine
@@ -28,6 +26,7 @@ from streampose.models.folder import ModelFolder, default_search_path, find_mode
 from streampose.runtime.stage import Stage, StageContext
 from streampose.stages.detector import PERSON_LABELS
 from streampose.tracking.jde import JdeConfigError, JdeSettings, JdeTracker, publishable
+from streampose.tracking.streams import StreamTrackers
 from streampose.tracking.track import Detections
 from streampose.vision.preprocess import LETTERBOX_OPS, check_ops, prepare_images
 
@@ -90,13 +89,6 @@ class JdeNetwork:
         return Detections(boxes, detections[persons, 1].astype(np.float32), embeddings=embeddings[persons])
 
 
-@dataclass
-class _StreamTracks:
-    segment: int
-    time: float       # media time of the stream's latest frame, seconds
-    tracker: JdeTracker
-
-
 class JdeStage(Stage):
     Params = schema.JdeDetector
 
@@ -114,45 +106,21 @@ class JdeStage(Stage):
             engine.close()
             raise
         self.log.info("%s, person class %d, %s", engine.describe(), self.network.person_class, self.settings)
-        self._streams: dict[str, _StreamTracks] = {}
-        self._next_ids: dict[str, int] = {}   # per stream, survives resets
+        self.trackers = StreamTrackers(lambda first_id: JdeTracker(self.settings, first_id), self.log)
 
     def process(self, frames: list[Frame]) -> None:
         for frame in frames:
             detections = self.network.detect(frame.image)
-            tracks = self._tracks_for(frame)
-            update = tracks.tracker.update(detections, frame.media_time)
+            update = self.trackers.for_frame(frame).update(detections, frame.media_time)
             shown = publishable(detections.boxes[update.rows], self.settings)
             rows = update.rows[shown]
             persons = Persons.from_boxes(detections.boxes[rows], detections.scores[rows])
             persons.track_ids = update.track_ids[shown]
             frame.persons = persons
             frame.ended_tracks.extend(update.ended)
-            tracks.time = frame.media_time
-
-    def _tracks_for(self, frame: Frame) -> _StreamTracks:
-        tracks = self._streams.get(frame.stream)
-        if tracks is not None and tracks.segment == frame.segment and frame.media_time < tracks.time:
-            self.log.warning("stream %s: media time went back from %.3f to %.3f s; restarting its tracks",
-                             frame.stream, tracks.time, frame.media_time)
-            frame.ended_tracks.extend(tracks.tracker.end_all())
-            self._reset(frame.stream)
-            tracks = None
-        if tracks is None or tracks.segment != frame.segment:
-            self._reset(frame.stream)
-            tracks = _StreamTracks(frame.segment, frame.media_time,
-                                   JdeTracker(self.settings, self._next_ids.get(frame.stream, 1)))
-            self._streams[frame.stream] = tracks
-        return tracks
-
-    def _reset(self, stream: str) -> None:
-        tracks = self._streams.pop(stream, None)
-        if tracks is not None:
-            self._next_ids[stream] = tracks.tracker.next_id
 
     def on_stream_event(self, event: StreamEvent) -> None:
-        if event.kind in ("lost", "ended") or (event.kind == "opened" and event.segment > 0):
-            self._reset(event.stream)
+        self.trackers.on_stream_event(event)
 
     def close(self) -> None:
         self.network.engine.close()
