@@ -202,6 +202,10 @@ class Pipeline:
         self._update_lifecycle()
 
     def _on_result(self, frame: Frame, ok: bool) -> None:
+        with self._lock:  # every stage thread reports here
+            self._record_result(frame, ok)
+
+    def _record_result(self, frame: Frame, ok: bool) -> None:
         state = self.streams[frame.stream]
         state.last_frame_wall = time.time()
         if ok:

@@ -1,11 +1,13 @@
 """Build a COCO keypoint dataset from videos and images, labelled by a teacher model through
 the pipeline's own detector and keypoints stages (pseudo-labels).
 
-    python -m trainers.keypoint.make_dataset --out ~/.cache/streampose/datasets/shared_pseudo
+    python -m trainers.keypoint.make_dataset [--labeller tinypose_256x192_ov] [--out DIR]
 
 Frames are taken from each video every --every-s seconds of media time; the still images are
-used as they are. The detector stage finds persons, the keypoints stage (the teacher, by
-default TinyPose 256x192 with flip test) gives their joints. A person is kept when its box
+used as they are. The detector stage finds persons, the keypoints stage running the labeller
+(by default TinyPose 256x192 with flip test, the teacher a 128x96 student is distilled from)
+gives their joints. The default --out, ~/.cache/streampose/datasets/shared_pseudo_<labeller>,
+is keyed by the labeller, so labels of one model are never mistaken for another's. A person is kept when its box
 scores at least --min-box-score and is at least --min-box-height pixels tall, and its pose
 score reaches --min-pose-score; a joint is labelled (visibility 2) when its confidence reaches
 --min-joint-confidence, else unlabelled (0). The detector's box is the annotation's bbox, and
@@ -39,13 +41,15 @@ log = logging.getLogger("trainers.keypoint.make_dataset")
 SHARED = Path(os.environ.get("STREAMPOSE_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_VAL_VIDEOS = ("jumping_jacks_Ibbu_1.mp4", "mmaction2_demo_skeleton_2persons.mp4", "squat_side_view.mp4")
+DEFAULT_LABELLER = "tinypose_256x192_ov"
+DATASETS = Path("~/.cache/streampose/datasets")
 BATCH = 4  # frames per stage call
 JPEG_QUALITY = 95
 
 
 def make_dataset(out: Path, media: Path, model_paths: list[Path], *, videos: list[str] | None = None,
                  val_videos: tuple[str, ...] = DEFAULT_VAL_VIDEOS, include_images: bool = True, every_s: float = 0.5,
-                 detector: str = "picodet_s_320_lcnet_pedestrian_ov", teacher: str = "tinypose_256x192_ov",
+                 detector: str = "picodet_s_320_lcnet_pedestrian_ov", labeller: str = DEFAULT_LABELLER,
                  min_box_score: float = 0.5, min_box_height: float = 96.0, min_pose_score: float = 0.4,
                  min_joint_confidence: float = 0.3) -> dict:
     """Write the dataset into `out`; returns what dataset.yml records."""
@@ -62,7 +66,7 @@ def make_dataset(out: Path, media: Path, model_paths: list[Path], *, videos: lis
     context = StageContext(graph_dir=Path("."), output_dir=out, model_paths=model_paths)
     detect = DetectorStage("detect", schema.Detector(id="detect", type="detector", model=detector,
                                                      batch={"max_size": BATCH}), context)
-    pose = KeypointStage("pose", schema.Keypoints(id="pose", type="keypoints", model=teacher, flip_test=True,
+    pose = KeypointStage("pose", schema.Keypoints(id="pose", type="keypoints", model=labeller, flip_test=True,
                                                   min_box_score=min_box_score, batch={"max_size": BATCH}), context)
     splits = {"train": _CocoWriter(), "val": _CocoWriter()}
     thresholds = dict(min_box_score=min_box_score, min_box_height=min_box_height, min_pose_score=min_pose_score,
@@ -82,7 +86,7 @@ def make_dataset(out: Path, media: Path, model_paths: list[Path], *, videos: lis
         writer.save(out / f"{split}.json")
     record = {
         "made_by": "python -m trainers.keypoint.make_dataset", "media": str(media), "detector": detector,
-        "teacher": f"{teacher} (flip test)", "every_s": every_s, **thresholds,
+        "labeller": f"{labeller} (flip test)", "every_s": every_s, **thresholds,
         "val_videos": sorted(val_videos), "train_videos": sorted(set(chosen) - set(val_videos)),
         "still_images": [p.name for p in stills],
         "counts": {split: {"images": len(w.images), "persons": len(w.annotations)} for split, w in splits.items()},
@@ -172,7 +176,8 @@ class _CocoWriter:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.keypoint.make_dataset",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    parser.add_argument("--out", type=Path, help="dataset folder to write "
+                        f"(default: {DATASETS}/shared_pseudo_<labeller's folder name>)")
     parser.add_argument("--media", type=Path, default=SHARED / "media", help="folder with video/ and images/")
     parser.add_argument("--models", type=Path, action="append", help="model folder(s) to search "
                         "(default: $STREAMPOSE_MODELS, else the shared models)")
@@ -181,15 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-images", action="store_true", help="leave out the still images")
     parser.add_argument("--every-s", type=float, default=0.5, help="seconds of video between sampled frames")
     parser.add_argument("--detector", default="picodet_s_320_lcnet_pedestrian_ov")
-    parser.add_argument("--teacher", default="tinypose_256x192_ov")
+    parser.add_argument("--labeller", default=DEFAULT_LABELLER, metavar="MODEL",
+                        help="keypoint model (name or folder) whose flip-tested predictions become the labels")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from streampose.models.folder import default_search_path
 
     paths = args.models or ([] if os.environ.get("STREAMPOSE_MODELS") else [SHARED / "models"])
-    record = make_dataset(args.out.expanduser(), args.media, default_search_path(paths), videos=args.videos,
+    out = args.out or DATASETS / f"shared_pseudo_{Path(args.labeller).name}"
+    log.info("writing %s", out)
+    record = make_dataset(out.expanduser(), args.media, default_search_path(paths), videos=args.videos,
                           val_videos=tuple(args.val_videos), include_images=not args.no_images, every_s=args.every_s,
-                          detector=args.detector, teacher=args.teacher)
+                          detector=args.detector, labeller=args.labeller)
     print(yaml.safe_dump(record["counts"], sort_keys=False), end="")
     return 0
 

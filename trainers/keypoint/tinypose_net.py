@@ -107,6 +107,19 @@ def _downsample(ch_in: int, ch_out: int, relu: bool) -> nn.Sequential:
     return nn.Sequential(*layers, *([nn.ReLU()] if relu else []))
 
 
+class NearestUpsample(nn.Layer):
+    """Nearest up-sampling by a whole factor, to an explicit output size: paddle2onnx 2.1 cannot
+    convert `nn.Upsample(scale_factor=...)` ("the 0th elementwise MUST be ir::FloatAttribute")."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        height, width = x.shape[-2:]
+        return F.interpolate(x, size=[height * self.factor, width * self.factor], mode="nearest")
+
+
 class LiteHRNetModule(nn.Layer):
     """Parallel branches of shuffle units, then every branch fused into every branch."""
 
@@ -124,7 +137,7 @@ class LiteHRNetModule(nn.Layer):
         """Branch j's features brought to branch i's size and width."""
         if j > i:
             return nn.Sequential(*_conv_bn(channels[j], channels[i], 1),
-                                 nn.Upsample(scale_factor=2 ** (j - i), mode="nearest"))
+                                 NearestUpsample(2 ** (j - i)))
         if j == i:
             return None
         steps = i - j
