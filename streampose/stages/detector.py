@@ -18,7 +18,7 @@ from streampose.models.folder import ModelFolder, default_search_path, find_mode
 from streampose.runtime.stage import Stage, StageContext
 from streampose.vision import picodet, yolox
 from streampose.vision.detections import Detections, NmsSettings, select_batch
-from streampose.vision.preprocess import IMAGE_OPS, check_ops, prepare_images
+from streampose.vision.preprocess import IMAGE_OPS, check_ops, image_input, prepare_images
 
 PERSON_LABELS = ("person", "pedestrian")
 # Used when a model's infer_cfg.yml has no NMS block.
@@ -57,17 +57,7 @@ class PersonDetector:
         self.folder = folder
         self.config = config
         self.engine = engine
-        images = [t for t in engine.inputs if len(t.shape) == 4]
-        if len(images) != 1:
-            raise DetectorConfigError(f"model {folder.name}: expected one image input (N, 3, H, W), got "
-                                      f"{[(t.name, list(t.shape)) for t in engine.inputs]}")
-        self.image_input = images[0].name
-        size = tuple(d if d > 0 else None for d in images[0].shape[2:])
-        self.input_size: tuple[int | None, int | None] = size  # type: ignore[assignment]
-        if config.input_size is not None and None not in size and tuple(config.input_size) != size:
-            raise DetectorConfigError(
-                f"model {folder.name}: {config.source} pre-processes to {config.input_size[0]}x"
-                f"{config.input_size[1]} (height x width) but the network input is {size[0]}x{size[1]}")
+        self.image_input, self.input_size = image_input(folder, engine, DetectorConfigError)
         shapes = [t.shape for t in engine.outputs]
         if config.arch == "YOLOX":
             self.form = yolox.OUTPUT_FORM

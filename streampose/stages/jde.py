@@ -28,7 +28,7 @@ from streampose.stages.detector import PERSON_LABELS
 from streampose.tracking.jde import JdeConfigError, JdeSettings, JdeTracker, publishable
 from streampose.tracking.streams import StreamTrackers
 from streampose.tracking.track import Detections
-from streampose.vision.preprocess import LETTERBOX_OPS, check_ops, prepare_images
+from streampose.vision.preprocess import LETTERBOX_OPS, check_ops, image_input, prepare_images
 
 DETECTION_COLUMNS = 6  # class, score, x0, y0, x1, y1
 
@@ -44,17 +44,7 @@ class JdeNetwork:
         check_ops(config.preprocess, LETTERBOX_OPS, config.source)
         self.config = config
         self.engine = engine
-        images = [t for t in engine.inputs if len(t.shape) == 4]
-        if len(images) != 1:
-            raise JdeConfigError(f"model {folder.name}: expected one image input (N, 3, H, W), got "
-                                 f"{[(t.name, list(t.shape)) for t in engine.inputs]}")
-        self.image_input = images[0].name
-        size = tuple(d if d > 0 else None for d in images[0].shape[2:])
-        if config.input_size is not None and None not in size and tuple(config.input_size) != size:
-            raise JdeConfigError(f"model {folder.name}: {config.source} letterboxes to {config.input_size[0]}x"
-                                 f"{config.input_size[1]} (height x width) but the network input is "
-                                 f"{size[0]}x{size[1]}")
-        self.input_size: tuple[int | None, int | None] = size  # type: ignore[assignment]
+        self.image_input, self.input_size = image_input(folder, engine, JdeConfigError)
         outputs = engine.outputs
         if (len(outputs) < 2 or len(outputs[0].shape) != 2 or outputs[0].shape[1] != DETECTION_COLUMNS
                 or len(outputs[1].shape) != 2):

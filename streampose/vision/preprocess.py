@@ -54,6 +54,22 @@ def check_ops(ops: Sequence[PreprocessOp], supported: frozenset[str], source: st
                                   f"(supported: {', '.join(sorted(supported))})")
 
 
+def image_input(folder, engine, error: type[ValueError]) -> tuple[str, tuple[int | None, int | None]]:
+    """The name and (H, W) of the network's one image input (N, 3, H, W); None where a side is
+    dynamic. Raises `error` unless there is exactly one, or if its size disagrees with what the
+    folder's infer_cfg.yml pre-processes to."""
+    images = [t for t in engine.inputs if len(t.shape) == 4]
+    if len(images) != 1:
+        raise error(f"model {folder.name}: expected one image input (N, 3, H, W), got "
+                    f"{[(t.name, list(t.shape)) for t in engine.inputs]}")
+    size = tuple(d if d > 0 else None for d in images[0].shape[2:])
+    expected = folder.config.input_size
+    if expected is not None and None not in size and tuple(expected) != size:
+        raise error(f"model {folder.name}: {folder.config.source} pre-processes to {expected[0]}x{expected[1]} "
+                    f"(height x width) but the network input is {size[0]}x{size[1]}")
+    return images[0].name, size
+
+
 @dataclass
 class ImageBatch:
     """Frames prepared for a network.
