@@ -97,10 +97,7 @@ class ClipStage(Stage):
 
     def __init__(self, stage_id: str, params: schema.Clips, context: StageContext):
         super().__init__(stage_id, params, context)
-        self.paths = ClipPathTemplate(params.path, context.output_dir)
-        if len(context.streams) > 1 and "stream" not in self.paths.fields:
-            raise ValueError(f"clips {stage_id}: path {params.path!r} has no {{stream}} field but "
-                             f"{len(context.streams)} streams reach it; their clips would mix")
+        self.paths = ClipPathTemplate(params.path, context.output_dir, context.streams)
         self.kinds = frozenset(params.events)
         self._streams: dict[str, _StreamClips] = {}
         for stream in context.streams:

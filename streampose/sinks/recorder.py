@@ -131,7 +131,7 @@ class PathTemplate:
     NAME = "recorder path"  # what the template is called in errors
     _FIELD_PATTERNS = {"date": r"\d{8}", "time": r"\d{6}", "segment": r"\d+"}
 
-    def __init__(self, template: str, output_dir: Path):
+    def __init__(self, template: str, output_dir: Path, streams: list[str] = ()):
         self.template = template
         self.output_dir = output_dir.resolve()
         relative = PurePosixPath(template)
@@ -147,6 +147,9 @@ class PathTemplate:
             raise ValueError(f"{self.NAME} {template!r} must end in .mp4")
         if _fields(str(relative.parent)) - {"stream"}:
             raise ValueError(f"{self.NAME} {template!r}: only {{stream}} may appear in folder names")
+        if len(streams) > 1 and "stream" not in self.fields:
+            raise ValueError(f"{self.NAME} {template!r} has no {{stream}} field but {len(streams)} streams "
+                             f"reach it; their files would mix")
         self.resolve("stream", time.time(), **self.EXAMPLE)  # a bad format spec fails here, not at the first frame
 
     def resolve(self, stream: str, wall_time: float, segment: int = 0, **fields: object) -> Path:
@@ -219,10 +222,7 @@ class RecorderStage(Stage):
 
     def __init__(self, stage_id: str, params: schema.Recorder, context: StageContext):
         super().__init__(stage_id, params, context)
-        self.paths = PathTemplate(params.path, context.output_dir)
-        if len(context.streams) > 1 and "stream" not in self.paths.fields:
-            raise ValueError(f"recorder {stage_id}: path {params.path!r} has no {{stream}} field but "
-                             f"{len(context.streams)} streams reach it; their files would mix")
+        self.paths = PathTemplate(params.path, context.output_dir, context.streams)
         self._streams: dict[str, _StreamRecording] = {}
 
     def process(self, frames: list[Frame]) -> None:
