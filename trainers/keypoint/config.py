@@ -22,7 +22,7 @@ COCO_SIGMAS = (0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.
 COCO_JOINT_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.2, 1.2, 1.5, 1.5, 1.0, 1.0, 1.2, 1.2, 1.5, 1.5)
 COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
 COCO_UPPER_BODY = tuple(range(11))
-# Both architectures put heatmaps at 1/4 of the input.
+# All architectures put heatmaps at 1/4 of the input.
 OUTPUT_STRIDE = 4
 
 
@@ -61,9 +61,9 @@ class KeypointSet:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["simple_baseline", "tinypose"] = field(default="tinypose", metadata={
+    arch: Literal["simple_baseline", "tinypose", "hrnet"] = field(default="tinypose", metadata={
         "help": "simple_baseline: backbone + deconvolution head (Xiao et al. 2018); tinypose: PP-TinyPose "
-                "(LiteHRNet-18)"})
+                "(LiteHRNet-18); hrnet: HRNet-W32 (Sun et al. 2019)"})
     backbone: Literal["resnet18", "resnet34", "resnet50", "mobilenet_v2"] = field(default="resnet18", metadata={
         "help": "simple_baseline: the backbone (paddle.vision.models)"})
     backbone_scale: float = field(default=1.0, metadata={"help": "mobilenet_v2: channel width multiplier"})

@@ -8,6 +8,8 @@
   needs far more data and steps than a fine-tune.
 - tinypose: PP-TinyPose (trainers.keypoint.tinypose_net), whose trained weights can be
   imported from the OpenVINO IR export (trainers.keypoint.import_ir).
+- hrnet: HRNet-W32 (trainers.keypoint.hrnet), PaddleDetection's most accurate top-down
+  network; `hrnet_width` sets the branch width (32: the paper's W32).
 
 `build_network` is the one entry point, also used by the exporter (trainers.export) to rebuild
 a network from a checkpoint's recorded arguments.
@@ -50,7 +52,7 @@ class SimpleBaseline(nn.Layer):
 
 
 def build_network(arch: str, input_size: list[int], num_joints: int, backbone: str = "resnet18",
-                  backbone_scale: float = 1.0, deconv_channels: int = 256) -> nn.Layer:
+                  backbone_scale: float = 1.0, deconv_channels: int = 256, hrnet_width: int = 32) -> nn.Layer:
     """An untrained network for crops of input_size [width, height] and num_joints heatmaps."""
     width, height = input_size
     if arch == "tinypose":
@@ -58,7 +60,10 @@ def build_network(arch: str, input_size: list[int], num_joints: int, backbone: s
         return build_tinypose((height, width), num_joints)
     if arch == "simple_baseline":
         return SimpleBaseline(backbone, backbone_scale, deconv_channels, num_joints)
-    raise ValueError(f"unknown keypoint network arch {arch!r}; known: simple_baseline, tinypose")
+    if arch == "hrnet":
+        from trainers.keypoint.hrnet import build_hrnet
+        return build_hrnet(hrnet_width, num_joints)
+    raise ValueError(f"unknown keypoint network arch {arch!r}; known: simple_baseline, tinypose, hrnet")
 
 
 def heatmap_shape(input_size: tuple[int, int], num_joints: int) -> tuple[int, int, int]:
