@@ -36,10 +36,12 @@ SMALL_VIDEO = "fall_room_chair_320x240.mp4"
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    """Pseudo-labels from the shared TinyPose through the pipeline's stages: the still images for
-    training, a few frames of one small video held out."""
+    """Pseudo-labels from the shared TinyPose 256x192 (the default labeller, the teacher of the
+    128x96 student below) through the pipeline's stages: the still images for training, a few
+    frames of one small video held out."""
     out = tmp_path_factory.mktemp("pseudo")
     record = make_dataset(out, MEDIA, [MODELS], videos=[SMALL_VIDEO], val_videos=(SMALL_VIDEO,), every_s=2.0)
+    assert yaml.safe_load((out / "dataset.yml").read_text())["labeller"] == "tinypose_256x192_ov (flip test)"
     assert record["counts"]["train"]["persons"] >= 10 and record["counts"]["val"]["persons"] >= 3, record
     return out
 
