@@ -77,6 +77,12 @@ def run(args) -> int:
     return 0 if finished else 1
 
 
+def _rate(processed: int, state) -> float:
+    """Frames per second over the stream's own span, from its first to its last frame."""
+    span = state.last_frame_wall - state.first_frame_wall
+    return (processed - 1) / span if processed > 1 and span > 0 else 0.0
+
+
 def _print_summary(pipeline, started: float) -> None:
     elapsed = time.time() - started
     metrics = pipeline.metrics
@@ -87,7 +93,7 @@ def _print_summary(pipeline, started: float) -> None:
         latency = metrics.quantiles("e2e_latency", stream=stream)
         shown = f", latency p50 {latency[0] * 1e3:.0f} ms p95 {latency[1] * 1e3:.0f} ms" if latency else ""
         print(f"  {stream}: {state.state}, {metrics.count('frames_captured', stream=stream)} frames decoded, "
-              f"{processed} processed ({processed / max(elapsed, 1e-9):.1f}/s), "
+              f"{processed} processed ({_rate(processed, state):.1f}/s), "
               f"{metrics.count('drops', stream=stream)} dropped, "
               f"{metrics.count('errors', stream=stream)} errors, {metrics.count('reconnects', stream=stream)} "
               f"reconnects{shown}")

@@ -38,6 +38,7 @@ class StreamState:
     state: str = "connecting"  # connecting, running, reconnecting, ended, degraded
     detail: str = ""
     consecutive_failures: int = 0
+    first_frame_wall: float = 0.0
     last_frame_wall: float = 0.0
 
 
@@ -208,6 +209,7 @@ class Pipeline:
     def _record_result(self, frame: Frame, ok: bool) -> None:
         state = self.streams[frame.stream]
         state.last_frame_wall = time.time()
+        state.first_frame_wall = state.first_frame_wall or state.last_frame_wall
         if ok:
             if state.state == "degraded":
                 state.state = "running"
