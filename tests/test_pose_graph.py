@@ -113,3 +113,17 @@ def test_infer_command_draws_an_image(tmp_path):
     original = cv2.imread(str(IMAGES / "hrnet_demo.jpg"))
     assert drawn.shape == original.shape
     assert (np.abs(drawn.astype(int) - original).sum(axis=2) > 60).sum() > 500
+
+
+def test_relative_model_path_resolves_against_the_graph_file(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "detector").symlink_to(MODELS / "picodet_s_192_lcnet_pedestrian_ov")
+    graph = tmp_path / "graph.yml"
+    graph.write_text(textwrap.dedent(f"""\
+        sources: [{{id: a, uri: {SQUAT}}}]
+        stages: [{{id: detect, type: detector, model: ./mine/detector}}]
+        runtime: {{metrics: {{bind: null}}}}
+        """))
+    # The working directory (the repository) has no ./mine: only the graph's folder does.
+    pipeline = Pipeline(load_graph(graph), model_paths=[], output_dir=tmp_path / "out")
+    assert pipeline.runners["detect"].stage.detector.folder.path == tmp_path / "mine" / "detector"

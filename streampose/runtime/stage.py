@@ -48,6 +48,19 @@ class Stage:
         self.context = context
         self.log = logging.getLogger(f"streampose.stage.{stage_id}")
 
+    def load_model(self, max_batch: int):
+        """(ModelFolder, Engine) of a network-running stage's `model`, `engine`, `device`...
+        keys (schema.ModelStage): a name is looked up on the model search path, a relative
+        path is taken from the graph file's folder."""
+        from streampose.engines import load_engine
+        from streampose.models.folder import default_search_path, find_model
+
+        p, context = self.params, self.context
+        folder = find_model(p.model, context.model_paths or default_search_path(), context.graph_dir)
+        engine = load_engine(folder, engine=p.engine, device=p.device, precision=p.precision, threads=p.threads,
+                             fallback=p.fallback, max_batch=max_batch)
+        return folder, engine
+
     def process(self, frames: list[Frame]) -> None:
         """Fill in `frames` (a batch, in arrival order). Must not keep them."""
         raise NotImplementedError

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streampose.engines import Engine, load_engine
+from streampose.engines import Engine
 from streampose.frame import Frame, Persons, StreamEvent
 from streampose.graph import schema
-from streampose.models.folder import ModelFolder, default_search_path, find_model
+from streampose.models.folder import ModelFolder
 from streampose.runtime.stage import Stage, StageContext
 from streampose.vision import picodet, yolox
 from streampose.vision.detections import Detections, NmsSettings, select_batch
@@ -143,9 +143,7 @@ class DetectorStage(Stage):
 
     def __init__(self, stage_id: str, params: schema.Detector, context: StageContext):
         super().__init__(stage_id, params, context)
-        folder = find_model(params.model, context.model_paths or default_search_path(), context.graph_dir)
-        engine = load_engine(folder, engine=params.engine, device=params.device, precision=params.precision,
-                             threads=params.threads, fallback=params.fallback, max_batch=params.batch.max_size)
+        folder, engine = self.load_model(max_batch=params.batch.max_size)
         self.detector = PersonDetector(folder, engine, params)
         self.log.info("%s, %s outputs, person class %d", engine.describe(), self.detector.form,
                       self.detector.person_class)

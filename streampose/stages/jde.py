@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from streampose.engines import Engine, load_engine
+from streampose.engines import Engine
 from streampose.frame import Frame, Persons, StreamEvent
 from streampose.graph import schema
-from streampose.models.folder import ModelFolder, default_search_path, find_model
+from streampose.models.folder import ModelFolder
 from streampose.runtime.stage import Stage, StageContext
 from streampose.stages.detector import PERSON_LABELS
 from streampose.tracking.jde import JdeConfigError, JdeSettings, JdeTracker, publishable
@@ -84,9 +84,7 @@ class JdeStage(Stage):
 
     def __init__(self, stage_id: str, params: schema.JdeDetector, context: StageContext):
         super().__init__(stage_id, params, context)
-        folder = find_model(params.model, context.model_paths or default_search_path(), context.graph_dir)
-        engine = load_engine(folder, engine=params.engine, device=params.device, precision=params.precision,
-                             threads=params.threads, fallback=params.fallback, max_batch=1)
+        folder, engine = self.load_model(max_batch=1)
         try:
             self.network = JdeNetwork(folder, engine)
             self.settings = JdeSettings.from_section(folder.config.tracker, folder.config.source,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from streampose.engines import Engine, load_engine
+from streampose.engines import Engine
 from streampose.frame import NUM_KEYPOINTS, Frame, Persons
 from streampose.graph import schema
-from streampose.models.folder import ModelFolder, default_search_path, find_model
+from streampose.models.folder import ModelFolder
 from streampose.runtime.stage import Stage, StageContext
 from streampose.vision import heatmap, topdown
 from streampose.vision.preprocess import CROP_OPS, check_ops, normalize_crops
@@ -121,11 +121,8 @@ class KeypointStage(Stage):
 
     def __init__(self, stage_id: str, params: schema.Keypoints, context: StageContext):
         super().__init__(stage_id, params, context)
-        folder = find_model(params.model, context.model_paths or default_search_path(), context.graph_dir)
         crops = _power_of_two_floor(min(MAX_CROPS_PER_RUN, params.batch.max_size * params.max_persons))
-        engine = load_engine(folder, engine=params.engine, device=params.device, precision=params.precision,
-                             threads=params.threads, fallback=params.fallback,
-                             max_batch=crops * (2 if params.flip_test else 1))
+        folder, engine = self.load_model(max_batch=crops * (2 if params.flip_test else 1))
         self.estimator = PoseEstimator(folder, engine, params.expand_ratio, params.use_dark, params.flip_test)
         self.log.info("%s, crops of %dx%d", engine.describe(), *self.estimator.input_size)
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from streampose.engines import Engine, load_engine
+from streampose.engines import Engine
 from streampose.frame import COCO_KEYPOINTS, NUM_KEYPOINTS, UNTRACKED, Frame, StreamEvent
 from streampose.geometry.camera import Camera, CalibError, assumed_camera, load_camera
 from streampose.geometry.lifting import normalise_pose2d, place_by_height, place_on_ground, to_camera
 from streampose.graph import schema
-from streampose.models.folder import ModelFolder, default_search_path, find_model
+from streampose.models.folder import ModelFolder
 from streampose.runtime.stage import Stage, StageContext
 
 # Most windows in one engine run. Runs are padded to a power of two, so an engine that compiles
@@ -193,9 +193,7 @@ class Lift3DStage(Stage):
 
     def __init__(self, stage_id: str, params: schema.Lift3D, context: StageContext):
         super().__init__(stage_id, params, context)
-        folder = find_model(params.model, context.model_paths or default_search_path())
-        engine = load_engine(folder, engine=params.engine, device=params.device, precision=params.precision,
-                             threads=params.threads, fallback=params.fallback, max_batch=MAX_PERSONS_PER_RUN)
+        folder, engine = self.load_model(max_batch=MAX_PERSONS_PER_RUN)
         try:
             self.lifter = Lifter(folder, engine)
             self.cameras = Cameras(params.calib, context.graph_dir, params.assumed_hfov_deg, context.streams,
