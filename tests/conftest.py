@@ -23,3 +23,16 @@ def rtsp_server():
     from rtsp_server import RtspServer
     with RtspServer(VIDEOS / "fall_room_chair_320x240.mp4") as server:
         yield server
+
+
+def first_frames(video: Path, count: int) -> list:
+    """A video's first `count` frames as (BGR image (H, W, 3) uint8, media time in seconds)."""
+    import av
+
+    frames = []
+    with av.open(str(video)) as container:
+        for decoded in container.decode(video=0):
+            frames.append((decoded.to_ndarray(format="bgr24"), float(decoded.time)))
+            if len(frames) == count:
+                break
+    return frames

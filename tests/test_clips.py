@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import VIDEOS
+from conftest import VIDEOS, first_frames
 from streampose.frame import Event, Frame, Persons, StreamEvent
 from streampose.graph import schema
 from streampose.graph.loader import GraphError, load_graph
@@ -28,14 +28,7 @@ FRAME_COUNT = 120
 
 @pytest.fixture(scope="module")
 def source_frames() -> list[tuple[np.ndarray, float]]:
-    """The video's first frames as (BGR image, media time in seconds)."""
-    frames = []
-    with av.open(str(VIDEO)) as container:
-        for decoded in container.decode(video=0):
-            frames.append((decoded.to_ndarray(format="bgr24"), float(decoded.time)))
-            if len(frames) == FRAME_COUNT:
-                break
-    return frames
+    return first_frames(VIDEO, FRAME_COUNT)
 
 
 def make_clips(output_dir: Path, streams=("cam",), metrics: Metrics | None = None, **params) -> ClipStage:

@@ -14,7 +14,7 @@ from streampose.graph import schema
 from streampose.runtime.stage import StageContext
 from streampose.sinks.draw import draw_frame
 from streampose.sinks.recorder import PathTemplate, RecorderStage
-from conftest import VIDEOS
+from conftest import VIDEOS, first_frames
 
 VIDEO = VIDEOS / "fall_room_chair_320x240.mp4"  # 10 fps
 FRAME_COUNT = 40
@@ -22,14 +22,7 @@ FRAME_COUNT = 40
 
 @pytest.fixture(scope="module")
 def source_frames() -> list[tuple[np.ndarray, float]]:
-    """The video's first frames as (BGR image, media time in seconds)."""
-    frames = []
-    with av.open(str(VIDEO)) as container:
-        for decoded in container.decode(video=0):
-            frames.append((decoded.to_ndarray(format="bgr24"), float(decoded.time)))
-            if len(frames) == FRAME_COUNT:
-                break
-    return frames
+    return first_frames(VIDEO, FRAME_COUNT)
 
 
 def person_frame(stream: str, index: int, image: np.ndarray, media_time: float, segment: int = 0) -> Frame:
