@@ -56,7 +56,8 @@ SQUAT_STANDING_S = ((0.8, 1.5), (3.7, 4.5), (6.7, 7.5))   # between "standing ag
 @pytest.fixture(scope="session")
 def lifter_model() -> Path:
     sources = sorted([*(REPO / "trainers/lifter").glob("*.py"), REPO / "trainers/common/config.py",
-                      REPO / "trainers/common/export.py", REPO / "streampose/geometry/lifting.py"])
+                      REPO / "trainers/common/yaml_config.py", REPO / "trainers/common/export.py",
+                      REPO / "streampose/geometry/lifting.py"])
     digest = hashlib.sha256(repr(sorted(TEST_TRAINING.items())).encode())
     for source in sources:
         digest.update(source.read_bytes())

@@ -2,8 +2,8 @@
 
 Each field of a (frozen) dataclass gives one option, --field-name, of the field's type (int,
 float, str, Path, bool as --flag/--no-flag, a tuple as several values), with the field's default
-and its `help` metadata. The settings a run used are saved beside what it made, so any model
-can be traced to how it was trained.
+and its `help` metadata. The settings a run used are saved beside what it made
+(`yaml_config.config_record`), so any model can be traced to how it was trained.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
@@ -37,13 +36,3 @@ def from_arguments(config_class: type, args: argparse.Namespace):
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)}
     return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
-
-def to_record(config) -> dict:
-    """A YAML-safe mapping of the settings (paths as strings, tuples as lists)."""
-    def plain(value):
-        if isinstance(value, Path):
-            return str(value)
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        return value
-    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}

@@ -26,7 +26,8 @@ import numpy as np
 
 from streampose.frame import COCO_KEYPOINTS
 from streampose.geometry.lifting import STATURE_RATIO, place_by_height, root_of, to_camera
-from trainers.common.config import add_arguments, from_arguments, to_record
+from trainers.common.config import add_arguments, from_arguments
+from trainers.common.yaml_config import config_record
 from trainers.lifter.metrics import mpjpe, pa_mpjpe
 from trainers.lifter.mocap import COLLECTIONS, Clip, find_clips, load_clip
 from trainers.lifter.synth import CLEAN, Batch, Cameras, Sampler
@@ -128,7 +129,7 @@ def train(config: TrainConfig) -> dict:
     out = Path(config.out).expanduser()
     export_model_folder(network, "trainers.lifter.model:PoseLifter", kwargs,
                         {"keypoints": (-1, config.window, len(COCO_KEYPOINTS), 3)}, out, infer_cfg, probe,
-                        {"train_config.yml": to_record(config), "metrics.yml": metrics})
+                        {"train_config.yml": config_record(config), "metrics.yml": metrics})
     log.info("wrote %s in %.0f s", out, time.time() - started)
     return metrics
 
