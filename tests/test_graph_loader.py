@@ -143,3 +143,18 @@ def test_plugin_params_are_validated_by_the_plugin_schema(tmp_path):
         load_graph(path)
     assert caught.value.problems[0].startswith(f"{path}:12:13: stage 'hands': unknown plugin 'hand_rised'; "
                                                f"available: fall, hand_raised, reps")
+
+
+def test_validate_command_opens_nothing_and_exits_2_on_errors(tmp_path):
+    import subprocess
+    import sys
+    # Neither the video nor the model exists: validate must not look for them.
+    text = GOOD.replace("type: noop\n    batch: {max_size: 4}", "type: detector\n    model: no_such_model")
+    path = write(tmp_path, text)
+    ok = subprocess.run([sys.executable, "-m", "streampose", "validate", str(path)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith(f"{path}: ok (1 sources, 2 stages)")
+    bad = write(tmp_path, text.replace("model:", "modle:"))
+    failed = subprocess.run([sys.executable, "-m", "streampose", "validate", str(bad)], capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert f"{bad}:7:5: stage 'detect': unknown key 'modle' (did you mean 'model'?)" in failed.stderr

@@ -4,6 +4,7 @@ ZeroMQ output, RTSP outages, metrics and health, SIGTERM."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -276,8 +277,33 @@ def test_sigterm_drains_finalises_recording_and_serves_metrics(tmp_path):
     text = output.decode()
     assert process.returncode == 0, text
     assert "cam: ended" in text or "cam: running" in text
+    # The periodic one-line summary (log_interval_s: 1) ran while the graph did.
+    assert re.search(r"cam \[running\] \d+\.\d fps, drops \d+ e2e p50 \d+ ms p95 \d+ ms \| work ", text), text
     with av.open(str(tmp_path / "out" / "rec" / "cam.mp4")) as container:
         stream = container.streams.video[0]
         decoded = sum(1 for _ in container.decode(video=0))
         assert (stream.width, stream.height) == (352, 640)
     assert decoded >= 30
+
+
+def test_second_signal_exits_at_once(tmp_path):
+    graph = write_graph(tmp_path, f"""
+        sources: [{{id: cam, uri: {JACKS}, options: {{realtime: true, loop: true}}}}]
+        stages: [{{id: stuck, type: noop, delay_ms: 20000}}]
+        runtime: {{metrics: {{bind: null}}, drain_timeout_s: 60}}
+    """)
+    process = subprocess.Popen([sys.executable, str(REPO / "run_pipeline.py"), str(graph)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        time.sleep(3)  # started, and the stage is inside its 20 s batch
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert process.poll() is None, "the first signal must drain, not exit"
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=10)
+    finally:
+        process.kill()
+    assert process.returncode == 1
+    assert time.monotonic() - start < 3
+    assert b"second SIGTERM: exiting now" in output
