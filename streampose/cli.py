@@ -97,11 +97,9 @@ def _print_summary(pipeline, started: float) -> None:
               f"{metrics.count('drops', stream=stream)} dropped, "
               f"{metrics.count('errors', stream=stream)} errors, {metrics.count('reconnects', stream=stream)} "
               f"reconnects{shown}")
-        events = {kind: metrics.count("events", kind=kind, stream=stream)
-                  for (name, labels) in metrics.snapshot()["counters"] if name == "events"
-                  for key, kind in labels if key == "kind"}
-        if any(events.values()):
-            print(f"    events: {', '.join(f'{kind} x{n}' for kind, n in sorted(events.items()) if n)}")
+        events = metrics.count_by("events", "kind", stream=stream)
+        if events:
+            print(f"    events: {', '.join(f'{kind} x{n}' for kind, n in sorted(events.items()))}")
     written = sorted(p for p in pipeline.output_dir.rglob("*") if p.is_file() and p.stat().st_mtime >= started)
     for path in written:
         print(f"  wrote {path}")

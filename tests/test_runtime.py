@@ -307,3 +307,15 @@ def test_second_signal_exits_at_once(tmp_path):
     assert process.returncode == 1
     assert time.monotonic() - start < 3
     assert b"second SIGTERM: exiting now" in output
+
+
+def test_metrics_count_by_label():
+    from streampose.runtime.metrics import Metrics
+    metrics = Metrics()
+    metrics.inc("events", kind="rep", stream="a")
+    metrics.inc("events", 2, kind="rep", stream="a")
+    metrics.inc("events", kind="fall_confirmed", stream="a")
+    metrics.inc("events", kind="rep", stream="b")
+    assert metrics.count_by("events", "kind", stream="a") == {"rep": 3, "fall_confirmed": 1}
+    assert metrics.count_by("events", "stream") == {"a": 4, "b": 1}
+    assert metrics.count_by("events", "kind", stream="c") == {}

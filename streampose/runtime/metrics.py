@@ -74,6 +74,16 @@ class Metrics:
         with self._lock:
             return sum(v for (n, key), v in self._counters.items() if n == name and wanted <= set(key))
 
+    def count_by(self, name: str, label: str, **labels: str) -> dict[str, int]:
+        """A counter's values by one label's value (e.g. events by kind), for the other labels given."""
+        wanted = set(labels.items())
+        totals: dict[str, int] = defaultdict(int)
+        with self._lock:
+            for (n, key), value in self._counters.items():
+                if n == name and wanted <= set(key):
+                    totals[dict(key)[label]] += value
+        return dict(totals)
+
     def quantiles(self, name: str, **labels: str) -> tuple[float, float] | None:
         """(p50, p95) in seconds of the recent window, or None if empty."""
         with self._lock:
