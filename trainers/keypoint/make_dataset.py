@@ -82,16 +82,16 @@ def make_dataset(out: Path, media: Path, model_paths: list[Path], *, videos: lis
     pose = KeypointStage("pose", schema.Keypoints(id="pose", type="keypoints", model=labeller, flip_test=True,
                                                   min_box_score=min_box_score, batch={"max_size": BATCH}), context)
     splits = {"train": _CocoWriter(), "val": _CocoWriter()}
-    thresholds = dict(min_box_score=min_box_score, min_box_height=min_box_height, min_pose_score=min_pose_score,
+    settings = dict(min_box_score=min_box_score, min_box_height=min_box_height, min_pose_score=min_pose_score,
                       min_joint_confidence=min_joint_confidence, look=look)
     try:
         for name in chosen:
             frames = _sampled_frames(video_dir / name, every_s)
             _label(frames, Path(name).stem, splits["val" if name in val_videos else "train"], out, detect, pose,
-                   **thresholds)
+                   **settings)
         images = ((cv2.imread(str(p)), p) for p in stills)
         _label((Frame(stream=p.stem, index=0, image=image, capture_time=0.0, media_time=0.0) for image, p in images),
-               None, splits["train"], out, detect, pose, **thresholds)
+               None, splits["train"], out, detect, pose, **settings)
     finally:
         detect.close()
         pose.close()
@@ -99,7 +99,7 @@ def make_dataset(out: Path, media: Path, model_paths: list[Path], *, videos: lis
         writer.save(out / f"{split}.json")
     record = {
         "made_by": "python -m trainers.keypoint.make_dataset", "media": str(media), "detector": detector,
-        "labeller": f"{labeller} (flip test)", "every_s": every_s, **thresholds,
+        "labeller": f"{labeller} (flip test)", "every_s": every_s, **settings,
         "val_videos": sorted(val_videos), "train_videos": sorted(set(chosen) - set(val_videos)),
         "still_images": [p.name for p in stills],
         "counts": {split: {"images": len(w.images), "persons": len(w.annotations)} for split, w in splits.items()},
