@@ -39,7 +39,7 @@ from trainers.keypoint.models import build_network  # noqa: E402
 from trainers.keypoint.train import BUILDER  # noqa: E402
 
 CLIP = VIDEOS / "fall_faint_studio_1280x720.mp4"  # 53 frames, one person
-ENGINE_FOR = {"paddle": "paddle", "openvino": "openvino", "onnx": "onnxruntime"}
+ENGINE_FOR = {"paddle3": "paddle", "openvino": "openvino", "onnx": "onnxruntime"}
 
 
 def run_module(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -93,9 +93,11 @@ def test_every_exported_format_reproduces_the_training_network(tmp_path):
     probe = np.random.default_rng(0).standard_normal((3, 3, 128, 96)).astype(np.float32)
     with paddle.no_grad():
         expected = network(paddle.to_tensor(probe)).numpy()
-    for fmt, suffix in (("paddle", ""), ("openvino", "_ov"), ("onnx", "_onnx")):
+    for fmt, suffix, files in (("paddle3", "", {"model.json", "model.pdiparams"}), ("openvino", "_ov", {"model.xml"}),
+                               ("onnx", "_onnx", {"model.onnx"})):
         folder = load_model_folder(tmp_path / f"net{suffix}")
         assert folder.format == fmt and folder.config.arch == "HRNet"
+        assert files <= {path.name for path in folder.path.iterdir()}, fmt
         assert folder.config.op("TopDownEvalAffine").params["trainsize"] == [96, 128]
         engine = load_engine(folder, engine=ENGINE_FOR[fmt], max_batch=4, fallback="stop")
         got = engine.run({engine.inputs[0].name: probe})

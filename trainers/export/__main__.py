@@ -2,9 +2,7 @@
 
 import os
 
-# Before anything imports paddle: save programs in the format OpenVINO and paddle2onnx read.
-os.environ["FLAGS_enable_pir_api"] = "0"
-os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info lines
+os.environ.setdefault("GLOG_minloglevel", "2")  # before paddle is imported: no C++ info lines
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
