@@ -254,18 +254,12 @@ class SmoothingPixels(Strict):
                          "apart (other intervals keep the same time constant); 1 = no smoothing.")
 
 
-class SmoothingMetres(Strict):
+class SmoothingMetres(SmoothingPixels):
     """Filter settings for 3D joints, in metres."""
 
-    min_cutoff_hz: float = Field(1.0, gt=0, le=100, description="OneEuro: cutoff frequency of a joint at rest, "
-                                 "Hz; lower removes more jitter but lags slow motion more.")
     beta: float = Field(1.7, ge=0, le=1000, description="OneEuro: cutoff added per unit of joint speed, Hz per "
                         "(metre per second); higher follows fast motion more closely. The default matches the "
                         "pixels default for a person 1.8 m tall.")
-    d_cutoff_hz: float = Field(4.0, gt=0, le=100, description="OneEuro: cutoff frequency of the joint speed "
-                               "estimate, Hz.")
-    alpha: float = Field(0.5, gt=0, le=1, description="EMA: weight of the newest sample when frames are 1/30 s "
-                         "apart (other intervals keep the same time constant); 1 = no smoothing.")
 
 
 class Smoother(StageBase):
