@@ -54,6 +54,13 @@ class ModelFolder:
     weights: Path | None
     config: InferConfig
 
+    def require_task(self, task: str, description: str, error: type[ValueError]) -> None:
+        """Raise `error` unless infer_cfg.yml says the network does `task` ("detector",
+        "keypoints", ...); `description` ("a detector") names that task for people."""
+        if self.config.task != task:
+            raise error(f"model {self.name} is a {self.config.task} model (arch {self.config.arch}), "
+                        f"not {description}")
+
 
 def cache_root() -> Path:
     """streampose's cache: $XDG_CACHE_HOME/streampose, default ~/.cache/streampose."""

@@ -50,9 +50,7 @@ class PersonDetector:
 
     def __init__(self, folder: ModelFolder, engine: Engine, params: schema.Detector):
         config = folder.config
-        if config.task != "detector":
-            raise DetectorConfigError(f"model {folder.name} is a {config.task} model (arch {config.arch}), "
-                                      "not a detector")
+        folder.require_task("detector", "a detector", DetectorConfigError)
         check_ops(config.preprocess, IMAGE_OPS, config.source)
         self.folder = folder
         self.config = config
@@ -65,7 +63,9 @@ class PersonDetector:
             self.form = picodet.output_form(shapes, len(config.fpn_stride or ()))
             if self.form == picodet.RAW_HEADS and not config.fpn_stride:
                 raise DetectorConfigError(f"{config.source}: raw PicoDet heads need fpn_stride")
-        self.person_class = _person_class(folder, _class_count(self.form, shapes))
+        class_count = _class_count(self.form, shapes)
+        self.person_class = person_class(folder, config.labels_for(class_count) if class_count else config.label_list,
+                                         DetectorConfigError)
         self.settings = NmsSettings.from_config(config.nms, DEFAULT_NMS, params.score_threshold,
                                                 params.nms_threshold, params.max_persons)
 
@@ -109,15 +109,16 @@ def _class_count(form: str, shapes: list[tuple[int, ...]]) -> int | None:
     return count if count > 0 else None
 
 
-def _person_class(folder: ModelFolder, class_count: int | None) -> int:
-    config = folder.config
-    labels = [label.lower() for label in (config.labels_for(class_count) if class_count else config.label_list)]
+def person_class(folder: ModelFolder, labels: list[str], error: type[ValueError]) -> int:
+    """Index of the person class among `labels`, the network's classes (from the folder's
+    label_list); raises `error` when none of them is a person."""
+    lowered = [label.lower() for label in labels]
     for name in PERSON_LABELS:
-        if name in labels:
-            return labels.index(name)
-    raise DetectorConfigError(f"model {folder.name}: the network's classes ({', '.join(labels[:5])}"
-                              f"{', ...' if len(labels) > 5 else ''}, from label_list in {config.source}) "
-                              f"include no {' or '.join(PERSON_LABELS)}")
+        if name in lowered:
+            return lowered.index(name)
+    raise error(f"model {folder.name}: the network's classes ({', '.join(lowered[:5])}"
+                f"{', ...' if len(lowered) > 5 else ''}, from label_list in {folder.config.source}) "
+                f"include no {' or '.join(PERSON_LABELS)}")
 
 
 def boxes_from_keypoints(persons: Persons, width: int, height: int) -> Persons:

@@ -24,7 +24,7 @@ from streampose.frame import Frame, Persons, StreamEvent
 from streampose.graph import schema
 from streampose.models.folder import ModelFolder
 from streampose.runtime.stage import Stage, StageContext
-from streampose.stages.detector import PERSON_LABELS
+from streampose.stages.detector import person_class
 from streampose.tracking.jde import JdeConfigError, JdeSettings, JdeTracker, publishable
 from streampose.tracking.streams import StreamTrackers
 from streampose.tracking.track import Detections
@@ -38,9 +38,7 @@ class JdeNetwork:
 
     def __init__(self, folder: ModelFolder, engine: Engine):
         config = folder.config
-        if config.task != "jde":
-            raise JdeConfigError(f"model {folder.name} is a {config.task} model (arch {config.arch}), not a "
-                                 "joint detection-embedding (FairMOT or JDE) export")
+        folder.require_task("jde", "a joint detection-embedding (FairMOT or JDE) export", JdeConfigError)
         check_ops(config.preprocess, LETTERBOX_OPS, config.source)
         self.config = config
         self.engine = engine
@@ -51,12 +49,7 @@ class JdeNetwork:
             raise JdeConfigError(f"model {folder.name}: expected outputs detections (N, {DETECTION_COLUMNS}) and "
                                  f"embeddings (N, D), got {[(t.name, list(t.shape)) for t in outputs]}")
         self.detections_output, self.embeddings_output = outputs[0].name, outputs[1].name
-        labels = [label.lower() for label in config.label_list]
-        person = next((name for name in PERSON_LABELS if name in labels), None)
-        if person is None:
-            raise JdeConfigError(f"model {folder.name}: its classes ({', '.join(labels)}, from label_list in "
-                                 f"{config.source}) include no {' or '.join(PERSON_LABELS)}")
-        self.person_class = labels.index(person)
+        self.person_class = person_class(folder, config.label_list, JdeConfigError)
 
     def detect(self, image: np.ndarray) -> Detections:
         """The persons of one (H, W, 3) uint8 BGR image, boxes in its pixels, with embeddings."""

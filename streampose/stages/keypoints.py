@@ -31,9 +31,7 @@ class PoseEstimator:
 
     def __init__(self, folder: ModelFolder, engine: Engine, expand_ratio: float, use_dark: bool, flip_test: bool):
         config = folder.config
-        if config.task != "keypoints":
-            raise KeypointConfigError(f"model {folder.name} is a {config.task} model (arch {config.arch}), "
-                                      "not a keypoint model")
+        folder.require_task("keypoints", "a keypoint model", KeypointConfigError)
         affine = config.op("TopDownEvalAffine")
         if affine is None or config.preprocess[0] is not affine:
             raise KeypointConfigError(f"{config.source}: a top-down model's Preprocess must start with "

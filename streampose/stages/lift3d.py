@@ -131,9 +131,7 @@ class Lifter:
 
     def __init__(self, folder: ModelFolder, engine: Engine):
         config = folder.config
-        if config.task != "lifter":
-            raise LifterConfigError(f"model {folder.name} is a {config.task} model (arch {config.arch}), "
-                                    "not a 2D->3D lifter")
+        folder.require_task("lifter", "a 2D->3D lifter", LifterConfigError)
         if config.label_list != COCO_KEYPOINTS:
             raise LifterConfigError(f"{config.source}: label_list must be the COCO-17 keypoints in COCO order "
                                     f"({', '.join(COCO_KEYPOINTS)})")
