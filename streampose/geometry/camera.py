@@ -27,7 +27,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
+
+from streampose.yaml_file import read_yaml
 
 DISTORTION_LENGTHS = (0, 4, 5, 8, 12, 14)
 _INFORMATIVE_KEYS = {"rms_px", "board", "images"}
@@ -119,14 +120,7 @@ def level_ground(camera_height_m: float) -> tuple[float, float, float, float]:
 
 def load_camera(path: str | Path) -> Camera:
     """Read a calibration file. Raises CalibError naming the file and the key at fault."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CalibError(f"{path}: no such calibration file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise CalibError(f"{path}: cannot read: {exc}") from None
-    return parse_camera(data, str(path))
+    return parse_camera(read_yaml(Path(path), "calibration file", CalibError), str(path))
 
 
 def parse_camera(data: object, source: str) -> Camera:

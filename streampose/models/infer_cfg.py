@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from streampose.yaml_file import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -174,18 +174,7 @@ class InferConfig:
 
 def load_infer_cfg(path: str | Path) -> InferConfig:
     """Read and validate an infer_cfg.yml. Raises InferConfigError naming the file and key."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InferConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InferConfigError(f"{path}: cannot read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InferConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_infer_cfg(data, str(path))
+    return parse_infer_cfg(read_yaml(Path(path), "file", InferConfigError), str(path))
 
 
 def parse_infer_cfg(data: Any, source: str) -> InferConfig:

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from streampose.models.infer_cfg import InferConfig, InferConfigError, parse_infer_cfg
+from streampose.yaml_file import read_yaml
 
 DEFAULT_ZOO = Path(__file__).with_name("zoo.yml")
 
@@ -50,10 +49,7 @@ def zoo_path() -> Path:
 def load_zoo(path: Path | None = None) -> dict[str, ZooEntry]:
     """All entries of the zoo file (default: $STREAMPOSE_ZOO, else the packaged zoo.yml)."""
     path = path or zoo_path()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ZooError(f"{path}: cannot read the model zoo: {exc}") from None
+    data = read_yaml(path, "model zoo file", ZooError)
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict):
         raise ZooError(f"{path}: expected a 'models' mapping of name -> entry")

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from streampose.yaml_file import read_yaml
+
 
 class ConfigError(ValueError):
     """A settings file or override is malformed; the message names the file and key."""
@@ -30,12 +32,7 @@ class ConfigError(ValueError):
 def load_yaml_config(config_class: type, path: str | Path, overrides: Sequence[str] = ()):
     """The `config_class` instance `path` describes, with `overrides` ("a.b=value") applied."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such settings file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read settings: {exc}") from None
+    data = read_yaml(path, "settings file", ConfigError)
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
