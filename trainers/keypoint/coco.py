@@ -31,7 +31,6 @@ class KeypointSamples:
     image_index:    (N,) int, row of image_files each person is in.
     boxes:          (N, 4) float64, x1, y1, x2, y2 in image pixels.
     keypoints:      (N, K, 3) float64, x, y in image pixels and COCO visibility 0/1/2.
-    annotation_ids: (N,) int, COCO annotation ids.
     """
 
     coco: object
@@ -40,7 +39,6 @@ class KeypointSamples:
     image_index: np.ndarray
     boxes: np.ndarray
     keypoints: np.ndarray
-    annotation_ids: np.ndarray
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -67,7 +65,7 @@ def load_coco_keypoints(annotations: Path, images: Path, joint_names: tuple[str,
         raise DatasetError(f"{annotations}: the category lists {len(names)} keypoints {list(names)}, the settings "
                            f"{len(joint_names)} (keypoints.names)")
     k = len(names)
-    rows, boxes, points, ann_ids = [], [], [], []
+    rows, boxes, points = [], [], []
     image_rows: dict[int, int] = {}
     files: list[Path] = []
     for ann in coco.loadAnns(coco.getAnnIds(catIds=[categories[0]["id"]])):
@@ -89,9 +87,8 @@ def load_coco_keypoints(annotations: Path, images: Path, joint_names: tuple[str,
         rows.append(image_rows[image_id])
         boxes.append((x, y, x + w, y + h))
         points.append(joints)
-        ann_ids.append(ann["id"])
     if not rows:
         raise DatasetError(f"{annotations}: no person with at least {min_keypoints} labelled keypoints")
     return KeypointSamples(coco=coco, image_files=files, image_ids=np.array(list(image_rows), np.int64),
                            image_index=np.array(rows), boxes=np.array(boxes, np.float64),
-                           keypoints=np.stack(points), annotation_ids=np.array(ann_ids))
+                           keypoints=np.stack(points))

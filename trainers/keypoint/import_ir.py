@@ -38,7 +38,6 @@ class IrImportError(ValueError):
 
 @dataclass(frozen=True)
 class ImportReport:
-    xml_path: Path
     ir_input_shape: tuple[int, ...]   # (N, 3, H, W) of the IR's image input
     convs: int                        # conv layers given weights (= every Conv2D of the network)
     batch_norms: int                  # folded batch norms unfolded into BatchNorm2D layers
@@ -91,7 +90,6 @@ def load_ir_weights(net: nn.Layer, xml_path: str | Path,
         calibrate_batch_norms(net, calibration_crops)
     image = model.inputs[0].get_partial_shape()
     return ImportReport(
-        xml_path=xml_path,
         ir_input_shape=tuple(d.get_length() if d.is_static else -1 for d in image),
         convs=len(pairs) + 1,
         batch_norms=len(pairs),

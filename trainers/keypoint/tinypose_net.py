@@ -29,7 +29,6 @@ BRANCH_CHANNELS = (40, 80, 160, 320)   # "wider_naive"
 MODULES_PER_STAGE = (2, 4, 2)
 UNITS_PER_BRANCH = 2
 HEAD_CHANNELS = BRANCH_CHANNELS[0]
-OUTPUT_STRIDE = 4
 
 
 class ConvNormLayer(nn.Layer):
@@ -225,10 +224,8 @@ class LiteHRNet(nn.Layer):
 class TinyPose(nn.Layer):
     """LiteHRNet features at 1/4 of the input -> K heatmaps."""
 
-    def __init__(self, input_size: tuple[int, int], num_joints: int):
+    def __init__(self, num_joints: int):
         super().__init__()
-        self.input_size = input_size
-        self.num_joints = num_joints
         self.backbone = LiteHRNet()
         self.final_conv = nn.Conv2D(HEAD_CHANNELS, num_joints, 1)
 
@@ -245,4 +242,4 @@ def build_tinypose(input_size: tuple[int, int] = (128, 96), num_joints: int = 17
         raise ValueError(f"TinyPose input_size (height, width) must be positive multiples of 32, got {input_size}")
     if num_joints <= 0:
         raise ValueError(f"num_joints must be positive, got {num_joints}")
-    return TinyPose((height, width), num_joints)
+    return TinyPose(num_joints)

@@ -22,6 +22,7 @@ autocast on a GPU, an EMA of the weights that is what gets validated and exporte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -127,9 +128,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> dict:
     def validate() -> dict:
         network.eval()
         try:
-            if ema is None:
-                return evaluate(layer_estimator(network, config), val_set, config.keypoints.sigmas)
-            with ema.applied(network):
+            with ema.applied(network) if ema else contextlib.nullcontext():
                 return evaluate(layer_estimator(network, config), val_set, config.keypoints.sigmas)
         finally:
             _training_mode(network, config)
