@@ -47,13 +47,13 @@ def run_module(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
 
 
-def write_checkpoint(path: Path, network, kwargs: dict) -> Path:
+def write_checkpoint(path: Path, network, kwargs: dict, ema: dict | None = None) -> Path:
     """A checkpoint as the keypoint trainer writes it, of an untrained (or imported) network."""
     data = {key: "unused" for key in ("train_annotations", "train_images", "val_annotations", "val_images")}
     infer_cfg = parse_config(TrainConfig, {"data": data}, "test").infer_cfg
     return save_checkpoint(path, {"builder": BUILDER, "builder_kwargs": kwargs, "inputs": {"image": [-1, 3, 128, 96]},
                                   "infer_cfg": infer_cfg, "config": {"note": "test"}, "metrics": {"AP": 0.5},
-                                  "model": network.state_dict(), "ema": None})
+                                  "model": network.state_dict(), "ema": ema})
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,48 @@ def test_every_exported_format_reproduces_the_training_network(tmp_path):
         engine.close()
         assert yaml.safe_load((folder.path / "metrics.yml").read_text()) == {"AP": 0.5}
 
+
+def test_the_weight_average_is_what_gets_exported(tmp_path):
+    """The EMA blends weights with PaddleDetection's warm-up, lends them to the network only
+    inside `applied`, and is what `export model` writes where the run kept one."""
+    from trainers.common.ema import ModelEMA
+
+    kwargs = {"arch": "simple_baseline", "backbone": "mobilenet_v2", "backbone_scale": 0.5, "deconv_channels": 32,
+              "input_size": [96, 128], "num_joints": 17}
+    paddle.seed(3)
+    network = build_network(**kwargs)
+    later = build_network(**kwargs)  # other random weights: where training has moved the network to
+    for layer in (network, later):
+        # Batch-norm statistics and a head of ordinary scale, so that outputs are far from zero.
+        layer.train()
+        with paddle.no_grad():
+            for _ in range(20):  # running statistics move 10 % of the way per batch
+                layer(paddle.randn([4, 3, 128, 96]) * 2 + 0.5)
+        layer.final_conv.weight.set_value(paddle.randn(layer.final_conv.weight.shape) * 0.5)
+        layer.eval()
+    ema = ModelEMA(network, decay=0.99)
+    ema.update(later)
+    d = 2 / 11  # min(decay, (1 + n) / (10 + n)) after n = 1 update
+    name = "final_conv.weight"
+    blended = d * network.state_dict()[name].numpy() + (1 - d) * later.state_dict()[name].numpy()
+    np.testing.assert_allclose(ema.shadow[name].numpy(), blended, rtol=1e-5, atol=1e-7)
+
+    probe = np.random.default_rng(1).standard_normal((2, 3, 128, 96)).astype(np.float32)
+    with paddle.no_grad():
+        own = network(paddle.to_tensor(probe)).numpy()
+        with ema.applied(network):
+            averaged = network(paddle.to_tensor(probe)).numpy()
+        np.testing.assert_array_equal(network(paddle.to_tensor(probe)).numpy(), own)  # its own weights are back
+    assert np.abs(own).max() > 100 * TOLERANCE and np.abs(averaged - own).max() > 100 * TOLERANCE
+
+    write_checkpoint(tmp_path / "net.pdckpt", network, kwargs, ema=ema.state_dict())
+    result = run_module("-m", "trainers.export", "model", str(tmp_path / "net.pdckpt"), "--out", str(tmp_path / "net"),
+                        "--formats", "openvino")
+    assert result.returncode == 0, result.stderr[-3000:]
+    engine = load_engine(load_model_folder(tmp_path / "net"), engine="paddle", max_batch=2, fallback="stop")
+    exported = next(v for v in engine.run({engine.inputs[0].name: probe}).values() if v.ndim == 4)
+    engine.close()
+    assert np.abs(exported - averaged).max() < TOLERANCE
 
 def test_an_export_of_a_checkpoint_that_is_not_one_fails_clearly(tmp_path):
     (tmp_path / "junk.pdckpt").write_bytes(b"not a checkpoint")
