@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 
 from streampose.geometry.camera import Camera, level_ground, save_camera
+from streampose.sources.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MIN_IMAGES = 3
 # Fewer views than this, or a reprojection error above WORST_RMS_PX, give a warning.
 ADVISED_IMAGES = 10

@@ -20,6 +20,7 @@ import numpy as np
 from streampose.engines.base import Engine, EngineError, TensorInfo, probe
 from streampose.models.folder import ModelFolder
 from streampose.models.infer_cfg import InferConfig
+from streampose.sources.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ _LEGACY_DTYPES = {0: np.bool_, 1: np.int16, 2: np.int32, 3: np.int64, 4: np.floa
                   6: np.float64, 20: np.uint8, 21: np.int8}
 _PIR_DTYPES = {"t_bool": np.bool_, "t_i16": np.int16, "t_i32": np.int32, "t_i64": np.int64, "t_f16": np.float16,
                "t_f32": np.float32, "t_f64": np.float64, "t_ui8": np.uint8, "t_i8": np.int8}
-CALIB_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def _import_paddle():
@@ -221,9 +221,9 @@ def calibration_feeds(calib_dir: Path, config: InferConfig, inputs: list[TensorI
     models the images should be person crops)."""
     if len(inputs) != 1:
         raise EngineError(f"int8 calibration feeds single-input networks; this one takes {[t.name for t in inputs]}")
-    files = sorted(p for p in calib_dir.glob("*") if p.suffix.lower() in CALIB_IMAGE_SUFFIXES)[:limit]
+    files = sorted(p for p in calib_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
-        raise EngineError(f"int8 calibration needs images ({', '.join(CALIB_IMAGE_SUFFIXES)}) in {calib_dir}; "
+        raise EngineError(f"int8 calibration needs images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {calib_dir}; "
                           "none found")
     image_input = inputs[0]
     height, width = image_input.shape[2:4]

@@ -40,13 +40,13 @@ import yaml
 from streampose.frame import COCO_KEYPOINTS, COCO_SKELETON, Frame
 from streampose.graph import schema
 from streampose.runtime.stage import StageContext
+from streampose.sources.images import IMAGE_SUFFIXES
 from streampose.stages.detector import DetectorStage
 from streampose.stages.keypoints import KeypointStage
 
 log = logging.getLogger("trainers.keypoint.make_dataset")
 
 SHARED = Path(os.environ.get("STREAMPOSE_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_VAL_VIDEOS = ("jumping_jacks_Ibbu_1.mp4", "mmaction2_demo_skeleton_2persons.mp4", "squat_side_view.mp4")
 DEFAULT_LABELLER = "tinypose_256x192_ov"
 DATASETS = Path("~/.cache/streampose/datasets")
