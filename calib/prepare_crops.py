@@ -77,9 +77,8 @@ def video_frames(path: Path, count: int) -> list[tuple[int, np.ndarray]]:
 
 def cut(image: np.ndarray, box: np.ndarray, size: tuple[int, int], expand_ratio: float) -> np.ndarray:
     """The keypoints stage's crop of `box` (x1, y1, x2, y2) at `size` (width, height)."""
-    aspect = size[0] / size[1]
-    center, scale = topdown.center_scale(topdown.crop_regions(box[None], expand_ratio, aspect), aspect)
-    return topdown.warp_crops([image], np.zeros(1, int), topdown.affine_matrices(center, scale, size), size)[0]
+    to_crop, _, _ = topdown.crop_affines(box[None], expand_ratio, size)
+    return topdown.warp_crops([image], np.zeros(1, int), to_crop, size)[0]
 
 
 def detected_persons(sources: list[tuple[Path, int]], detector: DetectorStage, min_score: float, min_height: float,

@@ -55,8 +55,8 @@ def crops_for(model: str, person_boxes) -> np.ndarray:
     images = [image for image, _ in person_boxes]
     boxes = np.concatenate([b for _, b in person_boxes])
     index = np.repeat(np.arange(len(images)), [len(b) for _, b in person_boxes])
-    center, scale = topdown.center_scale(topdown.crop_regions(boxes, 0.3, width / height), width / height)
-    crops = topdown.warp_crops(images, index, topdown.affine_matrices(center, scale, (width, height)), (width, height))
+    to_crop, _, _ = topdown.crop_affines(boxes, 0.3, (width, height))
+    crops = topdown.warp_crops(images, index, to_crop, (width, height))
     return normalize_crops(crops, folder.config.preprocess[1:], folder.config.channel_order)
 
 

@@ -343,8 +343,8 @@ def test_crop_regions_are_paddle_expand_crop_inside_the_frame_and_unclipped_outs
 
 def test_degenerate_boxes_get_finite_crops():
     boxes = np.array([[450.0, 10.0, 450.0, 10.0], [5.0, 5.0, 5.2, 80.0]])
-    center, scale = topdown.center_scale(topdown.crop_regions(boxes, 0.3, 0.75), 0.75)
-    assert np.isfinite(topdown.affine_matrices(center, scale, (96, 128))).all()
+    to_crop, _, scale = topdown.crop_affines(boxes, 0.3, (96, 128))
+    assert np.isfinite(to_crop).all()
     assert (scale > 0).all()
 
 
@@ -355,8 +355,8 @@ def test_crop_pixels_match_paddle_crop_for_a_person_inside_the_frame(tinypose):
     region = topdown.crop_regions(box, 0.3, 0.75)
     rect = paddle_expand_crop(box[0], *bgr.shape[:2])
     assert tuple(region[0]) == rect
-    center, scale = topdown.center_scale(region, 0.75)
-    crops = topdown.warp_crops([bgr], np.zeros(1, int), topdown.affine_matrices(center, scale, (96, 128)), (96, 128))
+    to_crop, _, _ = topdown.crop_affines(box, 0.3, (96, 128))
+    crops = topdown.warp_crops([bgr], np.zeros(1, int), to_crop, (96, 128))
     mine = normalize_crops(crops, folder.config.preprocess[1:], "RGB")[0]
     expected = paddle_crop_input(bgr, rect, (96, 128))
     # Rows next to the crop's edges differ: deploy samples black beyond its crop, we the frame.
@@ -383,6 +383,12 @@ def test_dark_recovers_a_subpixel_gaussian_peak():
     np.testing.assert_allclose(confidence, maps.reshape(6, 17, -1).max(axis=2))
 
 
+def test_flip_order_swaps_left_and_right_and_keeps_the_rest():
+    assert heatmap.flip_order(17).tolist() == [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
+    assert heatmap.flip_order(5, [(3, 0), (1, 4)]).tolist() == [3, 4, 2, 0, 1]
+    assert heatmap.flip_order(3, []).tolist() == [0, 1, 2]
+
+
 def test_flip_back_undoes_mirroring_with_paddle_shift():
     rng = np.random.default_rng(5)
     maps = rng.random((2, 17, 32, 24)).astype(np.float32)
@@ -400,8 +406,8 @@ def test_heatmap_decoding_matches_paddle_on_real_heatmaps(tinypose, use_dark):
     bgr = image("four_people_walking_gy_demo_7.jpg")
     boxes = np.array([[96.5, 80.1, 151.8, 256.4], [152.1, 94.7, 199.3, 260.8], [199.8, 84.8, 263.5, 258.0],
                       [251.3, 92.1, 312.5, 257.7]])
-    center, scale = topdown.center_scale(topdown.crop_regions(boxes, 0.3, 0.75), 0.75)
-    crops = topdown.warp_crops([bgr], np.zeros(4, int), topdown.affine_matrices(center, scale, (96, 128)), (96, 128))
+    to_crop, center, scale = topdown.crop_affines(boxes, 0.3, (96, 128))
+    crops = topdown.warp_crops([bgr], np.zeros(4, int), to_crop, (96, 128))
     maps = run_engine(engine, normalize_crops(crops, folder.config.preprocess[1:], "RGB"))[0]
     expected, expected_conf = paddle_hrnet_postprocess(maps, center, scale * 200, use_dark)
     peaks, confidence = heatmap.decode_heatmaps(maps, use_dark)
@@ -425,8 +431,8 @@ def test_keypoints_agree_with_paddle_deploy_pipeline_within_half_a_pixel(tinypos
         preds, maxvals = paddle_hrnet_postprocess(maps, (size / 2)[None], size[None])
         expected.append(np.concatenate([preds[0] + rect[:2], maxvals[0, :, None]], axis=1))
     expected = np.array(expected)
-    center, scale = topdown.center_scale(topdown.crop_regions(boxes, 0.3, 0.75), 0.75)
-    crops = topdown.warp_crops([bgr], np.zeros(3, int), topdown.affine_matrices(center, scale, (96, 128)), (96, 128))
+    to_crop, center, scale = topdown.crop_affines(boxes, 0.3, (96, 128))
+    crops = topdown.warp_crops([bgr], np.zeros(3, int), to_crop, (96, 128))
     maps = run_engine(engine, normalize_crops(crops, folder.config.preprocess[1:], "RGB"))[0]
     peaks, confidence = heatmap.decode_heatmaps(maps)
     keypoints = topdown.apply_affine(peaks, topdown.affine_matrices(center, scale, (24, 32), inverse=True))

@@ -43,7 +43,6 @@ class PoseEstimator:
         self.config = config
         self.engine = engine
         self.input_size: tuple[int, int] = tuple(affine.params["trainsize"])  # (width, height)
-        self.aspect_ratio = self.input_size[0] / self.input_size[1]
         self.expand_ratio = expand_ratio
         self.use_dark = use_dark
         self.flip_test = flip_test
@@ -69,11 +68,7 @@ class PoseEstimator:
         Returns keypoints (N, K, 3) float32, x, y in frame pixels and confidence 0..1, and
         pose scores (N,) float32, the mean confidence.
         """
-        regions = topdown.crop_regions(boxes, self.expand_ratio, self.aspect_ratio)
-        center, scale = topdown.center_scale(regions, self.aspect_ratio)
-        to_crop = topdown.affine_matrices(center, scale, self.input_size)
-        crops = topdown.warp_crops(images, image_index, to_crop, self.input_size)
-        tensor = normalize_crops(crops, self.config.preprocess[1:], self.config.channel_order)
+        tensor, center, scale = self.network_input(images, image_index, boxes)
         maps = np.concatenate([self._heatmaps(tensor[start:end])
                                for start, end in _runs(len(tensor), self.crops_per_run)])
         peaks, confidence = heatmap.decode_heatmaps(maps, self.use_dark)
@@ -82,6 +77,15 @@ class PoseEstimator:
         keypoints[..., :2] = topdown.apply_affine(peaks, to_frame)
         keypoints[..., 2] = np.clip(confidence, 0, 1)
         return keypoints, keypoints[..., 2].mean(axis=1)
+
+    def network_input(self, images: list[np.ndarray], image_index: np.ndarray,
+                      boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The network input for persons boxes[i] (x1, y1, x2, y2, frame pixels) in
+        images[image_index[i]]: tensor (N, 3, H, W) float32, and the crops' center (N, 2)
+        (frame pixels) and scale (N, 2) (topdown.PIXEL_STD pixels) that map heatmaps back."""
+        to_crop, center, scale = topdown.crop_affines(boxes, self.expand_ratio, self.input_size)
+        crops = topdown.warp_crops(images, image_index, to_crop, self.input_size)
+        return normalize_crops(crops, self.config.preprocess[1:], self.config.channel_order), center, scale
 
     def _heatmaps(self, tensor: np.ndarray) -> np.ndarray:
         if not self.flip_test:

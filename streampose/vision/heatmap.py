@@ -28,12 +28,18 @@ import numpy as np
 COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
 
 
+def flip_order(num_joints: int, flip_pairs: Sequence[tuple[int, int]] = COCO_FLIP_PAIRS) -> np.ndarray:
+    """(K,) joint permutation of a mirrored person: joint j of the mirror is joint order[j] of
+    the original (left and right of each pair swapped, the others kept). Pairs are disjoint."""
+    pairs = np.asarray(flip_pairs, np.intp).reshape(-1, 2)
+    order = np.arange(num_joints)
+    order[pairs[:, 0]], order[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
+    return order
+
+
 def flip_back(flipped: np.ndarray, flip_pairs: Sequence[tuple[int, int]] = COCO_FLIP_PAIRS) -> np.ndarray:
     """Heatmaps (N, K, h, w) of mirrored crops -> heatmaps aligned with the plain crops."""
-    order = np.arange(flipped.shape[1])
-    for left, right in flip_pairs:
-        order[left], order[right] = right, left
-    aligned = flipped[:, order, :, ::-1]
+    aligned = flipped[:, flip_order(flipped.shape[1], flip_pairs), :, ::-1]
     shifted = np.empty_like(aligned)
     shifted[..., 1:] = aligned[..., :-1]
     shifted[..., 0] = aligned[..., 0]

@@ -76,6 +76,23 @@ def affine_matrices(center: np.ndarray, scale: np.ndarray, output_size: tuple[in
     return matrices
 
 
+def crop_affines(boxes: np.ndarray, expand_ratio: float,
+                 input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """THE keypoint stage's crop of each person (crop_regions -> center_scale -> affine_matrices).
+
+    boxes:        (N, 4) x1, y1, x2, y2 in frame pixels.
+    expand_ratio: growth of width and height, as a fraction of the box's size.
+    input_size:   the network input's (width, height) in pixels; its width / height is the
+                  crop's aspect ratio.
+    Returns to_crop (N, 2, 3) float64 affines from frame pixels to network input pixels, and
+    the crops' center (N, 2) in frame pixels and scale (N, 2) in units of PIXEL_STD pixels,
+    from which affine_matrices maps heatmap points back to the frame.
+    """
+    aspect_ratio = input_size[0] / input_size[1]
+    center, scale = center_scale(crop_regions(boxes, expand_ratio, aspect_ratio), aspect_ratio)
+    return affine_matrices(center, scale, input_size), center, scale
+
+
 def apply_affine(points: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     """points (N, K, 2) through per-person affines (N, 2, 3) -> (N, K, 2)."""
     return points @ matrices[:, :, :2].transpose(0, 2, 1) + matrices[:, None, :, 2]

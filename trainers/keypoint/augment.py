@@ -1,11 +1,11 @@
 """Where a training crop comes from: the pipeline's crop of the person's box, randomly zoomed,
 rotated, mirrored or cut to half the body; and colour changes of the crop.
 
-Every crop starts as the keypoints stage would cut it (streampose.vision.topdown:
-crop_regions -> center_scale -> affine_matrices), so the network learns on the framing it
-will see. The augmentations are composed onto that affine in crop pixels, about the crop's
-centre (W/2, H/2), which the pipeline maps to the region's centre; with no augmentation the
-matrix is the pipeline's exactly. The same matrix moves the image and the joints.
+Every crop starts as the keypoints stage would cut it (streampose.vision.topdown.crop_affines),
+so the network learns on the framing it will see. The augmentations are composed onto that
+affine in crop pixels, about the crop's centre (W/2, H/2), which the pipeline maps to the
+region's centre; with no augmentation the matrix is the pipeline's exactly. The same matrix
+moves the image and the joints.
 """
 
 from __future__ import annotations
@@ -20,23 +20,14 @@ from trainers.keypoint.config import AugmentConfig, KeypointSet
 HALF_BODY_EXPAND = 0.5
 
 
-def crop_affine(box: np.ndarray, input_size: tuple[int, int], expand_ratio: float) -> np.ndarray:
-    """The keypoints stage's (2, 3) frame -> crop affine for one box (x1, y1, x2, y2)."""
-    aspect = input_size[0] / input_size[1]
-    region = topdown.crop_regions(box[None], expand_ratio, aspect)
-    center, scale = topdown.center_scale(region, aspect)
-    return topdown.affine_matrices(center, scale, input_size)[0]
-
-
 def random_affine(box: np.ndarray, joints: np.ndarray, input_size: tuple[int, int], expand_ratio: float,
                   augment: AugmentConfig, keypoints: KeypointSet, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
     """A (2, 3) frame -> crop affine for training, and whether it mirrors.
 
     box: (4,) x1, y1, x2, y2; joints: (K, 3) x, y, visibility, frame pixels.
     """
-    aspect = input_size[0] / input_size[1]
     labelled = joints[:, 2] > 0
-    region = None
+    crop_box, expand = box, expand_ratio
     if labelled.sum() >= augment.half_body_min_joints and rng.random() < augment.half_body:
         upper = np.zeros(len(joints), bool)
         upper[list(keypoints.upper_body)] = True
@@ -46,11 +37,8 @@ def random_affine(box: np.ndarray, joints: np.ndarray, input_size: tuple[int, in
         chosen = next((h for h in halves if h.sum() >= 2), None)
         if chosen is not None:
             points = joints[chosen, :2]
-            region = topdown.crop_regions(np.concatenate([points.min(0), points.max(0)])[None],
-                                          HALF_BODY_EXPAND, aspect)
-    if region is None:
-        region = topdown.crop_regions(box[None], expand_ratio, aspect)
-    center, scale = topdown.center_scale(region, aspect)
+            crop_box, expand = np.concatenate([points.min(0), points.max(0)]), HALF_BODY_EXPAND
+    _, center, scale = topdown.crop_affines(crop_box[None], expand, input_size)  # the stage's crop, then zoomed
     zoom = rng.uniform(1 - augment.scale, 1 + augment.scale)
     matrix = np.vstack([topdown.affine_matrices(center, scale * zoom, input_size)[0], (0, 0, 1)])
     middle = (input_size[0] / 2, input_size[1] / 2)

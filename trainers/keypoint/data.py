@@ -20,11 +20,12 @@ import numpy as np
 
 from streampose.models.infer_cfg import parse_infer_cfg
 from streampose.vision import topdown
+from streampose.vision.heatmap import flip_order
 from streampose.vision.preprocess import normalize_crops
-from trainers.keypoint.augment import crop_affine, jitter_colour, random_affine
+from trainers.keypoint.augment import jitter_colour, random_affine
 from trainers.keypoint.coco import DatasetError, KeypointSamples
 from trainers.keypoint.config import OUTPUT_STRIDE, TrainConfig
-from trainers.keypoint.targets import encode_heatmaps, flip_order
+from trainers.keypoint.targets import encode_heatmaps
 
 
 class ImageCache:
@@ -92,7 +93,7 @@ def plain_crops(samples: KeypointSamples, config: TrainConfig, limit: int) -> np
     cache = ImageCache(config.data.image_cache)
     infer_cfg = parse_infer_cfg(config.infer_cfg, "training settings")
     chosen = np.linspace(0, len(samples) - 1, min(limit, len(samples))).round().astype(int)
+    matrices = topdown.crop_affines(samples.boxes[chosen], config.data.expand_ratio, config.input_size)[0]
     crops = [topdown.warp_crops([cache.get(samples.image_files[samples.image_index[i]])], np.zeros(1, int),
-                                crop_affine(samples.boxes[i], config.input_size, config.data.expand_ratio)[None],
-                                config.input_size) for i in chosen]
+                                matrices[row:row + 1], config.input_size) for row, i in enumerate(chosen)]
     return normalize_crops(np.concatenate(crops), infer_cfg.preprocess[1:], infer_cfg.channel_order)

@@ -11,8 +11,6 @@ pixel (i, j) samples the point (i, j), no half-pixel shift.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 
@@ -39,12 +37,3 @@ def encode_heatmaps(points: np.ndarray, labelled: np.ndarray, heatmap_size: tupl
     heatmaps = np.exp(-(dy2[..., :, None] + dx2[..., None, :]) / (2 * sigma ** 2)).astype(np.float32)
     heatmaps *= weights[..., None, None]
     return heatmaps, weights
-
-
-def flip_order(num_joints: int, flip_pairs: Sequence[tuple[int, int]]) -> np.ndarray:
-    """(K,) joint permutation of a mirrored person: joint j of the mirror is joint order[j] of
-    the original (left and right of each pair swapped, the others kept)."""
-    order = np.arange(num_joints)
-    for left, right in flip_pairs:
-        order[left], order[right] = right, left
-    return order
