@@ -16,9 +16,7 @@ import yaml
 
 from conftest import MEDIA, MODELS, REPO
 from streampose.frame import COCO_KEYPOINTS
-from streampose.models.infer_cfg import parse_infer_cfg
 from streampose.vision import heatmap, topdown
-from streampose.vision.preprocess import normalize_crops
 
 # trainers/ is a folder of the repository, not part of the installed package.
 sys.path.insert(0, str(REPO))
@@ -29,7 +27,7 @@ from trainers.keypoint.coco import DatasetError, load_coco_keypoints  # noqa: E4
 from trainers.keypoint.config import COCO_FLIP_PAIRS, TrainConfig  # noqa: E402
 from trainers.keypoint.data import ImageCache, TrainingSamples  # noqa: E402
 from trainers.keypoint.make_dataset import make_dataset  # noqa: E402
-from trainers.keypoint.targets import encode_heatmaps, flip_order  # noqa: E402
+from trainers.keypoint.targets import encode_heatmaps  # noqa: E402
 
 NO_AUGMENT = {"flip": 0.0, "half_body": 0.0, "scale": 0.0, "rotate_prob": 0.0, "colour": 0.0}
 SMALL_VIDEO = "fall_room_chair_320x240.mp4"
@@ -79,21 +77,23 @@ def test_joints_that_are_unlabelled_or_far_off_the_map_get_no_weight_and_an_empt
 
 
 def test_an_unaugmented_training_crop_is_the_keypoints_stages_crop(dataset):
+    from trainers.keypoint.evaluate import folder_estimator
+
     config = settings(dataset, augment=NO_AUGMENT)
     samples = TrainingSamples(load_coco_keypoints(config.data.train_annotations, config.data.train_images,
                                                   config.keypoints.names), config)
     index = 0
     box, joints = samples.samples.boxes[index], samples.samples.keypoints[index]
-    matrix, flipped = random_affine(box, joints, config.input_size, 0.3, config.augment, config.keypoints,
-                                    np.random.default_rng(0))
-    # The stage's own steps (streampose.stages.keypoints.PoseEstimator.estimate).
-    aspect = 96 / 128
-    center, scale = topdown.center_scale(topdown.crop_regions(box[None], 0.3, aspect), aspect)
-    stage_matrix = topdown.affine_matrices(center, scale, (96, 128))
-    assert not flipped and np.array_equal(matrix, stage_matrix[0])
     image = ImageCache(1).get(samples.samples.image_files[samples.samples.image_index[index]])
-    ops = parse_infer_cfg(config.infer_cfg, "test").preprocess[1:]
-    stage_input = normalize_crops(topdown.warp_crops([image], np.zeros(1, int), stage_matrix, (96, 128)), ops, "RGB")
+    # The stage's own crop and normalisation: its PoseEstimator on the released model of this input size.
+    estimator = folder_estimator(MODELS / "tinypose_128x96_ov", config.data.expand_ratio)
+    try:
+        stage_input, center, scale = estimator.network_input([image], np.zeros(1, int), box[None])
+    finally:
+        estimator.engine.close()
+    matrix, flipped = random_affine(box, joints, config.input_size, config.data.expand_ratio, config.augment,
+                                    config.keypoints, np.random.default_rng(0))
+    assert not flipped and np.array_equal(matrix, topdown.affine_matrices(center, scale, estimator.input_size)[0])
     tensor, maps, weights = samples[index]
     assert np.array_equal(tensor, stage_input[0])
     # The targets, decoded and mapped back as the stage maps heatmap peaks, land on the labels.
@@ -112,7 +112,7 @@ def test_a_mirrored_crop_swaps_left_and_right_and_mirrors_the_image_about_its_ce
     index = int(np.argmax((plain.samples.keypoints[:, :, 2] > 0).sum(axis=1)))
     image, maps, weights = plain[index]
     flipped_image, flipped_maps, flipped_weights = mirrored[index]
-    order = flip_order(17, COCO_FLIP_PAIRS)
+    order = heatmap.flip_order(17, COCO_FLIP_PAIRS)
     assert order[5] == 6 and order[6] == 5 and order[0] == 0
     assert np.array_equal(flipped_weights, weights[order])
     # Crop column c of the mirror samples the frame where column W - c of the plain crop does.
@@ -137,7 +137,7 @@ def test_augmented_crops_keep_joints_and_image_together(dataset):
         matrix, flipped = random_affine(box, joints, config.input_size, 0.3, config.augment, config.keypoints,
                                         np.random.default_rng([config.schedule.seed, 0, index]))
         _, maps, weights = samples[index]
-        order = flip_order(17, COCO_FLIP_PAIRS) if flipped else np.arange(17)
+        order = heatmap.flip_order(17, COCO_FLIP_PAIRS) if flipped else np.arange(17)
         expected = topdown.apply_affine(joints[None, order, :2], matrix[None])[0] / 4
         peaks, _ = heatmap.decode_heatmaps(maps[None])
         usable = (weights > 0) & (expected[:, 0] > 2) & (expected[:, 0] < 21) & (expected[:, 1] > 2) & \
@@ -169,6 +169,13 @@ def test_settings_errors_name_the_file_and_key(tmp_path, dataset):
                                                           "sigmas": [0.1] * 3, "joint_weights": [1.0] * 3,
                                                           "upper_body": [0]}}))
     with pytest.raises(ConfigError, match=r"flip_pairs: \[1, 3\] is not a pair of distinct joints in 0..2"):
+        load_yaml_config(TrainConfig, path)
+    three_joints = {"names": ["a", "b", "c"], "flip_pairs": [[0, 1]], "sigmas": [0.1] * 3, "joint_weights": [1.0] * 3,
+                    "upper_body": [0]}
+    path.write_text(yaml.safe_dump({**good, "keypoints": three_joints}))
+    assert load_yaml_config(TrainConfig, path).keypoints.num_joints == 3
+    path.write_text(yaml.safe_dump({**good, "keypoints": three_joints, "flip_test": True}))
+    with pytest.raises(ConfigError, match="flip_test: the keypoints stage mirrors crops with the COCO joints"):
         load_yaml_config(TrainConfig, path)
     path.write_text(yaml.safe_dump(good))
     config = load_yaml_config(TrainConfig, path, ["schedule.epochs=7", "augment.flip=0"])
@@ -234,7 +241,7 @@ def test_fine_tuning_tinypose_lowers_the_loss_logs_checkpoints_and_resumes(tmp_p
     assert all(math.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in records if r["kind"] == "train")
     evals = [r for r in records if r["kind"] == "eval"]
     assert [e["step"] for e in evals] == [0, 12] and all(0.5 < e["AP"] <= 1 for e in evals)
-    assert summary["steps"] == 12 and summary["ap_before"] == evals[0]["AP"]
+    assert summary["steps"] == 12
     for name in ("config.yml", "last.pdckpt", "best.pdckpt", "metrics.yml", "curves.png"):
         assert (run / name).is_file(), name
     assert (run / "curves.png").stat().st_size > 10_000
@@ -251,6 +258,7 @@ def test_fine_tuning_tinypose_for_a_night_camera_raises_held_out_ap(tmp_path):
     """The released TinyPose 128x96 on frames as a night-time infrared camera shows them, labelled
     by the 256x192 teacher on the frames as captured: thirty steps of fine-tuning on three night
     videos raise OKS AP on a fourth, held-out one."""
+    from trainers.keypoint.evaluate import evaluate, folder_estimator
     from trainers.keypoint.train import train
 
     night = tmp_path / "night"
@@ -266,5 +274,9 @@ def test_fine_tuning_tinypose_for_a_night_camera_raises_held_out_ap(tmp_path):
                                 "max_steps": 30, "eval_every": 100, "log_every": 10})
     summary = train(config, tmp_path / "run")
     before, after = (r["AP"] for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "eval")
-    assert summary["ap_before"] == before and summary["best"]["AP"] == after
+    # The starting point is the released model itself: its IR, run by the pipeline's engine, scores the same.
+    released = evaluate(folder_estimator(MODELS / "tinypose_128x96_ov", config.data.expand_ratio),
+                        load_coco_keypoints(night / "val.json", night / "images", COCO_KEYPOINTS), config.keypoints.sigmas)
+    assert released["AP"] == pytest.approx(before, abs=0.005)
+    assert summary["best"]["AP"] == after  # the fine-tuned network, not the starting one, is kept
     assert after > before + 0.04, (before, after)

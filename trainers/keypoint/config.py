@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Literal
 
 from streampose.frame import COCO_KEYPOINTS
+from streampose.vision.heatmap import COCO_FLIP_PAIRS
 
 # COCO's per-joint OKS sigmas (pycocotools' defaults).
 COCO_SIGMAS = (0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062,
                0.107, 0.107, 0.087, 0.087, 0.089, 0.089)
 # HRNet's COCO loss weights: elbows and knees 1.2, wrists and ankles 1.5.
 COCO_JOINT_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.2, 1.2, 1.5, 1.5, 1.0, 1.0, 1.2, 1.2, 1.5, 1.5)
-COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
 COCO_UPPER_BODY = tuple(range(11))
 # All architectures put heatmaps at 1/4 of the input.
 OUTPUT_STRIDE = 4
@@ -151,6 +151,9 @@ class TrainConfig:
             raise ValueError(f"input_size {list(self.input_size)}: width and height must be multiples of 32")
         if self.sigma <= 0:
             raise ValueError("sigma must be positive")
+        if self.flip_test and self.keypoints.names != COCO_KEYPOINTS:
+            raise ValueError("flip_test: the keypoints stage mirrors crops with the COCO joints' flip pairs, which "
+                             "do not fit a custom keypoint set; leave flip_test off")
 
     @property
     def infer_cfg(self) -> dict:
