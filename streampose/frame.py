@@ -119,7 +119,7 @@ class Frame:
     segment:      increments each time the source reopens after a gap, so
                   stages that keep state (tracker, recorder) can reset.
     timings:      stage id -> seconds the stage spent on this frame's batch.
-    failed_stages: ids of stages that raised on this frame.
+    failed_stages: ids of stages that raised on this frame, or discarded it unprocessed at shutdown.
     ended_tracks: track ids that ended at this frame; stages holding per-track
                   state free it.
     """

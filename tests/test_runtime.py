@@ -126,6 +126,30 @@ def test_repeated_failures_mark_stream_degraded(tmp_path, monkeypatch):
     assert pipeline.shutdown()
 
 
+def test_failing_first_stage_degrades_stream_although_later_stage_succeeds(tmp_path, monkeypatch):
+    class AlwaysFails(NoopStage):
+        def process(self, frames):
+            raise RuntimeError("detector crashed")
+
+    monkeypatch.setitem(pipeline_module.STAGE_CLASSES, "noop", AlwaysFails)
+    graph = write_graph(tmp_path, f"""
+        sources: [{{id: chair, uri: {CHAIR}, options: {{realtime: true}}}}]
+        stages:
+          - {{id: broken, type: noop}}
+          - {{id: log, type: jsonl, path: "{{stream}}.jsonl"}}
+        runtime: {{metrics: {{bind: null}}, degraded_after: 3}}
+    """)
+    pipeline = Pipeline(load_graph(graph), output_dir=tmp_path / "out")
+    pipeline.start()
+    deadline = time.monotonic() + 10
+    while pipeline.metrics.count("frames", stage="log", stream="chair") < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pipeline.metrics.count("errors", stage="log", stream="chair") == 0
+    assert pipeline.streams["chair"].state == "degraded"
+    assert pipeline.health()["state"] == "degraded"
+    assert pipeline.shutdown()
+
+
 def test_latest_frame_policy_bounds_latency_and_counts_drops(tmp_path):
     graph = write_graph(tmp_path, f"""
         sources: [{{id: live, uri: {JACKS}, options: {{realtime: true}}}}]

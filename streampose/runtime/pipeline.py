@@ -95,8 +95,7 @@ class Pipeline:
             except Exception as error:
                 raise StageBuildError(f"stage '{st.id}' ({st.type}): {error}") from error
             self.runners[st.id] = StageRunner(stage, self.inboxes[st.id], upstreams=len(graph.inputs[st.id]),
-                                              metrics=self.metrics, on_result=self._on_result,
-                                              on_leaf=self._on_leaf)
+                                              metrics=self.metrics, on_leaf=self._on_leaf)
             self.metrics.gauge("queue_depth", self.inboxes[st.id].qsize, stage=st.id)
         for stage_id, runner in self.runners.items():
             runner.outboxes = [self.inboxes[d] for d in downstream[stage_id]]
@@ -202,14 +201,25 @@ class Pipeline:
                 "stream %s %s%s", event.stream, event.kind, f": {event.detail}" if event.detail else "")
         self._update_lifecycle()
 
-    def _on_result(self, frame: Frame, ok: bool) -> None:
-        with self._lock:  # every stage thread reports here
-            self._record_result(frame, ok)
+    def _on_leaf(self, frame: Frame) -> None:
+        key = (frame.stream, frame.index)
+        now = time.time()
+        with self._lock:
+            self._remaining[key] -= 1
+            done = self._remaining[key] == 0
+            if done:
+                del self._remaining[key]
+                # Judged once the frame has passed the whole graph: a later stage's
+                # success must not hide an earlier stage's failure.
+                self._record_result(frame, ok=not frame.failed_stages, now=now)
+        if done:
+            self.gates[frame.stream].release()
+            self.metrics.observe("e2e_latency", now - frame.capture_time, stream=frame.stream)
 
-    def _record_result(self, frame: Frame, ok: bool) -> None:
+    def _record_result(self, frame: Frame, ok: bool, now: float) -> None:
         state = self.streams[frame.stream]
-        state.last_frame_wall = time.time()
-        state.first_frame_wall = state.first_frame_wall or state.last_frame_wall
+        state.last_frame_wall = now
+        state.first_frame_wall = state.first_frame_wall or now
         if ok:
             if state.state == "degraded":
                 state.state = "running"
@@ -220,17 +230,6 @@ class Pipeline:
                 state.state = "degraded"
                 log.error("stream %s degraded: %d failed frames in a row", frame.stream, state.consecutive_failures)
         self._update_lifecycle()
-
-    def _on_leaf(self, frame: Frame) -> None:
-        key = (frame.stream, frame.index)
-        with self._lock:
-            self._remaining[key] -= 1
-            done = self._remaining[key] == 0
-            if done:
-                del self._remaining[key]
-        if done:
-            self.gates[frame.stream].release()
-            self.metrics.observe("e2e_latency", time.time() - frame.capture_time, stream=frame.stream)
 
     def _update_lifecycle(self) -> None:
         if self.lifecycle == "stopping":

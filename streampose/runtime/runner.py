@@ -24,18 +24,16 @@ class StageRunner:
 
     Frames and stream events leave in the order they came, per stream. The runner
     stops after every upstream has sent STOP, then closes the stage and sends STOP on.
-    `on_result(frame, ok)` is called for every frame it processed, and
-    `on_leaf(frame)` for every frame it finished when it has no downstream.
+    `on_leaf(frame)` is called for every frame it finished when it has no downstream.
     """
 
     def __init__(self, stage: Stage, inbox: queue.Queue, upstreams: int, metrics: Metrics,
-                 on_result: Callable[[Frame, bool], None], on_leaf: Callable[[Frame], None]):
+                 on_leaf: Callable[[Frame], None]):
         self.stage = stage
         self.inbox = inbox
         self.outboxes: list[queue.Queue] = []
         self.upstreams = upstreams
         self.metrics = metrics
-        self.on_result = on_result
         self.on_leaf = on_leaf
         self.abort = threading.Event()  # set: discard frames instead of processing them
         batch: schema.Batch | None = getattr(stage.params, "batch", None)
@@ -104,38 +102,39 @@ class StageRunner:
     def _process(self, batch: list[Frame]) -> None:
         if self.abort.is_set():
             for frame in batch:
-                self._finish(frame, ok=False)
+                # Discarded unprocessed, so the stream's health counts it as failed.
+                frame.failed_stages.append(self.stage.id)
+                self._finish(frame)
             return
         start = time.perf_counter()
         try:
             self.stage.process(batch)
-            results = [True] * len(batch)
         except Exception:
             # Retry one by one so a single bad frame does not fail its neighbours.
-            results = [self._process_one(frame) for frame in batch] if len(batch) > 1 \
-                else [self._failed(batch[0])]
+            if len(batch) > 1:
+                for frame in batch:
+                    self._process_one(frame)
+            else:
+                self._failed(batch[0])
         elapsed = time.perf_counter() - start
         self.metrics.observe("stage_latency", elapsed, stage=self.stage.id)
-        for frame, ok in zip(batch, results):
+        for frame in batch:
             frame.timings[self.stage.id] = elapsed
-            self._finish(frame, ok)
+            self._finish(frame)
 
-    def _process_one(self, frame: Frame) -> bool:
+    def _process_one(self, frame: Frame) -> None:
         try:
             self.stage.process([frame])
-            return True
         except Exception:
-            return self._failed(frame)
+            self._failed(frame)
 
-    def _failed(self, frame: Frame) -> bool:
+    def _failed(self, frame: Frame) -> None:
         log.exception("stage %s failed on stream %s frame %d", self.stage.id, frame.stream, frame.index)
         frame.failed_stages.append(self.stage.id)
         self.metrics.inc("errors", stage=self.stage.id, stream=frame.stream)
-        return False
 
-    def _finish(self, frame: Frame, ok: bool) -> None:
+    def _finish(self, frame: Frame) -> None:
         self.metrics.inc("frames", stage=self.stage.id, stream=frame.stream)
-        self.on_result(frame, ok)
         if self.outboxes:
             self._send(frame)
         else:
