@@ -36,3 +36,37 @@ def first_frames(video: Path, count: int) -> list:
             if len(frames) == count:
                 break
     return frames
+
+
+class FailOnce:
+    """Makes a real engine raise on its `on_run`-th run, once, as a device fault would."""
+
+    def __init__(self, engine, on_run: int):
+        self.real_run, self.on_run, self.runs = engine.run, on_run, 0
+        engine.run = self
+
+    def __call__(self, feed: dict) -> dict:
+        self.runs += 1
+        if self.runs == self.on_run:
+            raise RuntimeError("injected engine fault")
+        return self.real_run(feed)
+
+
+def run_in_runner(stage, frames: list):
+    """`frames` through the runtime's StageRunner, in the stage's batches (it retries a batch
+    that raised frame by frame), closing the stage at the end; returns the runner's Metrics."""
+    import queue
+
+    from streampose.runtime.metrics import Metrics
+    from streampose.runtime.runner import STOP, StageRunner
+
+    inbox = queue.Queue()
+    for frame in frames:
+        inbox.put(frame)
+    inbox.put(STOP)
+    metrics = Metrics()
+    runner = StageRunner(stage, inbox, upstreams=1, metrics=metrics, on_leaf=lambda frame: None)
+    runner.start()
+    runner.thread.join(60)
+    assert not runner.thread.is_alive()
+    return metrics

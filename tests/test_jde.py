@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import MODELS, REPO
+from conftest import MODELS, REPO, FailOnce, run_in_runner
 from streampose.frame import Frame, StreamEvent
 from streampose.graph import schema
 from streampose.graph.loader import load_graph
@@ -235,6 +235,27 @@ def test_new_segment_resets_tracks_silently_and_ids_keep_counting(tiny_jde):
     assert set(after[-1].persons.track_ids.tolist()) < set(backwards.ended_tracks)
     assert len(backwards.ended_tracks) == 4 and min(backwards.ended_tracks) > max(before)
     stage.close()
+
+
+def test_a_batch_retried_after_an_engine_fault_tracks_as_one_run_would(tiny_jde):
+    """The network fails on the last frame of a batch, after the others ran: the runner's
+    frame-by-frame retry must not feed the trackers those frames twice (the first would even
+    run media time backwards and restart every track)."""
+    results = []
+    for fault in (False, True):
+        stage = jde_stage(tiny_jde, batch={"max_size": 4, "timeout_ms": 1000})
+        # Batches of frames 0-3, 4-7, 8-11: run 8 is frame 7's.
+        injected = FailOnce(stage.network.engine, on_run=8) if fault else None
+        frames = [Frame("cam", i, render(i), i / FPS, i / FPS) for i in range(12)]
+        metrics = run_in_runner(stage, frames)
+        assert metrics.count("errors") == 0
+        assert injected is None or injected.runs == 12 + 1 + 3   # frames 4-6 ran again in the retry
+        results.append([(f.persons.track_ids.tolist(), f.persons.boxes, f.ended_tracks) for f in frames])
+    clean, retried = results
+    assert clean[-1][0] == [1, 2]
+    for (clean_ids, clean_boxes, clean_ended), (ids, boxes, ended) in zip(clean, retried):
+        assert ids == clean_ids and ended == clean_ended == []
+        np.testing.assert_allclose(boxes, clean_boxes, atol=1e-3)
 
 
 # ----------------------------------------------------------------- pre-processing

@@ -90,8 +90,10 @@ class JdeStage(Stage):
         self.trackers = StreamTrackers(lambda first_id: JdeTracker(self.settings, first_id), self.log)
 
     def process(self, frames: list[Frame]) -> None:
-        for frame in frames:
-            detections = self.network.detect(frame.image)
+        # Every network run before any tracker update: when one raises, the runner retries the
+        # batch frame by frame, and trackers already fed the earlier frames would see them twice.
+        found = [self.network.detect(frame.image) for frame in frames]
+        for frame, detections in zip(frames, found):
             update = self.trackers.for_frame(frame).update(detections, frame.media_time)
             shown = publishable(detections.boxes[update.rows], self.settings)
             rows = update.rows[shown]

@@ -49,22 +49,29 @@ class TrackWindows:
     def __len__(self) -> int:
         return len(self._windows)
 
-    def push(self, stream: str, track_id: int, pose: np.ndarray) -> np.ndarray:
-        """Append `pose` to the track's window and return the window (T, 17, 3); a new track's
-        window is `pose` repeated. An untracked pose is not kept."""
+    def extended(self, stream: str, track_id: int, pose: np.ndarray,
+                 staged: dict[tuple[str, int], np.ndarray]) -> np.ndarray:
+        """The track's window (T, 17, 3) with `pose` appended (a new track's: `pose` repeated),
+        held in `staged` until `commit(staged)`: a batch that fails before it commits leaves the
+        windows as they were, so its frame-by-frame retry does not append the poses twice. An
+        untracked pose is not kept."""
         if track_id == UNTRACKED:
             return np.broadcast_to(pose, (self.window, *pose.shape))
         key = (stream, track_id)
-        window = self._windows.get(key)
-        if window is None:
-            window = self._windows[key] = np.repeat(pose[None], self.window, axis=0)
-            if len(self._windows) > self.capacity:
-                self._windows.popitem(last=False)
-        else:
-            window[:-1] = window[1:]
-            window[-1] = pose
-            self._windows.move_to_end(key)
+        previous = staged.get(key)
+        if previous is None:
+            previous = self._windows.get(key)
+        window = np.repeat(pose[None], self.window, axis=0) if previous is None \
+            else np.concatenate([previous[1:], pose[None]])
+        staged[key] = window
         return window
+
+    def commit(self, staged: dict[tuple[str, int], np.ndarray]) -> None:
+        for key, window in staged.items():
+            self._windows[key] = window
+            self._windows.move_to_end(key)
+        while len(self._windows) > self.capacity:
+            self._windows.popitem(last=False)
 
     def end(self, stream: str, track_ids: list[int]) -> None:
         for track_id in track_ids:
@@ -204,7 +211,8 @@ class Lift3DStage(Stage):
                       params.person_height_m)
 
     def process(self, frames: list[Frame]) -> None:
-        gathered = [self._gather(frame) for frame in frames]
+        staged: dict[tuple[str, int], np.ndarray] = {}
+        gathered = [self._gather(frame, staged) for frame in frames]
         windows = [found.windows for found in gathered if found]
         relative = self.lifter.lift(np.concatenate(windows)) if windows else None
         start = 0
@@ -215,9 +223,11 @@ class Lift3DStage(Stage):
                 self._place(kpts3d, found, relative[start:end], frame.persons.keypoints[found.persons, :, 2])
                 start = end
             frame.persons.kpts3d = kpts3d
+        self.windows.commit(staged)
+        for frame in frames:
             self.windows.end(frame.stream, frame.ended_tracks)
 
-    def _gather(self, frame: Frame) -> _ToLift | None:
+    def _gather(self, frame: Frame, staged: dict[tuple[str, int], np.ndarray]) -> _ToLift | None:
         persons = frame.persons
         if persons.keypoints is None or not len(persons):
             return None
@@ -229,8 +239,7 @@ class Lift3DStage(Stage):
         camera = self.cameras.get(frame.stream, frame.width, frame.height)
         rays = camera.rays(persons.keypoints[lifted, :, :2])
         poses, rotations = normalise_pose2d(rays, confidence[lifted])
-        # Stacked now: a track's window changes again if its stream has a later frame in the batch.
-        windows = np.stack([self.windows.push(frame.stream, int(persons.track_ids[i]), pose)
+        windows = np.stack([self.windows.extended(frame.stream, int(persons.track_ids[i]), pose, staged)
                             for i, pose in zip(lifted, poses)])
         weights = np.where(confident[lifted], confidence[lifted], 0.0)
         return _ToLift(lifted, windows, rotations, camera, rays, weights)
