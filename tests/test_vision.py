@@ -21,7 +21,7 @@ from streampose.models.infer_cfg import parse_infer_cfg
 from streampose.vision import heatmap, picodet, topdown, yolox
 from streampose.vision.detections import NmsSettings, select_batch
 from streampose.vision.nms import nms
-from streampose.vision.preprocess import PreprocessError, normalize_crops, prepare_images
+from streampose.vision.preprocess import ImagePreprocessor, PreprocessError, normalize_crops, prepare_images
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -233,6 +233,39 @@ def test_letterbox_preprocessing_keeps_ratio_pads_top_left_and_keeps_bgr():
     np.testing.assert_array_equal(batch.tensor[0, :, :277], resized.transpose(2, 0, 1).astype(np.float32))
     assert (batch.tensor[0, :, 277:] == 114).all()
     np.testing.assert_allclose(batch.scale_factor[0], [scale, scale], rtol=1e-6)
+
+
+@pytest.mark.parametrize("pad_first", [True, False])
+def test_pad_fill_is_normalized_only_by_the_normalize_ops_after_it(pad_first):
+    """Pad and PadStride fill in the value space of their place in the list, as PaddleDetection's
+    sequential ops do: before NormalizeImage the fill is normalized with the image, after it not."""
+    normalize = {"type": "NormalizeImage", "mean": MEAN.tolist(), "std": STD.tolist(), "is_scale": True}
+    pads = [{"type": "PadStride", "stride": 32}, {"type": "Pad", "size": [320, 320], "fill_value": [114, 100, 90]}]
+    resize = {"type": "Resize", "target_size": [200, 300], "keep_ratio": True, "interp": 1}
+    ops = [resize, *pads, normalize] if pad_first else [resize, normalize, *pads]
+    config = parse_infer_cfg({"arch": "YOLOX", "label_list": ["person"], "Preprocess": [*ops, {"type": "Permute"}]},
+                             "test")
+    bgr = image("four_people_walking_gy_demo_7.jpg")  # 450 x 300 -> 300 x 200, stride-padded to 320 x 224
+    tensor = prepare_images([bgr, bgr], config.preprocess, "RGB", (None, None)).tensor
+    assert tensor.shape == (2, 3, 320, 320)
+    rgb = cv2.resize(bgr, None, None, fx=2 / 3, fy=2 / 3, interpolation=1)[..., ::-1].astype(np.float64)
+    assert rgb.shape[:2] == (200, 300)
+    normalized = lambda values: (np.asarray(values, np.float64) / 255.0 - MEAN) / STD  # noqa: E731
+    np.testing.assert_allclose(tensor[1, :, :200, :300], normalized(rgb).transpose(2, 0, 1), atol=1e-5)
+    stride_fill = normalized([0, 0, 0]) if pad_first else np.zeros(3)
+    pad_fill = normalized([114, 100, 90]) if pad_first else np.array([114, 100, 90])
+    for channel in range(3):
+        np.testing.assert_allclose(tensor[:, channel, 200:224, :320], stride_fill[channel], atol=1e-5)
+        np.testing.assert_allclose(tensor[:, channel, :200, 300:320], stride_fill[channel], atol=1e-5)
+        np.testing.assert_allclose(tensor[:, channel, 224:], pad_fill[channel], atol=1e-5)
+
+
+def test_resizing_after_normalizing_is_a_clear_error():
+    config = parse_infer_cfg({"arch": "YOLOX", "label_list": ["person"], "Preprocess": [
+        {"type": "NormalizeImage", "mean": [0, 0, 0], "std": [1, 1, 1]},
+        {"type": "Resize", "target_size": [416, 416]}, {"type": "Permute"}]}, "test.yml")
+    with pytest.raises(PreprocessError, match=r"test.yml: Resize after NormalizeImage"):
+        ImagePreprocessor(config.preprocess, "RGB", (416, 416), "test.yml")
 
 
 def test_preprocessing_larger_than_the_network_input_is_a_clear_error(picodet_raw):

@@ -17,8 +17,8 @@ from streampose.graph import schema
 from streampose.models.folder import ModelFolder
 from streampose.runtime.stage import Stage, StageContext
 from streampose.vision import picodet, yolox
-from streampose.vision.detections import Detections, NmsSettings, select_batch
-from streampose.vision.preprocess import IMAGE_OPS, check_ops, image_input, prepare_images
+from streampose.vision.detections import Detections, NmsSettings, clip_boxes, select_batch
+from streampose.vision.preprocess import IMAGE_OPS, ImagePreprocessor, check_ops, image_input
 
 PERSON_LABELS = ("person", "pedestrian")
 # Used when a model's infer_cfg.yml has no NMS block.
@@ -55,7 +55,9 @@ class PersonDetector:
         self.folder = folder
         self.config = config
         self.engine = engine
-        self.image_input, self.input_size = image_input(folder, engine, DetectorConfigError)
+        self.network_input = image_input(folder, engine, DetectorConfigError)
+        self.preprocessor = ImagePreprocessor(config.preprocess, config.channel_order, self.network_input.size,
+                                              config.source)
         shapes = [t.shape for t in engine.outputs]
         if config.arch == "YOLOX":
             self.form = yolox.OUTPUT_FORM
@@ -71,14 +73,8 @@ class PersonDetector:
 
     def detect(self, images: list[np.ndarray]) -> list[Detections]:
         """Persons in each (H, W, 3) uint8 BGR image, at most `engine.max_batch` images."""
-        batch = prepare_images(images, self.config.preprocess, self.config.channel_order, self.input_size)
-        feed = {self.image_input: batch.tensor}
-        for info in self.engine.inputs:
-            if info.name == "im_shape":
-                feed[info.name] = batch.im_shape
-            elif info.name == "scale_factor":
-                feed[info.name] = batch.scale_factor
-        results = self.engine.run(feed)
+        batch = self.preprocessor.prepare(images)
+        results = self.engine.run(batch.feed(self.network_input))
         outputs = [results[t.name] for t in self.engine.outputs]
         input_hw = batch.tensor.shape[2:]
         if self.form == yolox.OUTPUT_FORM:
@@ -134,9 +130,7 @@ def boxes_from_keypoints(persons: Persons, width: int, height: int) -> Persons:
         margin = (high - low) * BOX_MARGIN
         fitted = np.concatenate([low - margin, high + margin], axis=1)
         boxes[usable] = fitted[usable]
-    np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
-    np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
-    return Persons.from_boxes(boxes, persons.scores)
+    return Persons.from_boxes(clip_boxes(boxes, width, height), persons.scores)
 
 
 class DetectorStage(Stage):

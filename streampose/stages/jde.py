@@ -28,7 +28,8 @@ from streampose.stages.detector import person_class
 from streampose.tracking.jde import JdeConfigError, JdeSettings, JdeTracker, publishable
 from streampose.tracking.streams import StreamTrackers
 from streampose.tracking.track import Detections
-from streampose.vision.preprocess import LETTERBOX_OPS, check_ops, image_input, prepare_images
+from streampose.vision.detections import clip_boxes
+from streampose.vision.preprocess import LETTERBOX_OPS, ImagePreprocessor, PreprocessError, check_ops, image_input
 
 DETECTION_COLUMNS = 6  # class, score, x0, y0, x1, y1
 
@@ -40,9 +41,10 @@ class JdeNetwork:
         config = folder.config
         folder.require_task("jde", "a joint detection-embedding (FairMOT or JDE) export", JdeConfigError)
         check_ops(config.preprocess, LETTERBOX_OPS, config.source)
-        self.config = config
         self.engine = engine
-        self.image_input, self.input_size = image_input(folder, engine, JdeConfigError)
+        self.network_input = image_input(folder, engine, JdeConfigError)
+        self.preprocessor = ImagePreprocessor(config.preprocess, config.channel_order, self.network_input.size,
+                                              config.source)
         outputs = engine.outputs
         if (len(outputs) < 2 or len(outputs[0].shape) != 2 or outputs[0].shape[1] != DETECTION_COLUMNS
                 or len(outputs[1].shape) != 2):
@@ -53,22 +55,12 @@ class JdeNetwork:
 
     def detect(self, image: np.ndarray) -> Detections:
         """The persons of one (H, W, 3) uint8 BGR image, boxes in its pixels, with embeddings."""
-        batch = prepare_images([image], self.config.preprocess, self.config.channel_order, self.input_size)
-        feed = {self.image_input: batch.tensor}
-        for info in self.engine.inputs:
-            if info.name == "im_shape":
-                feed[info.name] = batch.im_shape
-            elif info.name == "scale_factor":
-                feed[info.name] = batch.scale_factor
-        results = self.engine.run(feed)
+        results = self.engine.run(self.preprocessor.prepare([image]).feed(self.network_input))
         detections, embeddings = results[self.detections_output], results[self.embeddings_output]
         if len(detections) != len(embeddings):
             raise ValueError(f"the network gave {len(detections)} detections but {len(embeddings)} embeddings")
         persons = detections[:, 0] == self.person_class
-        boxes = detections[persons, 2:6].astype(np.float32)
-        height, width = image.shape[:2]
-        np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
-        np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
+        boxes = clip_boxes(detections[persons, 2:6].astype(np.float32), image.shape[1], image.shape[0])
         return Detections(boxes, detections[persons, 1].astype(np.float32), embeddings=embeddings[persons])
 
 
@@ -83,7 +75,7 @@ class JdeStage(Stage):
             self.settings = JdeSettings.from_section(folder.config.tracker, folder.config.source,
                                                      min_hits=params.min_hits, max_age_s=params.max_age_s,
                                                      conf_threshold=params.conf_threshold)
-        except JdeConfigError:
+        except (JdeConfigError, PreprocessError):
             engine.close()
             raise
         self.log.info("%s, person class %d, %s", engine.describe(), self.network.person_class, self.settings)

@@ -72,12 +72,17 @@ def select_persons(boxes: np.ndarray, scores: np.ndarray, settings: NmsSettings,
                settings.candidates)
     if len(kept) == 0:
         return Detections.empty()
-    picked = boxes[kept].astype(np.float32)
-    height, width = im_shape
-    np.clip(picked[:, 0::2], 0, width, out=picked[:, 0::2])
-    np.clip(picked[:, 1::2], 0, height, out=picked[:, 1::2])
+    picked = clip_boxes(boxes[kept].astype(np.float32), im_shape[1], im_shape[0])
     picked /= np.array([scale_factor[1], scale_factor[0], scale_factor[1], scale_factor[0]], np.float32)
     return Detections(picked, scores[kept].astype(np.float32))
+
+
+def clip_boxes(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Clip (N, 4) float boxes x1, y1, x2, y2 in place to x in 0..width, y in 0..height (the
+    image's far edges, not its last pixel index, as PaddleDetection's post-processing clips) and return them."""
+    np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
+    return boxes
 
 
 def select_batch(boxes: np.ndarray, scores: np.ndarray, settings: NmsSettings, batch: ImageBatch) -> list[Detections]:

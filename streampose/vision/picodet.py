@@ -19,10 +19,11 @@ every exported config, so it is not repeated here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
-from streampose.vision.detections import Detections
+from streampose.vision.detections import Detections, clip_boxes
 
 RAW_HEADS = "raw heads"
 DECODED = "decoded"
@@ -57,16 +58,12 @@ def decode_raw_heads(outputs: Sequence[np.ndarray], strides: Sequence[int],
         raise OutputFormError(f"expected {2 * num_levels} head outputs for strides {list(strides)}, "
                               f"got {len(outputs)}")
     score_maps, distribution_maps = outputs[:num_levels], outputs[num_levels:]
-    centres = []
     for stride, scores in zip(strides, score_maps):
-        rows, cols = -(-input_hw[0] // stride), -(-input_hw[1] // stride)
+        rows, cols = _level_shape(input_hw, stride)
         if rows * cols != scores.shape[1]:
             raise OutputFormError(f"level of stride {stride} has {scores.shape[1]} cells; a {input_hw[0]}x"
                                   f"{input_hw[1]} input gives {rows}x{cols}")
-        y, x = np.mgrid[0:rows, 0:cols]
-        centre = (np.stack([x.ravel(), y.ravel()], axis=1) + 0.5) * stride
-        centres.append(np.concatenate([centre, np.full((len(centre), 1), stride)], axis=1))
-    cells = np.concatenate(centres).astype(np.float32)                       # (N, 3) cx, cy, stride
+    centre, cell_stride = _cell_centres(tuple(input_hw), tuple(strides))
     scores = np.concatenate(score_maps, axis=1)                              # (B, N, C)
     logits = np.concatenate(distribution_maps, axis=1)                       # (B, N, 4 * bins)
     batch, count = logits.shape[:2]
@@ -74,11 +71,29 @@ def decode_raw_heads(outputs: Sequence[np.ndarray], strides: Sequence[int],
     logits = logits - logits.max(axis=-1, keepdims=True)
     weights = np.exp(logits)
     bins = np.arange(weights.shape[-1], dtype=np.float32)
-    distances = (weights @ bins) / weights.sum(axis=-1) * cells[:, 2, None]  # (B, N, 4) l, t, r, b
-    centre = np.concatenate([cells[:, :2], cells[:, :2]], axis=1)
+    distances = (weights @ bins) / weights.sum(axis=-1) * cell_stride       # (B, N, 4) l, t, r, b
     boxes = centre + distances * np.array([-1, -1, 1, 1], np.float32)
     return boxes, scores
 
+
+def _level_shape(input_hw: tuple[int, int], stride: int) -> tuple[int, int]:
+    """(rows, cols) of an FPN level's cells: the input divided by the stride, rounded up."""
+    return -(-input_hw[0] // stride), -(-input_hw[1] // stride)
+
+
+@lru_cache(maxsize=8)
+def _cell_centres(input_hw: tuple[int, int], strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Every cell of all levels, in output order: centres (N, 4) float32 cx, cy, cx, cy in
+    input pixels and strides (N, 1) float32; read-only, shared by every batch of this input size."""
+    levels = []
+    for stride in strides:
+        rows, cols = _level_shape(input_hw, stride)
+        y, x = np.mgrid[0:rows, 0:cols]
+        centre = (np.stack([x.ravel(), y.ravel()], axis=1) + 0.5) * stride
+        levels.append(np.concatenate([centre, centre, np.full((len(centre), 1), stride)], axis=1))
+    cells = np.concatenate(levels).astype(np.float32)                        # (N, 5) cx, cy, cx, cy, stride
+    cells.flags.writeable = False
+    return cells[:, :4], cells[:, 4:]
 
 
 def split_decoded(outputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -104,8 +119,6 @@ def detections_from_graph_nms(outputs: Sequence[np.ndarray], person_class: int, 
         frame_rows = rows[end - count:end]
         frame_rows = frame_rows[(frame_rows[:, 0] == person_class) & (frame_rows[:, 1] > score_threshold)]
         frame_rows = frame_rows[np.argsort(-frame_rows[:, 1], kind="stable")][:max_persons]
-        boxes = frame_rows[:, 2:6].astype(np.float32)
-        np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
-        np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
+        boxes = clip_boxes(frame_rows[:, 2:6].astype(np.float32), width, height)
         results.append(Detections(boxes, frame_rows[:, 1].astype(np.float32)))
     return results
