@@ -24,6 +24,7 @@ COCO_KEYPOINTS = (
     "left_knee", "right_knee", "left_ankle", "right_ankle",
 )
 NUM_KEYPOINTS = len(COCO_KEYPOINTS)
+KEYPOINT_INDEX = {name: i for i, name in enumerate(COCO_KEYPOINTS)}  # joint name -> keypoint row
 
 # Pairs of keypoint indices joined by a bone, for drawing.
 COCO_SKELETON = (
@@ -164,3 +165,11 @@ class StreamEvent:
     segment: int
     detail: str = ""
     wall_time: float = 0.0
+
+    @property
+    def restarts_stream(self) -> bool:
+        """Whether per-stream state (tracks, filters, pose windows) must start afresh:
+        the stream was lost or ended, or it reopened after a gap ("opened" with
+        segment > 0). The first "opened" (segment 0) comes before any frame, so
+        there is nothing to reset."""
+        return self.kind in ("lost", "ended") or (self.kind == "opened" and self.segment > 0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 from importlib import resources
 from itertools import repeat
@@ -39,6 +40,7 @@ METRE_DECIMALS = 3
 SECOND_DECIMALS = 6
 
 _FLOAT32_PERSON_FIELDS = frozenset({"box", "score", "keypoints", "pose_score", "kpts3d"})
+_packers = threading.local()  # see _thread_packers
 
 
 def topic(kind: str, stream: str) -> str:
@@ -150,8 +152,7 @@ def _pack_msgpack(msg: dict) -> bytes:
     """msgpack of `msg`, with each person's geometry and scores as float32 (7 significant
     digits: 0.001 px up to 8192 px) instead of float64, which nearly halves a pose
     payload; times and everything else stay float64."""
-    double = msgpack.Packer(use_bin_type=True, default=_builtin)
-    single = msgpack.Packer(use_bin_type=True, default=_builtin, use_single_float=True)
+    double, single = _thread_packers()
     persons = msg.get("persons") if msg.get("type") == "pose" else None
     if persons is None:
         return double.pack(msg)
@@ -168,6 +169,18 @@ def _pack_msgpack(msg: dict) -> bytes:
                 packer = single if field in _FLOAT32_PERSON_FIELDS else double
                 out += (packer.pack(field), packer.pack(item))
     return b"".join(out)
+
+
+def _thread_packers() -> tuple[msgpack.Packer, msgpack.Packer]:
+    """This thread's (float64, float32) packers. Made once per thread rather than per
+    message, since each allocates a 256 KiB buffer (making the pair took most of a small
+    message's encoding time); not shared between threads, since sinks in different
+    threads encode at once and a Packer packs into its one buffer."""
+    packers = getattr(_packers, "pair", None)
+    if packers is None:
+        packers = _packers.pair = (msgpack.Packer(use_bin_type=True, default=_builtin),
+                                   msgpack.Packer(use_bin_type=True, default=_builtin, use_single_float=True))
+    return packers
 
 
 def _round_columns(array: np.ndarray, decimals: tuple[int, ...]) -> np.ndarray:

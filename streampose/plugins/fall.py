@@ -60,15 +60,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import Field, model_validator
 
-from streampose.frame import COCO_KEYPOINTS, Event, Frame
+from streampose.frame import KEYPOINT_INDEX, Event, Frame
 from streampose.plugins.base import Plugin, PluginParams, make_event
 
-_J = {name: i for i, name in enumerate(COCO_KEYPOINTS)}
-HEAD = [_J[n] for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
-SHOULDERS = [_J["left_shoulder"], _J["right_shoulder"]]
-HIPS = [_J["left_hip"], _J["right_hip"]]
-LEGS = [_J[n] for n in ("left_knee", "right_knee", "left_ankle", "right_ankle")]
-ANKLES = [_J["left_ankle"], _J["right_ankle"]]
+HEAD = [KEYPOINT_INDEX[n] for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
+SHOULDERS = [KEYPOINT_INDEX["left_shoulder"], KEYPOINT_INDEX["right_shoulder"]]
+HIPS = [KEYPOINT_INDEX["left_hip"], KEYPOINT_INDEX["right_hip"]]
+LEGS = [KEYPOINT_INDEX[n] for n in ("left_knee", "right_knee", "left_ankle", "right_ankle")]
+ANKLES = [KEYPOINT_INDEX["left_ankle"], KEYPOINT_INDEX["right_ankle"]]
 # Every joint but the elbows and wrists: arms move freely (raised, waving, reaching out from
 # the floor) and say nothing about posture.
 BODY = HEAD + SHOULDERS + HIPS + LEGS
@@ -76,13 +75,10 @@ BODY = HEAD + SHOULDERS + HIPS + LEGS
 # Segments (joint a, joint b) and their length as a share of standing height, from Winter's
 # segment proportions (Biomechanics and Motor Control of Human Movement): shoulder 0.818,
 # elbow 0.630, wrist 0.485, hip 0.530, knee 0.285, ankle 0.039 of height above the floor.
-SEGMENTS = np.array([
-    (_J["left_shoulder"], _J["left_hip"]), (_J["right_shoulder"], _J["right_hip"]),
-    (_J["left_hip"], _J["left_knee"]), (_J["right_hip"], _J["right_knee"]),
-    (_J["left_knee"], _J["left_ankle"]), (_J["right_knee"], _J["right_ankle"]),
-    (_J["left_shoulder"], _J["left_elbow"]), (_J["right_shoulder"], _J["right_elbow"]),
-    (_J["left_elbow"], _J["left_wrist"]), (_J["right_elbow"], _J["right_wrist"]),
-])
+SEGMENTS = np.array([[KEYPOINT_INDEX[f"{side}_{a}"], KEYPOINT_INDEX[f"{side}_{b}"]]
+                     for a, b in (("shoulder", "hip"), ("hip", "knee"), ("knee", "ankle"),
+                                  ("shoulder", "elbow"), ("elbow", "wrist"))
+                     for side in ("left", "right")])
 SEGMENT_SHARE = np.array([0.288, 0.288, 0.245, 0.245, 0.246, 0.246, 0.188, 0.188, 0.145, 0.145])
 # A height estimate needs this many segments: the median of fewer is one bad joint from nonsense.
 MIN_SEGMENTS = 3

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field, model_validator
 
-from streampose.frame import COCO_KEYPOINTS, Event, Frame
+from streampose.frame import KEYPOINT_INDEX, Event, Frame
 from streampose.plugins.base import Plugin, PluginParams, make_event
 
-_J = {name: i for i, name in enumerate(COCO_KEYPOINTS)}
-FACE = [_J[name] for name in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
-SHOULDERS = [_J["left_shoulder"], _J["right_shoulder"]]
-HIPS = [_J["left_hip"], _J["right_hip"]]
-WRISTS = [_J["left_wrist"], _J["right_wrist"]]
+FACE = [KEYPOINT_INDEX[name] for name in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
+SHOULDERS = [KEYPOINT_INDEX["left_shoulder"], KEYPOINT_INDEX["right_shoulder"]]
+HIPS = [KEYPOINT_INDEX["left_hip"], KEYPOINT_INDEX["right_hip"]]
+WRISTS = [KEYPOINT_INDEX["left_wrist"], KEYPOINT_INDEX["right_wrist"]]
 HANDS = ("left", "right")  # the person's own sides, in WRISTS order
 
 

@@ -32,15 +32,13 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from streampose.frame import COCO_KEYPOINTS, Event, Frame
+from streampose.frame import KEYPOINT_INDEX, Event, Frame
 from streampose.plugins.base import Plugin, PluginParams, make_event
-
-_J = {name: i for i, name in enumerate(COCO_KEYPOINTS)}
 
 
 def _sides(joint: str) -> np.ndarray:
     """Keypoint indices of a joint's (left, right) pair."""
-    return np.array([_J[f"left_{joint}"], _J[f"right_{joint}"]])
+    return np.array([KEYPOINT_INDEX[f"left_{joint}"], KEYPOINT_INDEX[f"right_{joint}"]])
 
 
 SHOULDER, ELBOW, WRIST, HIP, KNEE, ANKLE = map(_sides, ("shoulder", "elbow", "wrist", "hip", "knee", "ankle"))

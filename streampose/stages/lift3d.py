@@ -259,7 +259,7 @@ class Lift3DStage(Stage):
         kpts3d[rows, :, 3] = confidence[placed]
 
     def on_stream_event(self, event: StreamEvent) -> None:
-        if event.kind in ("lost", "ended") or (event.kind == "opened" and event.segment > 0):
+        if event.restarts_stream:
             self.windows.drop_stream(event.stream)
 
     def close(self) -> None:

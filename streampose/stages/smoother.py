@@ -113,5 +113,5 @@ class SmootherStage(Stage):
         return out
 
     def on_stream_event(self, event: StreamEvent) -> None:
-        if event.kind in ("lost", "ended") or (event.kind == "opened" and event.segment > 0):
+        if event.restarts_stream:
             self._streams.pop(event.stream, None)

@@ -61,5 +61,5 @@ class StreamTrackers:
             self._next_ids[stream] = tracks.tracker.next_id
 
     def on_stream_event(self, event: StreamEvent) -> None:
-        if event.kind in ("lost", "ended") or (event.kind == "opened" and event.segment > 0):
+        if event.restarts_stream:
             self.reset(event.stream)
