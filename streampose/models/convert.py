@@ -9,8 +9,12 @@ The new folder gets the same infer_cfg.yml and is written in full before it appe
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 import yaml
@@ -18,6 +22,7 @@ import yaml
 from streampose.models.folder import CONFIG_FILE, ModelFolder, cache_root, load_model_folder
 
 SUFFIXES = {"openvino": "_ov", "onnx": "_onnx"}
+ONNX_OPSET = 11
 
 
 class ConvertError(RuntimeError):
@@ -68,14 +73,18 @@ def _to_openvino(folder: ModelFolder, out: Path) -> None:
 
 
 def _to_onnx(folder: ModelFolder, out: Path) -> None:
+    """paddle2onnx in a child process: on some networks it cannot convert it ends its process."""
     if folder.format not in ("paddle", "paddle3"):
         raise ConvertError(f"only Paddle models convert to ONNX; {folder.name} is {folder.format}")
     if importlib.util.find_spec("paddle2onnx") is None:
         raise ConvertError("converting to ONNX needs paddle2onnx, which is not installed (pip install paddle2onnx); "
                            "`--to openvino` works without it")
-    import paddle2onnx
-
-    try:
-        paddle2onnx.export(str(folder.network), str(folder.weights), str(out / "model.onnx"), opset_version=11)
-    except Exception as exc:  # paddle2onnx raises bare Exceptions for unsupported ops
-        raise ConvertError(f"paddle2onnx cannot convert {folder.network}: {exc}") from None
+    export = "import sys, paddle2onnx; paddle2onnx.export(*sys.argv[1:4], opset_version=int(sys.argv[4]))"
+    child = subprocess.run([sys.executable, "-c", export, str(folder.network), str(folder.weights),
+                            str(out / "model.onnx"), str(ONNX_OPSET)], capture_output=True, text=True)
+    if child.returncode != 0 or not (out / "model.onnx").is_file():
+        output = re.sub(r"\x1b\[[0-9;]*m", "", child.stdout + child.stderr)  # colour codes
+        errors = re.findall(r"\[ERROR\]\s*(.*)", output) or [line.strip() for line in output.splitlines()
+                                                               if "Error" in line]
+        raise ConvertError(f"paddle2onnx {version('paddle2onnx')} cannot convert {folder.network}: "
+                           f"{errors[-1] if errors else f'exit status {child.returncode}'}")
