@@ -17,7 +17,6 @@ from pathlib import Path
 
 import av
 import jsonschema
-import pytest
 from conftest import REPO, VIDEOS
 from rtsp_server import free_port
 

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import IMAGES, VIDEOS
-from rtsp_server import RtspServer, free_port
+from rtsp_server import free_port
 
 from streampose.frame import Frame, StreamEvent
 from streampose.graph import schema
