@@ -280,3 +280,21 @@ def test_fine_tuning_tinypose_for_a_night_camera_raises_held_out_ap(tmp_path):
     assert released["AP"] == pytest.approx(before, abs=0.005)
     assert summary["best"]["AP"] == after  # the fine-tuned network, not the starting one, is kept
     assert after > before + 0.04, (before, after)
+
+
+def test_a_fine_tune_that_never_beats_the_starting_network_keeps_it_as_best(tmp_path, dataset):
+    """The starting network competes for best.pdckpt: a run that does not improve held-out AP
+    (here: a learning rate of 1e-12) exports the network it started from."""
+    from trainers.common.checkpoint import load_checkpoint
+    from trainers.keypoint.train import train
+
+    config = settings(dataset, model={"arch": "tinypose", "init": str(MODELS / "tinypose_128x96_ov" / "model.xml"),
+                                      "freeze_norm": True},
+                      augment=NO_AUGMENT,
+                      schedule={"epochs": 100, "batch_size": 4, "base_lr": 1e-12, "warmup_steps": 1, "max_steps": 4,
+                                "eval_every": 100, "log_every": 2})
+    summary = train(config, tmp_path / "run")
+    before, after = (r["AP"] for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "eval")
+    assert after == before and summary["steps"] == 4
+    assert (summary["best"]["epoch"], summary["best"]["step"]) == (0, 0)
+    assert load_checkpoint(tmp_path / "run" / "best.pdckpt")["step"] == 0
