@@ -123,6 +123,9 @@ class Frame:
     failed_stages: ids of stages that raised on this frame, or discarded it unprocessed at shutdown.
     ended_tracks: track ids that ended at this frame; stages holding per-track
                   state free it.
+    detected:     False when the detector skipped this frame (`every_n_frames`) and carried
+                  its stream's last boxes over; the keypoints stage refits them to the
+                  previous frame's keypoints.
     """
 
     stream: str
@@ -136,6 +139,7 @@ class Frame:
     ended_tracks: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     failed_stages: list[str] = field(default_factory=list)
+    detected: bool = True
 
     @property
     def height(self) -> int:

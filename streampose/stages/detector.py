@@ -2,7 +2,8 @@
 
 All frames of a batch (any streams) are pre-processed, run through the network in one
 engine call and decoded together. With `every_n_frames` > 1 a stream's frames between
-detections take their boxes from the previous frame's keypoints.
+detections carry its last boxes over, marked `detected = False`; the keypoints stage refits
+them to the previous frame's keypoints (streampose.stages.keypoints).
 """
 
 from __future__ import annotations
@@ -17,21 +18,12 @@ from streampose.graph import schema
 from streampose.models.folder import ModelFolder
 from streampose.runtime.stage import Stage, StageContext
 from streampose.vision import picodet, yolox
-from streampose.vision.detections import Detections, NmsSettings, clip_boxes, select_batch
+from streampose.vision.detections import Detections, NmsSettings, select_batch
 from streampose.vision.preprocess import IMAGE_OPS, ImagePreprocessor, check_ops, image_input
 
 PERSON_LABELS = ("person", "pedestrian")
 # Used when a model's infer_cfg.yml has no NMS block.
 DEFAULT_NMS = NmsSettings(score_threshold=0.3, iou_threshold=0.5, candidates=1000, keep=100)
-
-# Boxes carried over from keypoints: joints more confident than this count, at least
-# MIN_JOINTS of them, and the box around them grows on each side by BOX_MARGIN (x, y) of its
-# width and height. Joints are centres: the body, head top and feet reach beyond them; the
-# margins are the median gaps between PicoDet's boxes and TinyPose's joints measured on the
-# shared videos (0.2 of the joints' width left and right, 0.1 of their height above and below).
-KEYPOINT_CONFIDENCE = 0.3
-MIN_JOINTS = 3
-BOX_MARGIN = np.array([0.2, 0.1], np.float32)
 
 
 class DetectorConfigError(ValueError):
@@ -42,7 +34,7 @@ class DetectorConfigError(ValueError):
 class _StreamMemory:
     segment: int
     detected_index: int   # frame index of the stream's last detection
-    persons: Persons      # the latest frame's persons; the keypoint stage fills them in later
+    persons: Persons      # the stream's last boxes, carried over until the next detection
 
 
 class PersonDetector:
@@ -117,22 +109,6 @@ def person_class(folder: ModelFolder, labels: list[str], error: type[ValueError]
                 f"include no {' or '.join(PERSON_LABELS)}")
 
 
-def boxes_from_keypoints(persons: Persons, width: int, height: int) -> Persons:
-    """Persons whose boxes enclose their confident keypoints (plus a margin), clipped to the
-    frame; persons without enough confident keypoints keep their boxes."""
-    boxes = persons.boxes.copy()
-    if persons.keypoints is not None and len(persons):
-        confident = persons.keypoints[..., 2] > KEYPOINT_CONFIDENCE              # (N, K)
-        usable = confident.sum(axis=1) >= MIN_JOINTS
-        xy = persons.keypoints[..., :2]
-        low = np.where(confident[..., None], xy, np.inf).min(axis=1)             # (N, 2)
-        high = np.where(confident[..., None], xy, -np.inf).max(axis=1)
-        margin = (high - low) * BOX_MARGIN
-        fitted = np.concatenate([low - margin, high + margin], axis=1)
-        boxes[usable] = fitted[usable]
-    return Persons.from_boxes(clip_boxes(boxes, width, height), persons.scores)
-
-
 class DetectorStage(Stage):
     Params = schema.Detector
 
@@ -156,9 +132,10 @@ class DetectorStage(Stage):
             memory = self._memory[frame.stream]
             if i in detected:
                 frame.persons = Persons.from_boxes(detected[i].boxes, detected[i].scores)
+                memory.persons = frame.persons
             else:
-                frame.persons = boxes_from_keypoints(memory.persons, frame.width, frame.height)
-            memory.persons = frame.persons
+                frame.persons = Persons.from_boxes(memory.persons.boxes.copy(), memory.persons.scores.copy())
+                frame.detected = False
 
     def _plan(self, frames: list[Frame]) -> list[int]:
         """Indices of the frames to run the network on; updates each stream's memory."""
