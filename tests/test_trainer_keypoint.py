@@ -298,3 +298,22 @@ def test_a_fine_tune_that_never_beats_the_starting_network_keeps_it_as_best(tmp_
     assert after == before and summary["steps"] == 4
     assert (summary["best"]["epoch"], summary["best"]["step"]) == (0, 0)
     assert load_checkpoint(tmp_path / "run" / "best.pdckpt")["step"] == 0
+
+
+def test_the_train_command_exports_its_best_checkpoint(tmp_path, dataset, capfd):
+    """`python -m trainers.keypoint.train SETTINGS --run-dir RUN --export DIR`: trains, then
+    writes the model folders of best.pdckpt, which the pipeline's engines load."""
+    from streampose.models.folder import load_model_folder
+    from trainers.keypoint.train import main
+
+    data = {"train_annotations": str(dataset / "train.json"), "train_images": str(dataset / "images"),
+            "val_annotations": str(dataset / "val.json"), "val_images": str(dataset / "images")}
+    model = {"arch": "simple_baseline", "backbone": "mobilenet_v2", "backbone_scale": 0.5, "deconv_channels": 32}
+    path = tmp_path / "settings.yml"
+    path.write_text(yaml.safe_dump({"data": data, "model": model, "augment": NO_AUGMENT}))
+    out = tmp_path / "models" / "tiny"
+    assert main([str(path), "--run-dir", str(tmp_path / "run"), "--set", "schedule.max_steps=2",
+                 "--set", "schedule.batch_size=4", "--export", str(out)]) == 0
+    printed = capfd.readouterr().out
+    assert f"paddle: {out} " in printed and f"openvino: {out}_ov " in printed, printed
+    assert load_model_folder(out).format == "paddle3" and load_model_folder(out.with_name("tiny_ov")).format == "openvino"

@@ -39,6 +39,13 @@ class ExportError(RuntimeError):
     """An exported network is missing or disagrees with the trained layer."""
 
 
+def child_env(**variables: str) -> dict[str, str]:
+    """The environment for a child `python -m trainers...`: this one plus `variables`, with the
+    repository on PYTHONPATH (trainers/ is a folder of it, not an installed package)."""
+    return {**os.environ, **variables,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
 def export_model_folder(layer, builder: str, builder_kwargs: dict, inputs: dict[str, tuple[int, ...]],
                         folder: Path, infer_cfg: dict, probe: np.ndarray,
                         extra_files: dict[str, dict] | None = None) -> Path:
@@ -70,10 +77,8 @@ def export_model_folder(layer, builder: str, builder_kwargs: dict, inputs: dict[
                    "probe": str(Path(tmp) / "probe.npy"), "result": str(Path(tmp) / "openvino.npy")}
         request_file = Path(tmp) / "request.json"
         request_file.write_text(json.dumps(request), encoding="utf-8")
-        env = {**os.environ, "FLAGS_enable_pir_api": "0",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        child = subprocess.run([sys.executable, "-m", "trainers.common.export", str(request_file)], env=env,
-                               capture_output=True, text=True)
+        child = subprocess.run([sys.executable, "-m", "trainers.common.export", str(request_file)],
+                               env=child_env(FLAGS_enable_pir_api="0"), capture_output=True, text=True)
         if child.returncode != 0:
             raise ExportError(f"OpenVINO conversion or test run failed (exit status {child.returncode}):\n"
                               f"{child.stderr[-3000:]}")

@@ -9,23 +9,18 @@ imported, so the program is saved by a child process of its own:
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from trainers.common.export import ExportError
-
-REPO = Path(__file__).resolve().parents[2]
+from trainers.common.export import ExportError, child_env
 
 
 def save_legacy_program(checkpoint_path: Path, prefix: Path) -> Path:
     """Write PREFIX.pdmodel + PREFIX.pdiparams of the checkpoint's deployable network; returns
     the .pdmodel path."""
-    env = {**os.environ, "FLAGS_enable_pir_api": "0",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     child = subprocess.run([sys.executable, "-m", "trainers.export.legacy", str(checkpoint_path), str(prefix)],
-                           env=env, capture_output=True, text=True)
+                           env=child_env(FLAGS_enable_pir_api="0"), capture_output=True, text=True)
     program = prefix.with_name(prefix.name + ".pdmodel")
     if child.returncode != 0 or not program.is_file():
         raise ExportError(f"saving the legacy Paddle program failed (exit status {child.returncode}):\n"

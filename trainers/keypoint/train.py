@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import logging
 import math
-import os
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import numpy as np
 import yaml
 
 from trainers.common.checkpoint import deployable_weights, load_checkpoint, save_checkpoint
+from trainers.common.export import child_env
 from trainers.common.runlog import RunLog
 from trainers.common.yaml_config import ConfigError, config_record, load_yaml_config
 from trainers.keypoint.coco import DatasetError, KeypointSamples, load_coco_keypoints
@@ -43,7 +43,6 @@ from trainers.keypoint.models import heatmap_shape
 
 log = logging.getLogger("trainers.keypoint")
 
-REPO = Path(__file__).resolve().parents[2]
 BUILDER = "trainers.keypoint.models:build_network"
 PLOTTED_METRICS = ("AP", "AP50", "AP75", "AR")
 # Crops on which the batch-norm statistics of imported IR weights are measured.
@@ -313,10 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(yaml.safe_dump(summary, sort_keys=False), end="")
     if args.export:
-        # trainers/ is a folder of the repository, not an installed package.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        # A process of its own: a fresh paddle, and the training's memory given back first.
         return subprocess.call([sys.executable, "-m", "trainers.export", "model", str(args.run_dir / "best.pdckpt"),
-                                "--out", str(args.export)], env=env)
+                                "--out", str(args.export)], env=child_env())
     return 0
 
 
