@@ -32,12 +32,12 @@ from streampose.frame import Frame
 from streampose.graph import schema
 from streampose.models.folder import default_search_path
 from streampose.runtime.stage import StageContext
+from streampose.sources.images import IMAGE_SUFFIXES
 from streampose.stages.detector import DetectorStage
 from streampose.vision import topdown
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STREAMPOSE_SHARED", REPO.parent / "shared"))
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def read_list(path: Path, root: Path) -> list[tuple[Path, int]]:

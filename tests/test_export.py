@@ -196,6 +196,28 @@ def test_tensorrt_engines_without_a_gpu_build_of_paddle_are_refused_in_one_line(
     assert result.stdout.startswith("tensorrt: no engines built: this paddlepaddle") and "CPU build" in result.stdout
 
 
+def test_calibration_crops_from_a_coco_file_are_the_keypoints_stages_crops(tmp_path):
+    """prepare_crops.py --coco: every non-crowd annotated box, cut as the keypoints stage cuts it."""
+    from streampose.vision import topdown
+
+    image = cv2.imread(str(IMAGES / "hrnet_demo.jpg"))
+    boxes = [[40.0, 30.0, 120.0, 200.0], [150.0, 20.0, 60.0, 180.0]]   # COCO x, y, w, h
+    coco = {"images": [{"id": 1, "file_name": "hrnet_demo.jpg", "width": image.shape[1], "height": image.shape[0]}],
+            "annotations": [{"id": i + 1, "image_id": 1, "bbox": box, "iscrowd": 0} for i, box in enumerate(boxes)]
+            + [{"id": 9, "image_id": 1, "bbox": [0, 0, 50, 50], "iscrowd": 1}],
+            "categories": [{"id": 1, "name": "person"}]}
+    (tmp_path / "train.json").write_text(json.dumps(coco))
+    result = run_module("calib/prepare_crops.py", "--coco", str(tmp_path / "train.json"), "--images", str(IMAGES),
+                        "--out", str(tmp_path / "crops"), "--count", "10")
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = sorted((tmp_path / "crops").glob("crop_*.png"))
+    assert len(written) == 2
+    corners = np.array([[x, y, x + w, y + h] for x, y, w, h in boxes])
+    to_crop, _, _ = topdown.crop_affines(corners, 0.3, (96, 128))
+    expected = topdown.warp_crops([image, image], np.arange(2), to_crop, (96, 128))
+    for path, crop in zip(written, expected):
+        np.testing.assert_array_equal(cv2.imread(str(path)), crop)
+
 def test_int8_quantisation_on_prepared_crops_keeps_the_keypoints(tmp_path, tinypose_export):
     sources = tmp_path / "sources.txt"
     sources.write_text("images/hrnet_demo.jpg\nimages/four_people_walking_gy_demo_7.jpg\n"
