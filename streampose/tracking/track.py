@@ -155,7 +155,7 @@ class Tracker:
             posed = [i for i, t in enumerate(chosen) if t.keypoints is not None]
             if posed:
                 # The last pose, moved along with the box since it was seen.
-                shift = np.array([centre(boxes[i]) - centre(chosen[i].box) for i in posed])
+                shift = centre(boxes[posed]) - centre(np.array([chosen[i].box for i in posed]))
                 poses = np.array([chosen[i].keypoints for i in posed])
                 poses[..., :2] += shift[:, None, :]
                 sides = boxes[posed, 2:] - boxes[posed, :2]
@@ -211,5 +211,6 @@ def _copy(array: np.ndarray | None) -> np.ndarray | None:
     return None if array is None else np.array(array)
 
 
-def centre(box: np.ndarray) -> np.ndarray:
-    return (box[:2] + box[2:]) / 2
+def centre(boxes: np.ndarray) -> np.ndarray:
+    """(..., 4) x1, y1, x2, y2 -> (..., 2) centres."""
+    return (boxes[..., :2] + boxes[..., 2:]) / 2
