@@ -12,17 +12,30 @@ export STREAMPOSE_SHARED := $(SHARED)
 RTSP_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 
-.PHONY: demo test rtsp-deps bench docs lifter clean
+.PHONY: demo test rtsp-deps bench docs lifter lock clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+# Installs come from the lock files (exact versions and hashes), never from setup.cfg's ranges:
+# requirements/demo.lock runs the daemon, requirements/test.lock adds the tests, training and export.
+# `make lock` re-resolves both; a lock change lands only with `make test` passing on it.
+PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
+UV_VERSION := 0.13.9
+
+$(VENV)/.installed: requirements/demo.lock setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PIP_INSTALL) --require-hashes -r requirements/demo.lock
+	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[test]'
+$(VENV)/.installed-test: $(VENV)/.installed requirements/test.lock
+	$(PIP_INSTALL) --require-hashes -r requirements/test.lock
 	touch $@
+
+lock: $(VENV)/.installed
+	$(PIP_INSTALL) uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip compile --quiet --upgrade --python-version 3.11 --generate-hashes \
+		setup.cfg --extra test -o requirements/test.lock
+	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --generate-hashes \
+		setup.cfg -c requirements/test.lock -o requirements/demo.lock
 
 demo: $(VENV)/.installed
 	$(PY) run_pipeline.py graphs/demo.yml

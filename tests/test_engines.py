@@ -142,6 +142,32 @@ def test_paddle3_json_model(tmp_path, cache):
         np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-4)
 
 
+def test_openvino_output_names_survive_compilation():
+    # Compiling fuses each output with the layer before it, and the fused output carries both
+    # tensors' names (here 'save_infer_model/scale_0.tmp_1' and 'transpose_10.tmp_0'). OpenVINO
+    # 2026.4 then named an exported network's output 'conv2d_35.tmp_0' in the compiled model where
+    # the model said 'conv2d_35.tmp_1', and the export check failed with a KeyError. The engine's
+    # names must come from the model alone, the same at every batch size.
+    import openvino as ov
+
+    folder = model(PICODET)
+    core = ov.Core()
+    network = core.read_model(str(folder.network))
+    compiled = core.compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert any(len(c.get_names()) > len(m.get_names()) for c, m in zip(compiled.outputs, network.outputs))
+
+    engine = load_engine(folder, engine="openvino", max_batch=3)
+    names = [t.name for t in engine.outputs]
+    assert names == [min(port.get_names()) for port in network.outputs]
+    feed = np.concatenate([picodet_input()] * 3)
+    expected = compiled(feed[:1])
+    for batch in (1, 2, 3):  # each batch size is its own compiled model
+        result = engine.run({"image": feed[:batch]})
+        assert list(result) == names
+        for i, name in enumerate(names):
+            np.testing.assert_allclose(result[name][-1], expected[i][0], rtol=1e-4, atol=1e-4)
+
+
 def test_wrong_input_shape_is_a_clear_error(cache):
     engine = load_engine(model(TINYPOSE), engine="openvino", threads=2, max_batch=4, cache_dir=cache)
     with pytest.raises(InputShapeError) as err:

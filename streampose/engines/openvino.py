@@ -47,11 +47,11 @@ class OpenVinoEngine(Engine):
         self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _PRECISION_HINTS[precision]}
         if threads > 0 and self._device == "CPU":
             self._config["INFERENCE_NUM_THREADS"] = threads
-        self._requests: dict[int, tuple[ov.InferRequest, list[str]]] = {}
+        self._requests: dict[int, ov.InferRequest] = {}
 
-        inputs = [TensorInfo(p.get_any_name(), (-1, *_dims(p.get_partial_shape())[1:]),
+        inputs = [TensorInfo(_name(p), (-1, *_dims(p.get_partial_shape())[1:]),
                              np.dtype(p.get_element_type().to_dtype())) for p in self._model.inputs]
-        outputs = [TensorInfo(p.get_any_name(), (-1, *_dims(p.get_partial_shape())[1:]),
+        outputs = [TensorInfo(_name(p), (-1, *_dims(p.get_partial_shape())[1:]),
                               np.dtype(p.get_element_type().to_dtype())) for p in self._model.outputs]
         batch_capable = max_batch > 1 and self._reshapes_to_batch(2)
         if max_batch > 1 and not batch_capable:
@@ -78,23 +78,32 @@ class OpenVinoEngine(Engine):
         model.reshape(shapes)
         return model
 
-    def _request(self, batch: int) -> tuple[ov.InferRequest, list[str]]:
+    def _request(self, batch: int) -> ov.InferRequest:
         if batch not in self._requests:
             try:
                 compiled = self._core.compile_model(self._batch_model(batch), self._device, self._config)
             except RuntimeError as exc:
                 raise EngineError(f"OpenVINO cannot compile {self.folder.network} for {self._device} "
                                   f"at batch {batch}: {exc}") from None
-            self._requests[batch] = (compiled.create_infer_request(), [p.get_any_name() for p in compiled.outputs])
+            self._requests[batch] = compiled.create_infer_request()
         return self._requests[batch]
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        request, names = self._request(next(iter(feed.values())).shape[0])
-        results = request.infer(feed)
-        return {name: results[i] for i, name in enumerate(names)}
+        # Ports by position: a compiled model keeps the model's port order, but not which of a
+        # tensor's several names get_any_name returns (it differed between the two in 2026.4).
+        request = self._request(next(iter(feed.values())).shape[0])
+        results = request.infer({i: feed[t.name] for i, t in enumerate(self.inputs)})
+        return {t.name: results[i] for i, t in enumerate(self.outputs)}
 
     def close(self) -> None:
         self._requests.clear()
+
+
+def _name(port: ov.Output) -> str:
+    """One name for a tensor that may carry several (a converted Paddle output is both
+    'conv2d_35.tmp_1' and 'save_infer_model/scale_0.tmp_0'): the smallest, the same every load."""
+    names = port.get_names()
+    return min(names) if names else port.get_node().get_friendly_name()
 
 
 def _dims(shape: ov.PartialShape) -> list[int]:
