@@ -58,7 +58,7 @@ stages:
   # track at a lower overlap with its predicted box.
   - {{id: track, type: tracker, algorithm: ocsort, low_match_iou: 0.3}}
   - {{id: smooth, type: smoother}}
-  - {{id: fall, type: plugin, plugin: fall}}
+{lift}  - {{id: fall, type: plugin, plugin: fall, params: {{use_3d: {use_3d}}}}}
   - {{id: publish, type: publisher, bind: "tcp://127.0.0.1:*"}}
 runtime: {{metrics: {{bind: null}}, log_level: warning}}
 """
@@ -118,10 +118,16 @@ def resample(source: Path, target: Path, fps: float) -> tuple[int, float]:
     return writer.frames, first_time
 
 
-def write_graph(clips: list[Path], out: Path, detector: str, keypoints: str) -> Path:
+# With --lift: the default 3D lifter before the plugin, which then reads its torso angle and
+# heights from the 3D joints.
+LIFT_STAGE = "  - {id: lift, type: lift3d}\n"
+
+
+def write_graph(clips: list[Path], out: Path, detector: str, keypoints: str, lift: bool = False) -> Path:
     sources = [{"id": stream_id(c.name), "uri": str(c)} for c in clips]
     path = out / "falls.yml"
-    path.write_text(GRAPH.format(sources=json.dumps(sources), detector=detector, keypoints=keypoints))
+    path.write_text(GRAPH.format(sources=json.dumps(sources), detector=detector, keypoints=keypoints,
+                                 lift=LIFT_STAGE if lift else "", use_3d=str(lift).lower()))
     return path
 
 
@@ -205,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, help="re-encode the clips at this frame rate first")
     parser.add_argument("--detector", default="picodet_s_320_lcnet_pedestrian_ov")
     parser.add_argument("--keypoints", default="tinypose_128x96_ov")
+    parser.add_argument("--lift", action="store_true", help="add the 3D lifter; the plugin uses 3D joints")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--out", type=Path, help="folder for the graph file and re-encoded clips "
                         "(default: a temporary one)")
@@ -229,18 +236,20 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 target = out / f"{stream_id(name)}_{args.fps:g}fps.mp4"
                 clips[name] = (target, *resample(args.videos / name, target, args.fps))
-        graph_path = write_graph([path for path, _, _ in clips.values()], out, args.detector, args.keypoints)
+        graph_path = write_graph([path for path, _, _ in clips.values()], out, args.detector, args.keypoints,
+                                 args.lift)
         records, elapsed = run_graph(graph_path, args.models, out)
     results = [judge(n, labels[n], records[stream_id(clips[n][0].name)], *clips[n][1:]) for n in names]
     frames = sum(r["frames"] for r in results)
     print(table(results))
     rate = f"at {args.fps:g} fps" if args.fps else "at their own frame rates"
     print(f"\n{len(results)} clips {rate}, {frames} frames in {elapsed:.1f} s ({frames / elapsed:.1f} frames/s); "
-          f"detector {args.detector}, keypoints {args.keypoints}; passed {sum(r['passed'] for r in results)}"
+          f"detector {args.detector}, keypoints {args.keypoints}{', 3D lifter' if args.lift else ''}; "
+          f"passed {sum(r['passed'] for r in results)}"
           f"/{len(results)}")
     if args.json:
         args.json.write_text(json.dumps({"elapsed_s": round(elapsed, 2), "fps": args.fps, "detector": args.detector,
-                                         "keypoints": args.keypoints, "clips": results}, indent=1))
+                                         "keypoints": args.keypoints, "lift": args.lift, "clips": results}, indent=1))
     return 0 if all(r["passed"] for r in results) else 1
 
 

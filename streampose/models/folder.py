@@ -68,12 +68,18 @@ def cache_root() -> Path:
     return Path(base) / "streampose"
 
 
+# Models that ship inside the package (the default 3D lifter): found last, so a model of the
+# same name in any other folder of the search path (a retrained one, say) wins.
+BUILTIN_MODELS = Path(__file__).resolve().parent / "builtin"
+
+
 def default_search_path(extra: list[Path] = ()) -> list[Path]:
     """Folders searched for models by name, in order: `extra` (--models), $STREAMPOSE_MODELS
-    (an os.pathsep-separated list), ./models, then the download cache (<cache>/models)."""
+    (an os.pathsep-separated list), ./models, the download cache (<cache>/models), then the
+    models that ship with streampose."""
     env = [Path(p) for p in os.environ.get("STREAMPOSE_MODELS", "").split(os.pathsep) if p]
     path: list[Path] = []
-    for folder in [*map(Path, extra), *env, Path("models"), cache_root() / "models"]:
+    for folder in [*map(Path, extra), *env, Path("models"), cache_root() / "models", BUILTIN_MODELS]:
         folder = folder.expanduser().absolute()
         if folder not in path:
             path.append(folder)

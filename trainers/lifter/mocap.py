@@ -1,4 +1,4 @@
-"""Motion-capture clips as COCO-17 joint tracks (the shared collection in /work/shared/mocap).
+"""Motion-capture clips as COCO-17 joint tracks (the shared collection in ../shared/mocap).
 
 Each rig maps its joints to COCO's shoulders, elbows, wrists, hips, knees and ankles. Nose, eyes
 and ears have no captured counterpart (only some rigs have eye joints): they are placed from the
