@@ -52,7 +52,8 @@ runtime: {{metrics: {{bind: null}}}}
 CASES = [
     ("misspelt model", "validate {graph}", GRAPH.replace("tinypose_128x96_ov", "tinypose_128x96_0v"),
      "stage 'pose': key 'model': model 'tinypose_128x96_0v' not found (did you mean 'tinypose_128x96_ov'"),
-    ("model of the wrong kind", "validate {graph}", GRAPH.replace("picodet_s_192_lcnet_pedestrian_ov", "tinypose_128x96_ov"),
+    ("model of the wrong kind", "validate {graph}",
+     GRAPH.replace("picodet_s_192_lcnet_pedestrian_ov", "tinypose_128x96_ov"),
      "stage 'detect': key 'model': model tinypose_128x96_ov is a keypoints model (arch HRNet), not a detector"),
     ("missing video", "validate {graph}", GRAPH.replace("clip.mp4", "clip2.mp4"),
      "source 'cam1': key 'uri': no such file"),

@@ -63,9 +63,8 @@ def check_graph(graph: LoadedGraph, model_paths: list[Path], output_dir: Path | 
     for i, source in enumerate(graph.spec.sources):
         _check_source(report, i, source, graph_dir)
     for i, stage in enumerate(graph.spec.stages):
-        owner = f"stage '{stage.id}'"
         if stage.type in MODEL_TASKS:
-            _check_model(report, ("stages", i, "model"), owner, stage, model_paths, graph_dir)
+            _check_model(report, i, stage, model_paths, graph_dir)
         if stage.type == "lift3d" and stage.calib is not None:
             _check_calib(report, i, stage, graph_dir, _streams_reaching(graph, stage.id))
         if stage.type == "publisher":
@@ -139,7 +138,7 @@ def _check_source(report: _Report, index: int, source: schema.Source, graph_dir:
 
 # --------------------------------------------------------------------------- stages
 
-def _check_model(report: _Report, path: tuple, owner: str, stage: schema.ModelStage, model_paths: list[Path],
+def _check_model(report: _Report, index: int, stage: schema.ModelStage, model_paths: list[Path],
                  graph_dir: Path) -> None:
     """The model folder is found and does the stage's task: the same lookup and check
     the stage makes (Stage.load_model, ModelFolder.require_task), without the engine."""
@@ -151,7 +150,7 @@ def _check_model(report: _Report, path: tuple, owner: str, stage: schema.ModelSt
         folder.require_task(task, description, ModelFolderError)
     except (OSError, ValueError) as error:
         fix = "" if isinstance(error, FileNotFoundError) else f"; give the {stage.type} stage {description}"
-        report.error(path, owner, "model", f"{error}{fix}")
+        report.error(("stages", index, "model"), f"stage '{stage.id}'", "model", f"{error}{fix}")
 
 
 def _check_calib(report: _Report, index: int, stage: schema.Lift3D, graph_dir: Path, streams: list[str]) -> None:
@@ -161,7 +160,9 @@ def _check_calib(report: _Report, index: int, stage: schema.Lift3D, graph_dir: P
     try:
         Cameras(stage.calib, graph_dir, stage.assumed_hfov_deg, streams, logging.getLogger(__name__))
     except (OSError, ValueError) as error:
-        report.error(("stages", index, "calib"), f"stage '{stage.id}'", "calib", str(error))
+        report.error(("stages", index, "calib"), f"stage '{stage.id}'", "calib",
+                     f"{error}; `streampose calib camera` makes calibration files (paths start at the graph "
+                     f"file's folder)")
 
 
 def _check_publisher(report: _Report, index: int, stage: schema.Publisher, graph_dir: Path) -> None:
