@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from streampose import __version__
 from streampose.graph.loader import GraphError, load_graph
 
 log = logging.getLogger("streampose")
@@ -35,11 +36,13 @@ def _model_paths(args) -> list[Path]:
 # --------------------------------------------------------------------------- run
 
 def run(args) -> int:
+    from streampose.graph.check import check_graph
     from streampose.runtime.monitor import MonitorServer, PeriodicLog
     from streampose.runtime.pipeline import Pipeline
 
     try:
         graph = load_graph(args.graph, args.overrides)
+        check_graph(graph, _model_paths(args), args.output)  # fail before any model loads; binds report below
     except GraphError as error:
         print(error, file=sys.stderr)
         return 2
@@ -108,11 +111,17 @@ def _print_summary(pipeline, started: float) -> None:
 # --------------------------------------------------------------------------- validate / schema
 
 def validate(args) -> int:
+    """What `run` checks before it starts, and nothing more: no stream opens, no network loads."""
+    from streampose.graph.check import check_graph
+
     try:
         graph = load_graph(args.graph, args.overrides)
+        warnings = check_graph(graph, _model_paths(args), args.output)
     except GraphError as error:
         print(error, file=sys.stderr)
         return 2
+    for warning in warnings:
+        print(warning, file=sys.stderr)
     spec = graph.spec
     print(f"{args.graph}: ok ({len(spec.sources)} sources, {len(spec.stages)} stages)")
     for stage in spec.stages:
@@ -149,6 +158,7 @@ def keys(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streampose", description="Real-time multi-stream human pose daemon.")
+    parser.add_argument("--version", action="version", version=f"streampose {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("run", help="run a graph until its sources end or SIGINT/SIGTERM")
@@ -156,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="output folder (default: the graph's runtime.output_dir)")
     p.set_defaults(func=run)
 
-    p = commands.add_parser("validate", help="check a graph file without opening sources or loading models")
+    p = commands.add_parser("validate", help="check a graph, its models, files and addresses without opening "
+                            "sources or loading networks")
     _add_graph_arguments(p)
+    p.add_argument("-o", "--output", type=Path, help="output folder to check (default: the graph's "
+                   "runtime.output_dir)")
     p.set_defaults(func=validate)
 
     p = commands.add_parser("schema", help="print the graph parameter reference (Markdown)")

@@ -172,7 +172,7 @@ class Subscriber:
                  server_public_key: str | bytes | os.PathLike | None = None, timeout_s: float | None = None):
         if isinstance(topics, str):  # a bare string would subscribe to each of its characters
             topics = (topics,)
-        self.address = address
+        self.address = _checked_address(address)
         self.timeout_s = timeout_s
         self._conflate = conflate
         self._latest: dict[bytes, bytes] = {}
@@ -264,6 +264,18 @@ class Subscriber:
         self.close()
 
 
+def _checked_address(address: str) -> str:
+    """`address` when it is a publisher endpoint; a ValueError saying how to write it when
+    its scheme is missing or wrong (ZeroMQ's own error only says "Invalid argument")."""
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        raise ValueError(f"address {address!r} has no scheme (did you mean 'tcp://{address}'?)")
+    if scheme not in ("tcp", "ipc"):
+        raise ValueError(f"address {address!r}: unknown scheme '{scheme}://' (did you mean 'tcp://{rest}'?); "
+                         f"a publisher listens on tcp://HOST:PORT or ipc://PATH")
+    return address
+
+
 def _public_key(key: str | bytes | os.PathLike) -> bytes:
     if isinstance(key, bytes):
         return key
@@ -301,8 +313,13 @@ def subscribe_main(args: argparse.Namespace) -> int:
     topics = args.topics or ["pose/", "event/", "status/"]
     received = 0
     try:
-        with Subscriber(args.address, topics, conflate=args.latest, server_public_key=args.server_key,
-                        timeout_s=args.timeout) as sub:
+        subscriber = Subscriber(args.address, topics, conflate=args.latest, server_public_key=args.server_key,
+                                timeout_s=args.timeout)
+    except ValueError as error:  # a bad address or key: the user's to fix, not a crash
+        print(f"streampose subscribe: {error}", file=sys.stderr)
+        return 2
+    try:
+        with subscriber as sub:
             while args.count is None or received < args.count:
                 got = sub.recv_dict()
                 if got is None:

@@ -145,16 +145,22 @@ def test_plugin_params_are_validated_by_the_plugin_schema(tmp_path):
                                                f"available: fall, hand_raised, reps")
 
 
-def test_validate_command_opens_nothing_and_exits_2_on_errors(tmp_path):
+def test_validate_command_exits_2_on_errors(tmp_path):
     import subprocess
     import sys
-    # Neither the video nor the model exists: validate must not look for them.
-    text = GOOD.replace("type: noop\n    batch: {max_size: 4}", "type: detector\n    model: no_such_model")
+
+    from conftest import MODELS
+    # validate finds the model and the file but decodes nothing: an empty clip.mp4 passes
+    # (tests/test_graph_check.py checks what else validate looks at).
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    text = GOOD.replace("type: noop\n    batch: {max_size: 4}",
+                        "type: detector\n    model: picodet_s_192_lcnet_pedestrian_ov")
     path = write(tmp_path, text)
-    ok = subprocess.run([sys.executable, "-m", "streampose", "validate", str(path)], capture_output=True, text=True)
+    command = [sys.executable, "-m", "streampose", "validate", "--models", str(MODELS)]
+    ok = subprocess.run([*command, str(path)], capture_output=True, text=True, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith(f"{path}: ok (1 sources, 2 stages)")
     bad = write(tmp_path, text.replace("model:", "modle:"))
-    failed = subprocess.run([sys.executable, "-m", "streampose", "validate", str(bad)], capture_output=True, text=True)
+    failed = subprocess.run([*command, str(bad)], capture_output=True, text=True, cwd=tmp_path)
     assert failed.returncode == 2
     assert f"{bad}:7:5: stage 'detect': unknown key 'modle' (did you mean 'model'?)" in failed.stderr

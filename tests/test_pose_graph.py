@@ -98,7 +98,7 @@ def test_missing_model_exits_2_naming_stage_and_searched_paths(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "run_pipeline.py"), str(graph), "--models", str(tmp_path)],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 2
-    assert "stage 'detect' (detector)" in result.stderr
+    assert "stage 'detect': key 'model'" in result.stderr
     assert "picodet_does_not_exist" in result.stderr
     assert str(tmp_path) in result.stderr  # every searched folder is listed
 

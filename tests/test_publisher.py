@@ -267,8 +267,13 @@ def test_subscriber_iteration_ends_at_timeout():
     with Subscriber("tcp://127.0.0.1:1", timeout_s=0.2) as sub:
         assert list(sub) == []
     assert time.monotonic() - start < 2
-    with pytest.raises(ValueError, match="cannot connect to 'bogus://x'"):
+    with pytest.raises(ValueError, match="address 'bogus://x': unknown scheme 'bogus://' "
+                       r"\(did you mean 'tcp://x'\?\)"):
         Subscriber("bogus://x")
+    with pytest.raises(ValueError, match=r"address '127.0.0.1:5555' has no scheme \(did you mean 'tcp://127"):
+        Subscriber("127.0.0.1:5555")
+    with pytest.raises(ValueError, match="cannot connect to 'tcp://127.0.0.1'"):
+        Subscriber("tcp://127.0.0.1")
     with pytest.raises(ValueError, match="neither a key file"):
         Subscriber("tcp://127.0.0.1:1", server_public_key="no-such-file")
 

@@ -38,6 +38,13 @@ class LoadedGraph:
     # For each stage id, the ids (stages or sources) feeding it, resolved from
     # `inputs` and the defaults.
     inputs: dict[str, list[str]]
+    # Where each key and value came from, so later checks (graph/check.py) point at
+    # the same file:line:col (or --set) as the loader's own errors.
+    locations: _Locations | None = None
+
+    def where(self, path: Path_, key: bool = False) -> str:
+        """'file:line:col' of the document path (e.g. ("stages", 0, "model")), or its --set."""
+        return self.locations.where(path, key) if self.locations else str(self.path)
 
 
 # --------------------------------------------------------------------------- locations
@@ -131,7 +138,11 @@ def _apply_override(data: dict, assignment: str, where: _Locations) -> None:
         path.append(part)
     if not isinstance(node, dict):
         raise GraphError([f"--set {assignment}: '{'.'.join(parts[:-1])}' is not a mapping"])
-    node[parts[-1]] = yaml.safe_load(text) if text else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError as error:
+        raise GraphError([f"--set {assignment}: the value is not valid YAML ({getattr(error, 'problem', error)}); "
+                          f"quote it: --set {dotted}='\"{text}\"'"]) from None
     where.overridden[tuple(path) + (parts[-1],)] = f"--set {assignment}"
 
 
@@ -205,6 +216,8 @@ def _format_error(error: dict, data: dict, where: _Locations) -> str:
         return f"{where.where(loc)}: {owner}: missing required key 'type'"
     if kind == "missing":
         return f"{where.where(loc[:-1])}: {owner}: missing required key '{_describe(inner)}'"
+    if kind == "value_error":  # a schema validator's own message already shows the value
+        return f"{where.where(loc)}: {owner}: key '{_describe(inner)}': {error['ctx']['error']}"
     got = error.get("input")
     shown = "" if isinstance(got, (dict, list)) else f", got {got!r}"
     message = error["msg"][0].lower() + error["msg"][1:]
@@ -312,10 +325,7 @@ def _check_plugins(spec: schema.Graph, where: _Locations) -> list[str]:
 def load_graph(path: str | Path, overrides: list[str] = ()) -> LoadedGraph:
     """Read, interpolate, override and validate a graph file; raise GraphError."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise GraphError([f"{path}: cannot read graph file: {error.strerror}"]) from None
+    text = _read_text(path)
     where = _Locations(str(path))
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -323,7 +333,10 @@ def load_graph(path: str | Path, overrides: list[str] = ()) -> LoadedGraph:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise GraphError([f"{at}: invalid YAML: {getattr(error, 'problem', error)}"]) from None
+        # A ReaderError (a control character, say) has a `reason` and no `problem`; its
+        # str() spans several lines.
+        problem = getattr(error, "problem", None) or getattr(error, "reason", None) or str(error).splitlines()[0]
+        raise GraphError([f"{at}: invalid YAML: {problem}"]) from None
     if not isinstance(data, dict):
         raise GraphError([f"{path}:1:1: graph: expected a mapping with 'sources' and 'stages'"])
     where.record(node)
@@ -343,4 +356,20 @@ def load_graph(path: str | Path, overrides: list[str] = ()) -> LoadedGraph:
     problems += _check_plugins(spec, where)
     if problems:
         raise GraphError(problems)
-    return LoadedGraph(spec=spec, path=path.resolve(), inputs=inputs)
+    return LoadedGraph(spec=spec, path=path.resolve(), inputs=inputs, locations=where)
+
+
+def _read_text(path: Path) -> str:
+    """The graph file's text; GraphError saying what is wrong with the file and what to do."""
+    if path.is_dir():
+        raise GraphError([f"{path}: is a folder, not a graph file; name a .yml file, e.g. {path / 'graph.yml'}"])
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GraphError([f"{path}: no such graph file; check the path (graphs to start from are in graphs/)"]) \
+            from None
+    except UnicodeDecodeError as error:
+        raise GraphError([f"{path}: not a text file (byte {error.object[error.start]:#04x} at offset "
+                          f"{error.start} is not UTF-8); a graph is YAML text saved as UTF-8"]) from None
+    except OSError as error:
+        raise GraphError([f"{path}: cannot read graph file: {error.strerror}; check its permissions"]) from None

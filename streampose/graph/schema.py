@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Strict(BaseModel):
@@ -99,7 +99,7 @@ class Publisher(StageBase):
     """Publishes pose, event and status messages on a ZeroMQ PUB socket."""
 
     type: Literal["publisher"]
-    bind: str = Field("tcp://127.0.0.1:5555", pattern=r"^(tcp|ipc)://.+",
+    bind: str = Field("tcp://127.0.0.1:5555",
                       description="ZeroMQ endpoint to bind: tcp://HOST:PORT (port * picks a free one) or "
                       "ipc://PATH. A HOST other than loopback without curve_secret_key logs a warning.")
     format: Literal["msgpack", "json"] = Field("msgpack", description="Payload encoding.")
@@ -108,6 +108,15 @@ class Publisher(StageBase):
                                          "messages, and only subscribers given the matching public key "
                                          "(`publisher.key`) can connect.")
     send_hwm: int = Field(1000, ge=1, description="Messages queued per subscriber before ZeroMQ drops, count.")
+
+    @field_validator("bind")
+    @classmethod
+    def _scheme(cls, bind: str) -> str:
+        # A pattern would only say the value does not match; most misses are a missing tcp://.
+        if not bind.startswith(("tcp://", "ipc://")) or bind in ("tcp://", "ipc://"):
+            guess = f"tcp://{bind}" if "://" not in bind else "tcp://127.0.0.1:5555"
+            raise ValueError(f"expected tcp://HOST:PORT or ipc://PATH, got {bind!r} (did you mean {guess!r}?)")
+        return bind
 
 
 class Recorder(StageBase):

@@ -6,6 +6,7 @@ A graph names a model by folder name (looked up on the search path) or by path.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from dataclasses import dataclass
@@ -108,19 +109,26 @@ def find_model(name_or_path: str, search_path: list[Path], relative_to: Path | N
 
 
 def _not_found_message(name: str, tried: list[Path]) -> str:
-    lines = [f"model '{name}' not found; searched:"]
-    lines += [f"  {p}" for p in tried] or ["  (the search path is empty)"]
+    """One line: the paths searched, the nearest names found there or in the zoo, and how to get it.
+    One line, because it ends up in `run` and `validate` error lines that name the graph key."""
     try:
         zoo = load_zoo()
     except ZooError:
         zoo = {}
+    searched = ", ".join(map(str, tried)) or "nothing (the search path is empty)"
+    folders = {candidate.parent for candidate in tried}
+    found = {entry.name for folder in folders if folder.is_dir() for entry in folder.iterdir() if entry.is_dir()}
+    close = [] if name in zoo else difflib.get_close_matches(name, sorted(found | set(zoo)), n=3, cutoff=0.6)
+    suggestion = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
     if name in zoo:
-        lines.append(f"Download it with `streampose models pull {name}`, or add its folder with --models DIR "
-                     "or $STREAMPOSE_MODELS.")
+        fix = (f"download it with `streampose models pull {name}`, or add its folder with --models DIR "
+               "or $STREAMPOSE_MODELS")
+    elif close:
+        fix = "correct the name, or add the folder holding it with --models DIR or $STREAMPOSE_MODELS"
     else:
-        lines.append("Add the folder holding it with --models DIR or $STREAMPOSE_MODELS"
-                     + (f"; `streampose models pull NAME` can download: {', '.join(sorted(zoo))}." if zoo else "."))
-    return "\n".join(lines)
+        fix = "add the folder holding it with --models DIR or $STREAMPOSE_MODELS" + (
+            f"; `streampose models pull NAME` can download: {', '.join(sorted(zoo))}" if zoo else "")
+    return f"model '{name}' not found{suggestion}; searched: {searched}; {fix}"
 
 
 def load_model_folder(folder: Path) -> ModelFolder:

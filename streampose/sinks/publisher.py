@@ -50,7 +50,11 @@ class PublisherStage(Stage):
             self._socket.bind(params.bind)
         except zmq.ZMQError as err:
             self._socket.close(linger=0)
-            raise RuntimeError(f"publisher {stage_id}: cannot bind {params.bind!r}: {err}") from err
+            if err.errno == zmq.EADDRINUSE:
+                raise RuntimeError(f"publisher {stage_id}: cannot bind {params.bind!r}: the address is in use "
+                                   f"(another streampose running?); stop that program or give the publisher "
+                                   f"another port in its bind") from err
+            raise RuntimeError(f"publisher {stage_id}: cannot bind {params.bind!r}: {err.strerror}") from err
         except Exception:
             self._socket.close(linger=0)
             raise
