@@ -153,6 +153,15 @@ def test_rtsp_stream_until_max_frames(tmp_path, rtsp_server):
     assert frame_count(tmp_path / "cam_pose.mp4") == 60
 
 
+def test_duration_ends_a_stream_with_complete_outputs(tmp_path, rtsp_server):
+    result = run_infer(rtsp_server.url, "--duration", 3, "--jsonl", tmp_path / "cam.jsonl", "-o", tmp_path,
+                       cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = read_lines(tmp_path / "cam.jsonl")
+    assert lines and [m["frame"] for m in lines] == list(range(len(lines)))
+    assert frame_count(tmp_path / "cam_pose.mp4") == len(lines)
+
+
 def test_ctrl_c_on_a_stream_ends_with_complete_outputs(tmp_path, rtsp_server):
     terminal = Terminal()
     process = terminal.attached(subprocess.Popen(
