@@ -71,18 +71,28 @@ class Inference:
                                streams=self.media.streams, metrics=metrics)
         wanted = IMAGE_TYPES if isinstance(self.media, StillImages) else set(STAGE_CLASSES) - SINK_TYPES
         self.stages = [STAGE_CLASSES[s.type](s.id, s, context) for s in graph.spec.stages if s.type in wanted]
-        self.jsonl = jsonl
         output_dir.mkdir(parents=True, exist_ok=True)
+        # Opened here, after everything else that can fail, so that an unwritable path is bad
+        # input and a failed start leaves an earlier run's file as it was.
+        self.jsonl = jsonl
+        self._lines = None
+        if jsonl is not None:
+            try:
+                jsonl.parent.mkdir(parents=True, exist_ok=True)
+                self._lines = jsonl.open("wb")
+            except OSError as error:
+                raise InputError(f"--jsonl {jsonl}: cannot write it ({error.strerror}); give a writable path") from None
 
     def run(self, stop: threading.Event, max_frames: int | None = None,
             duration_s: float | None = None) -> list[Path]:
         """Processes frames until the input ends, `max_frames` are done, `duration_s` seconds have
         passed or `stop` is set; returns the files written, which are complete whichever ended it."""
-        total = self.media.total if max_frames is None else min(self.media.total or max_frames, max_frames)
+        known = [count for count in (self.media.total, max_frames) if count is not None]
+        total = min(known) if known else None
         done = 0
         with ExitStack() as stack:
             stack.callback(self._close_stages)
-            lines = stack.enter_context(self.jsonl.open("wb")) if self.jsonl else None
+            lines = stack.enter_context(self._lines) if self._lines else None
             stack.callback(self.media.close)
             if duration_s is not None:
                 timer = threading.Timer(duration_s, stop.set)
