@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -135,13 +136,48 @@ def schema_command(args) -> int:
     return 0
 
 
+def _positive(kind):
+    """An argparse type: a number of `kind` above 0."""
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} is not above 0")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value" messages
+    return parse
+
+
 def infer_command(args) -> int:
-    from streampose.infer import infer
+    from streampose.infer import Inference, InputError
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        # The first signal ends the input and lets the outputs be finished; a second one
+        # interrupts whatever is running.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
-        written = infer(args.input, args.graph, args.output, _model_paths(args), args.overrides)
+        inference = Inference(args.input, args.graph, args.output, _model_paths(args), args.overrides,
+                              jsonl=args.jsonl)
     except GraphError as error:
         print(error, file=sys.stderr)
         return 2
+    except (OSError, ValueError, RuntimeError) as error:  # the input, a model, an engine: as `run` reports them
+        print(f"streampose infer: {error}", file=sys.stderr)
+        return 2
+    try:
+        written = inference.run(stop, max_frames=args.max_frames, duration_s=args.duration)
+    except InputError as error:
+        print(f"streampose infer: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("streampose infer: interrupted", file=sys.stderr)
+        return 130
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -176,11 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("schema", help="print the graph parameter reference (Markdown)")
     p.set_defaults(func=schema_command)
 
-    p = commands.add_parser("infer", help="draw what a graph's models find in an image, image folder or video")
-    p.add_argument("input", type=Path, help="image, folder of images, or video file")
-    p.add_argument("--graph", type=Path, default=Path("graphs/demo.yml"), help="graph whose processing stages run")
-    p.add_argument("-o", "--output", type=Path, default=Path("out/infer"), help="output folder")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p = commands.add_parser("infer", help="draw, and log as JSON lines, what a graph's models find in an image, "
+                                          "image folder, video, network stream or webcam")
+    p.add_argument("input", help="image, folder of images, video file, rtsp:// (rtsps, rtmp, http, https) URL, "
+                                 "or webcam (/dev/video0, or just 0)")
+    p.add_argument("--graph", type=Path, help="graph whose processing stages run (default: the packaged "
+                                              "detector, keypoints, tracker, smoother graph)")
+    p.add_argument("-o", "--output", type=Path, default=Path("out/infer"), help="folder for the annotated copies")
+    p.add_argument("--jsonl", type=Path, metavar="PATH",
+                   help="also write each frame's pose message (docs/messages.md) as one JSON line (overwrites)")
+    p.add_argument("--max-frames", type=_positive(int), metavar="N", help="stop after N frames")
+    p.add_argument("--duration", type=_positive(float), metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a graph value, e.g. stages.pose.model=tinypose_256x192_ov (repeatable)")
     add_models_argument(p)
     p.set_defaults(func=infer_command)
 
