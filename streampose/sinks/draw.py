@@ -177,9 +177,9 @@ _EVENT_WORDS = {
 
 
 def event_label(event: Event) -> Label:
-    """A banner's words: `#3 FALL`, `#2 squat 3`, `#5 raised a hand`; other kinds by name."""
+    """A banner's words: `#3 FALL`, `#2 squats 3`, `#5 raised a hand`; other kinds by name."""
     if event.kind == "rep" and "count" in event.data:
-        words, colour = f"{event.data.get('exercise', 'rep').replace('_', ' ')} {event.data['count']}", \
+        words, colour = f"{_exercise_plural(event.data.get('exercise', 'rep'))} {event.data['count']}", \
             EVENT_BACKGROUND
     else:
         words, colour = _EVENT_WORDS.get(event.kind, (event.kind.replace("_", " "), EVENT_BACKGROUND))
