@@ -53,6 +53,9 @@ OVERLAY_BACKGROUND = (40, 40, 40)
 # together) get far-apart hues; the red band is left out for alarms.
 TRACK_HUE_FROM, TRACK_HUE_SPAN = 25 / 360, 300 / 360
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+# Labels look for a free spot up to this many label heights above and below their place, and
+# as many half label widths left and right.
+LABEL_SEARCH_STEPS = 8
 
 _LEFT, _RIGHT, _CENTRE = 0, 1, 2
 _SIDE_COLOURS = (LEFT_COLOUR, RIGHT_COLOUR, CENTRE_COLOUR)
@@ -295,24 +298,24 @@ def place_labels(boxes: np.ndarray, labels: list[Label], image_shape: tuple[int,
     """A rectangle (x1, y1, x2, y2; x2, y2 exclusive) for each label of `boxes` ((N, 4) x1, y1,
     x2, y2), inside the image and off the `taken` rectangles and each other where there is room.
 
-    Greedy: labels of bigger boxes (nearer people) choose first; each takes the first free spot
-    of: above the box, inside its top, below it, above its right end, then further up; when
-    none is free, the spot that overlaps least."""
+    Greedy: labels of bigger boxes (nearer people) choose first; each takes the free spot nearest
+    to its place above the box's top-left corner, on a grid of steps of half a label's width and
+    a label's height round it; when none is free, the spot that overlaps least."""
     height, width = image_shape[:2]
     placed = np.array(taken, np.int64).reshape(-1, 4)
     rects: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)] * len(labels)
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    steps = np.arange(-LABEL_SEARCH_STEPS, LABEL_SEARCH_STEPS + 1)
     for i in np.argsort(-areas, kind="stable").tolist():
         label_width, label_height = style.size(labels[i].text)
-        x1, y1, x2, y2 = np.round(boxes[i]).astype(np.int64)
-        xs = np.array([x1, x1, x1, x2 - label_width, x1, x1, x2 - label_width])
-        ys = np.array([y1 - label_height, y1, y2, y1 - label_height, y1 - 2 * label_height,
-                       y1 - 3 * label_height, y2 - label_height])
-        xs = np.clip(xs, 0, max(width - label_width, 0))
-        ys = np.clip(ys, 0, max(height - label_height, 0))
+        x1, y1 = np.round(boxes[i, :2]).astype(np.int64)
+        xs, ys = np.meshgrid(x1 + steps * label_width // 2, y1 - label_height + steps * label_height)
+        xs = np.clip(xs.ravel(), 0, max(width - label_width, 0))
+        ys = np.clip(ys.ravel(), 0, max(height - label_height, 0))
         candidates = np.stack([xs, ys, xs + label_width, ys + label_height], axis=1)   # (C, 4)
         overlap = _overlap_areas(candidates, placed).sum(axis=1)                        # (C,)
-        best = candidates[int(np.argmin(overlap))]  # argmin takes the first of equals: the first free one
+        distance = np.hypot(xs - x1, ys - (y1 - label_height))
+        best = candidates[np.lexsort((distance, overlap))[0]]
         rects[i] = tuple(int(v) for v in best)
         placed = np.vstack([placed, best])
     return rects
