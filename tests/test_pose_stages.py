@@ -2,7 +2,7 @@
 
 Golden values (tests/golden/pose_images.json) were produced by this file with
 STREAMPOSE_WRITE_GOLDEN=1 after checking the drawn result by eye
-(scripts/render_examples.py draws the same).
+(`streampose infer` draws them).
 """
 
 from __future__ import annotations

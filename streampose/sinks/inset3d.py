@@ -23,18 +23,19 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def draw_inset(image: np.ndarray, kpts3d: np.ndarray, colours: list[tuple[int, int, int]] | None = None,
-               min_confidence: float = 0.3, size_fraction: float = 0.2) -> None:
+               min_confidence: float = 0.3, size_fraction: float = 0.2) -> tuple[int, int, int, int] | None:
     """Draw the views of `kpts3d` ((N, 17, 4): x, y, z metres in the camera frame, confidence)
     into the bottom-right corner of `image` ((H, W, 3) uint8 BGR), in place.
 
     colours:        a BGR colour per person (e.g. draw.track_colour of its id); default white.
     min_confidence: joints below it (and their bones) are left out; persons with none are not drawn.
     size_fraction:  side of each square view as a fraction of the image height.
-    Nothing is drawn when no joint is confident enough.
+    Returns the rectangle drawn over (x1, y1, x2, y2; x2, y2 exclusive), so that labels can keep
+    off it, or None when no joint is confident enough and nothing is drawn.
     """
     visible = kpts3d[..., 3] >= min_confidence                               # (N, K)
     if not visible.any():
-        return
+        return None
     height, width = image.shape[:2]
     side = max(40, round(size_fraction * height))
     margin = max(3, side // 12)
@@ -65,3 +66,4 @@ def draw_inset(image: np.ndarray, kpts3d: np.ndarray, colours: list[tuple[int, i
                     font_scale, (200, 200, 200), 1, cv2.LINE_AA)
         if view:
             cv2.line(image, (left + view * side, top), (left + view * side, height - 1), (90, 90, 90), 1)
+    return left, top, width, height
