@@ -311,15 +311,27 @@ def test_sigterm_drains_finalises_recording_and_serves_metrics(tmp_path):
 
 
 def test_second_signal_exits_at_once(tmp_path):
+    metrics_port = free_port()
     graph = write_graph(tmp_path, f"""
         sources: [{{id: cam, uri: {JACKS}, options: {{realtime: true, loop: true}}}}]
         stages: [{{id: stuck, type: noop, delay_ms: 20000}}]
-        runtime: {{metrics: {{bind: null}}, drain_timeout_s: 60}}
+        runtime: {{metrics: {{bind: "127.0.0.1:{metrics_port}"}}, drain_timeout_s: 60}}
     """)
     process = subprocess.Popen([sys.executable, str(REPO / "run_pipeline.py"), str(graph)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    def in_flight():
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1).read().decode()
+        except OSError:
+            return False
+        return 'streampose_frames_captured_total{stream="cam"} 0.0' not in text and "frames_captured" in text
+
     try:
-        time.sleep(3)  # started, and the stage is inside its 20 s batch
+        # Until a frame is inside the 20 s batch, however long a loaded machine takes to get there.
+        deadline = time.monotonic() + 30
+        while not in_flight() and time.monotonic() < deadline:
+            time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert process.poll() is None, "the first signal must drain, not exit"

@@ -13,13 +13,16 @@ import platform
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Info, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from streampose import __version__
 from streampose.runtime import health
-from streampose.runtime.pipeline import Pipeline
+
+if TYPE_CHECKING:  # importing the pipeline (its stages and their libraries) takes 1.6 s: not before serving
+    from streampose.runtime.pipeline import Pipeline
 
 log = logging.getLogger("streampose.metrics")
 
