@@ -148,7 +148,8 @@ class Pipeline:
             runner.start()
         for thread in self.source_threads.values():
             thread.start()
-        self.lifecycle = "running"
+        if self.lifecycle == "starting":  # not if a signal has already stopped it
+            self.lifecycle = "running"
         log.info("graph %s started: %d sources, %d stages", self.graph.path.name, len(self.captures), len(self.runners))
 
     def stop(self) -> None:
