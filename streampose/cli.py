@@ -38,8 +38,7 @@ def _model_paths(args) -> list[Path]:
 
 def run(args) -> int:
     from streampose.graph.check import check_graph
-    from streampose.runtime.monitor import MonitorServer, PeriodicLog
-    from streampose.runtime.pipeline import Pipeline
+    from streampose.runtime.monitor import BindError, MonitorServer, PeriodicLog
 
     try:
         graph = load_graph(args.graph, args.overrides)
@@ -49,10 +48,22 @@ def run(args) -> int:
         return 2
     runtime = graph.spec.runtime
     logging.basicConfig(level=runtime.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The endpoints answer `starting` while the pipeline's imports (1.6 s) and models (6-8 s)
+    # load, and a taken port is reported before that wait rather than after it.
+    try:
+        monitor = MonitorServer(runtime.metrics.bind) if runtime.metrics.bind else None
+    except BindError as error:
+        print(f"{args.graph}: {error}", file=sys.stderr)
+        return 2
+    if monitor:
+        monitor.start()
+    from streampose.runtime.pipeline import Pipeline
     try:
         pipeline = Pipeline(graph, model_paths=_model_paths(args), output_dir=args.output)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"{args.graph}: {error}", file=sys.stderr)
+        if monitor:
+            monitor.close()
         return 2
 
     def on_signal(signum, _frame):
@@ -64,12 +75,11 @@ def run(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    monitor = MonitorServer(pipeline, runtime.metrics.bind) if runtime.metrics.bind else None
     periodic = PeriodicLog(pipeline, runtime.metrics.log_interval_s)
     started = time.time()
-    pipeline.start()
     if monitor:
-        monitor.start()
+        monitor.attach(pipeline)
+    pipeline.start()
     periodic.start()
     while not pipeline.wait(timeout=0.2) and not pipeline.lifecycle == "stopping":
         pass

@@ -23,6 +23,7 @@ from rtsp_server import free_port
 from streampose import messages
 from streampose.client import PoseMessage, StatusMessage, Subscriber
 from streampose.graph.loader import load_graph
+from streampose.runtime import health
 from streampose.runtime import pipeline as pipeline_module
 from streampose.runtime.pipeline import Pipeline
 from streampose.stages.noop import NoopStage
@@ -121,7 +122,7 @@ def test_repeated_failures_mark_stream_degraded(tmp_path, monkeypatch):
     while pipeline.streams["chair"].state != "degraded" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert pipeline.streams["chair"].state == "degraded"
-    assert pipeline.health()["state"] == "degraded"
+    assert health.report(pipeline)[1]["state"] == "degraded"
     assert pipeline.shutdown()
 
 
@@ -145,7 +146,7 @@ def test_failing_first_stage_degrades_stream_although_later_stage_succeeds(tmp_p
         time.sleep(0.05)
     assert pipeline.metrics.count("errors", stage="log", stream="chair") == 0
     assert pipeline.streams["chair"].state == "degraded"
-    assert pipeline.health()["state"] == "degraded"
+    assert health.report(pipeline)[1]["state"] == "degraded"
     assert pipeline.shutdown()
 
 
@@ -250,12 +251,12 @@ def test_rtsp_outage_reconnects_while_file_stream_flows(tmp_path, rtsp_server):
         file_during_outage = [t for t, m in list(log) if isinstance(m, PoseMessage) and m.stream == "file"
                               and t > killed + 0.5]
         assert len(file_during_outage) >= 20
-        assert pipeline.health()["streams"]["cam"]["state"] == "reconnecting"
+        assert health.report(pipeline)[1]["streams"]["cam"]["state"] == "reconnecting"
         rtsp_server.start()
         assert wait_for(lambda m: isinstance(m, StatusMessage) and m.kind == "opened" and m.segment == 1, 20)
         assert wait_for(lambda m: isinstance(m, PoseMessage) and m.stream == "cam" and m.segment == 1, 20)
         assert pipeline.metrics.count("reconnects", stream="cam") >= 1
-        assert pipeline.health()["streams"]["cam"]["state"] == "running"
+        assert health.report(pipeline)[1]["streams"]["cam"]["state"] == "running"
         assert len(cam_frames(0)) > 0 and len(cam_frames(1)) > 0
     finally:
         assert pipeline.shutdown()
@@ -278,20 +279,20 @@ def test_sigterm_drains_finalises_recording_and_serves_metrics(tmp_path):
     try:
         base = f"http://127.0.0.1:{metrics_port}"
         deadline = time.monotonic() + 20
-        health = None
+        doc = None
         while time.monotonic() < deadline:
             try:
-                health = json.load(urllib.request.urlopen(base + "/health", timeout=1))
-                if health["state"] == "running" and health["streams"]["cam"]["frames"] > 30:
+                doc = json.load(urllib.request.urlopen(base + "/health", timeout=1))
+                if doc["state"] == "running" and doc["streams"]["cam"]["frames"] > 30:
                     break
             except OSError:
                 pass
             time.sleep(0.2)
-        assert health and health["state"] == "running", health
-        assert health["streams"]["cam"]["state"] == "running"
+        assert doc and doc["state"] == "running", doc
+        assert doc["streams"]["cam"]["state"] == "running"
         text = urllib.request.urlopen(base + "/metrics", timeout=1).read().decode()
         assert 'streampose_frames_total{stage="record",stream="cam"}' in text
-        assert 'streampose_e2e_latency_seconds{quantile="0.95",stream="cam"}' in text
+        assert 'streampose_e2e_latency_seconds_count{stream="cam"}' in text
         assert 'streampose_queue_depth{stage="work"}' in text
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
@@ -310,15 +311,27 @@ def test_sigterm_drains_finalises_recording_and_serves_metrics(tmp_path):
 
 
 def test_second_signal_exits_at_once(tmp_path):
+    metrics_port = free_port()
     graph = write_graph(tmp_path, f"""
         sources: [{{id: cam, uri: {JACKS}, options: {{realtime: true, loop: true}}}}]
         stages: [{{id: stuck, type: noop, delay_ms: 20000}}]
-        runtime: {{metrics: {{bind: null}}, drain_timeout_s: 60}}
+        runtime: {{metrics: {{bind: "127.0.0.1:{metrics_port}"}}, drain_timeout_s: 60}}
     """)
     process = subprocess.Popen([sys.executable, str(REPO / "run_pipeline.py"), str(graph)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    def in_flight():
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1).read().decode()
+        except OSError:
+            return False
+        return 'streampose_frames_captured_total{stream="cam"} 0.0' not in text and "frames_captured" in text
+
     try:
-        time.sleep(3)  # started, and the stage is inside its 20 s batch
+        # Until a frame is inside the 20 s batch, however long a loaded machine takes to get there.
+        deadline = time.monotonic() + 30
+        while not in_flight() and time.monotonic() < deadline:
+            time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert process.poll() is None, "the first signal must drain, not exit"

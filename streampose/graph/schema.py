@@ -53,8 +53,22 @@ class Source(Strict):
 # --------------------------------------------------------------------------- runtime
 
 class Metrics(Strict):
-    bind: str | None = Field("127.0.0.1:9100", description="host:port serving /metrics and /health; null disables.")
+    bind: str | None = Field("127.0.0.1:9100", description="host:port serving /metrics, /health, /livez and "
+                             "/readyz (docs/operations.md); null disables.")
     log_interval_s: float = Field(10.0, ge=0, description="Period of the one-line metrics log; 0 disables.")
+
+
+class Health(Strict):
+    """When /health calls a stream `overloaded` and /livez calls a stage stuck."""
+
+    window_s: float = Field(10.0, gt=0, le=600, description="Recent window over which a live stream's drops and "
+                            "end-to-end latency are judged, seconds.")
+    max_drop_share: float = Field(0.5, ge=0, le=1, description="A live stream dropping more than this share of its "
+                                  "frames over the window is `overloaded`.")
+    max_latency_s: float | None = Field(1.0, gt=0, description="A live stream whose end-to-end p95 over the window "
+                                        "is above this is `overloaded`, seconds; null = no latency budget.")
+    stuck_after_s: float = Field(60.0, gt=0, description="A stage busy with one batch for longer fails /livez "
+                                 "(a hung model), seconds.")
 
 
 class Runtime(Strict):
@@ -68,6 +82,8 @@ class Runtime(Strict):
     output_dir: str = Field("out", description="Folder all sinks write under; relative to the working directory.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
     metrics: Metrics = Field(default_factory=Metrics, description="Metrics and health endpoint.")
+    health: Health = Field(default_factory=Health, description="Overload and stuck-stage thresholds of the "
+                           "health endpoints.")
 
 
 # --------------------------------------------------------------------------- stages

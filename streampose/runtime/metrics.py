@@ -1,43 +1,73 @@
-"""Counters, latency windows and gauges, rendered for Prometheus and the log.
+"""Counters, latency histograms and gauges, rendered for Prometheus and the log.
 
 Everything is keyed by a metric name and a few labels (stage, stream), whose
 values come from the graph, so the number of series is fixed by the graph and
-memory stays bounded. Latencies keep a sliding window of recent values from
-which p50/p95 are read.
+memory stays bounded. The pipeline declares every series it can emit at zero
+before the first frame, so a counter exists (at 0) before its first increment.
+Latencies go both into a Prometheus histogram (cumulative, aggregatable across
+daemons) and into a short window of recent values from which the log line, the
+summary and /health read p50/p95.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 
 import numpy as np
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+# Upper bounds of the latency histograms' buckets, seconds. Measured per-batch stage times
+# run from 0.05 ms (tracker, smoother) through 1.5-12 ms (OpenVINO models) and end-to-end
+# latencies from 40 ms to 0.3 s on a loaded machine (docs/performance.md); 10 s is far beyond
+# any real-time graph, so a stall still lands in a finite bucket.
+LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Recent latencies kept per series for p50/p95: 1024 floats is about 40 s of a 25 fps stream.
 LATENCY_WINDOW = 1024
 
 Labels = tuple[tuple[str, str], ...]
 
 # name -> help text; every metric the runtime and stages emit is listed here.
 COUNTERS = {
-    "frames": "Frames processed, by stage and stream.",
-    "frames_captured": "Frames decoded by the source, by stream.",
-    "drops": "Frames dropped at the graph's entrance because the stream had too many in flight.",
-    "errors": "Frames on which a stage raised, by stage and stream.",
-    "reconnects": "Times a source reopened its stream.",
+    "frames": "Frames a stage finished (processed, failed or discarded), by stage and stream.",
+    "frames_captured": "Frames decoded by the source, by stream; its rate is the stream's frame rate.",
+    "drops": "Live frames dropped at the graph's entrance because the stream had too many frames in flight.",
+    "errors": "Frames (or stream events, or the closing) on which a stage raised, by stage and stream.",
+    "reconnects": "Times a live source reopened its stream after losing it.",
     "decode_errors": "Corrupt or undecodable packets skipped, by stream.",
-    "published": "Messages sent by a publisher, by topic kind.",
+    "published": "ZeroMQ messages sent by the publishers, by topic kind (pose, event, status).",
     "events": "Events raised by plugins, by event kind and stream.",
 }
-LATENCIES = {
-    "stage_latency": "Seconds a stage spent per batch, by stage.",
-    "e2e_latency": "Seconds from capture to the end of the graph, by stream.",
+HISTOGRAMS = {
+    "stage_latency": "Seconds a stage spent on one batch, by stage.",
+    "e2e_latency": "Seconds from a frame's capture to the end of the graph, by stream.",
+}
+GAUGES = {
+    "queue_depth": "Frames and stream events waiting in a stage's input queue, by stage.",
+    "clip_buffer_bytes": "Bytes of JPEG frames held in a clips stage's ring buffer, by stage and stream.",
+    "clip_buffer_seconds": "Seconds of video held in a clips stage's ring buffer, by stage and stream.",
 }
 
 
 def _key(labels: dict[str, str]) -> Labels:
     return tuple(sorted(labels.items()))
+
+
+class _Latency:
+    """One latency series: histogram bucket counts since start, and the recent values."""
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.recent: deque[tuple[float, float]] = deque(maxlen=LATENCY_WINDOW)  # (monotonic time, seconds)
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.recent.append((time.monotonic(), seconds))
 
 
 class Metrics:
@@ -46,8 +76,17 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counters: dict[tuple[str, Labels], int] = defaultdict(int)
-        self._windows: dict[tuple[str, Labels], deque] = {}
+        self._latencies: dict[tuple[str, Labels], _Latency] = {}
         self._gauges: dict[tuple[str, Labels], Callable[[], float]] = {}
+
+    def declare(self, name: str, **labels: str) -> None:
+        """Create a counter or latency series at zero, so it is exported before its first event."""
+        assert name in COUNTERS or name in HISTOGRAMS, name
+        with self._lock:
+            if name in COUNTERS:
+                self._counters[name, _key(labels)] += 0
+            else:
+                self._latencies.setdefault((name, _key(labels)), _Latency())
 
     def inc(self, name: str, n: int = 1, **labels: str) -> None:
         assert name in COUNTERS, name
@@ -55,16 +94,17 @@ class Metrics:
             self._counters[name, _key(labels)] += n
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:
-        assert name in LATENCIES, name
+        assert name in HISTOGRAMS, name
         key = (name, _key(labels))
         with self._lock:
-            window = self._windows.get(key)
-            if window is None:
-                window = self._windows[key] = deque(maxlen=LATENCY_WINDOW)
-            window.append(seconds)
+            series = self._latencies.get(key)
+            if series is None:
+                series = self._latencies[key] = _Latency()
+            series.observe(seconds)
 
     def gauge(self, name: str, read: Callable[[], float], **labels: str) -> None:
         """Register a gauge read at scrape time (e.g. a queue's depth)."""
+        assert name in GAUGES, name
         with self._lock:
             self._gauges[name, _key(labels)] = read
 
@@ -84,56 +124,47 @@ class Metrics:
                     totals[dict(key)[label]] += value
         return dict(totals)
 
-    def quantiles(self, name: str, **labels: str) -> tuple[float, float] | None:
-        """(p50, p95) in seconds of the recent window, or None if empty."""
+    def quantiles(self, name: str, since_s: float | None = None, **labels: str) -> tuple[float, float] | None:
+        """(p50, p95) in seconds of the recent values (of the last `since_s` seconds if given),
+        or None if there are none."""
+        oldest = -np.inf if since_s is None else time.monotonic() - since_s
         with self._lock:
-            window = self._windows.get((name, _key(labels)))
-            values = np.array(window) if window else None
-        if values is None:
+            series = self._latencies.get((name, _key(labels)))
+            values = [v for t, v in series.recent if t >= oldest] if series else []
+        if not values:
             return None
         p50, p95 = np.percentile(values, (50, 95))
         return float(p50), float(p95)
 
-    def snapshot(self) -> dict:
-        """Counters and latency quantiles as plain data, for /health and the log."""
-        with self._lock:
-            counters = {(n, k): v for (n, k), v in self._counters.items()}
-            windows = {key: np.array(w) for key, w in self._windows.items() if w}
-        latency = {key: tuple(np.percentile(v, (50, 95))) for key, v in windows.items()}
-        return {"counters": counters, "latency": latency}
-
     def collect(self):
         """prometheus_client collector protocol."""
-        snap = self.snapshot()
         with self._lock:
+            counters = dict(self._counters)
+            latencies = {key: (list(s.buckets), s.sum) for key, s in self._latencies.items()}
             gauges = dict(self._gauges)
         for name, help_text in COUNTERS.items():
-            series = {k: v for (n, k), v in snap["counters"].items() if n == name}
-            if not series:
-                continue
-            family = CounterMetricFamily(f"streampose_{name}", help_text, labels=_label_names(series))
-            for key, value in series.items():
-                family.add_metric([v for _, v in key], value)
-            yield family
-        for name, help_text in LATENCIES.items():
-            series = {k: v for (n, k), v in snap["latency"].items() if n == name}
-            if not series:
-                continue
-            family = GaugeMetricFamily(f"streampose_{name}_seconds", help_text,
-                                       labels=_label_names(series) + ["quantile"])
-            for key, (p50, p95) in series.items():
-                values = [v for _, v in key]
-                family.add_metric(values + ["0.5"], p50)
-                family.add_metric(values + ["0.95"], p95)
-            yield family
-        by_name: dict[str, dict] = defaultdict(dict)
-        for (name, key), read in gauges.items():
-            by_name[name][key] = read()
-        for name, series in by_name.items():
-            family = GaugeMetricFamily(f"streampose_{name}", name.replace("_", " "), labels=_label_names(series))
-            for key, value in series.items():
-                family.add_metric([v for _, v in key], value)
-            yield family
+            series = {k: v for (n, k), v in counters.items() if n == name}
+            if series:
+                family = CounterMetricFamily(f"streampose_{name}", help_text, labels=_label_names(series))
+                for key, value in series.items():
+                    family.add_metric([v for _, v in key], value)
+                yield family
+        for name, help_text in HISTOGRAMS.items():
+            series = {k: v for (n, k), v in latencies.items() if n == name}
+            if series:
+                family = HistogramMetricFamily(f"streampose_{name}_seconds", help_text, labels=_label_names(series))
+                for key, (counts, total) in series.items():
+                    cumulative = np.cumsum(counts).tolist()
+                    bounds = [repr(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+                    family.add_metric([v for _, v in key], list(zip(bounds, cumulative)), total)
+                yield family
+        for name, help_text in GAUGES.items():
+            series = {k: read() for (n, k), read in gauges.items() if n == name}
+            if series:
+                family = GaugeMetricFamily(f"streampose_{name}", help_text, labels=_label_names(series))
+                for key, value in series.items():
+                    family.add_metric([v for _, v in key], value)
+                yield family
 
 
 def _label_names(series: dict[Labels, object]) -> list[str]:

@@ -1,38 +1,85 @@
-"""Watching a running graph: /metrics and /health over HTTP, and a periodic log line."""
+"""Watching a running graph: /metrics, /health, /livez and /readyz over HTTP, and a periodic log line.
+
+The server starts before the graph is built (loading models takes 6-8 s), answers `starting`
+meanwhile, and serves the pipeline once `attach` hands it over.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import platform
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Info, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from streampose.runtime.pipeline import Pipeline
+from streampose import __version__
+from streampose.runtime import health
+
+if TYPE_CHECKING:  # importing the pipeline (its stages and their libraries) takes 1.6 s: not before serving
+    from streampose.runtime.pipeline import Pipeline
 
 log = logging.getLogger("streampose.metrics")
 
+# Distributions whose version goes into streampose_build_info: the inference engines and the decoder.
+ENGINE_PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "paddle": "paddlepaddle", "av": "av"}
+
+
+class BindError(OSError):
+    """The metrics address cannot be bound; the message names the cause and the fix."""
+
+
+def build_info() -> dict[str, str]:
+    """Labels of streampose_build_info: our version, Python's, and each engine library's."""
+    info = {"version": __version__, "python": platform.python_version()}
+    for label, package in ENGINE_PACKAGES.items():
+        try:
+            info[label] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[label] = "absent"
+    return info
+
+
+class _Attached:
+    """Collector of the attached pipeline's metrics (none before it is attached)."""
+
+    def __init__(self, server: MonitorServer):
+        self.server = server
+
+    def collect(self):
+        pipeline = self.server.pipeline
+        return pipeline.metrics.collect() if pipeline else iter(())
+
 
 class MonitorServer:
-    """Serves `/metrics` (Prometheus text) and `/health` (JSON) for one pipeline."""
+    """Serves `/metrics` (Prometheus text) and `/health`, `/livez`, `/readyz` (JSON), from
+    construction on; the pipeline's state once `attach`ed. Raises BindError if `bind` is
+    unusable, before anything slow has happened."""
 
-    def __init__(self, pipeline: Pipeline, bind: str):
-        host, _, port = bind.rpartition(":")
+    def __init__(self, bind: str):
+        self.pipeline: Pipeline | None = None
         registry = CollectorRegistry()
-        registry.register(pipeline.metrics)
+        ProcessCollector(registry=registry)
+        Info("streampose_build", "streampose build: its version, Python's and the engine libraries'",
+             registry=registry).info(build_info())
+        registry.register(_Attached(self))
+        probes = {"/health": health.report, "/livez": health.liveness, "/readyz": health.readiness}
+        monitor = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 if self.path == "/metrics":
                     self._reply(200, CONTENT_TYPE_LATEST, generate_latest(registry))
-                elif self.path == "/health":
-                    health = pipeline.health()
-                    code = 200 if health["state"] in ("running", "starting") else 503
-                    self._reply(code, "application/json", json.dumps(health).encode())
+                elif self.path in probes:
+                    ok, body = probes[self.path](monitor.pipeline)
+                    self._reply(200 if ok else 503, "application/json", json.dumps(body).encode())
                 else:
-                    self._reply(404, "text/plain", b"try /metrics or /health\n")
+                    self._reply(404, "text/plain", b"try /metrics, /health, /livez or /readyz\n")
 
             def _reply(self, code: int, content_type: str, body: bytes) -> None:
                 self.send_response(code)
@@ -41,17 +88,32 @@ class MonitorServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args):  # scrapes every few seconds would flood the log
+            def log_message(self, *args):  # scrapes and probes every few seconds would flood the log
                 pass
 
-        self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        host, _, port = bind.rpartition(":")
+        fix = "choose another address with --set runtime.metrics.bind=HOST:PORT"
+        if not port.isdigit():
+            raise BindError(f"runtime.metrics.bind {bind}: expected HOST:PORT; {fix}")
+        try:
+            self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                fix = (f"stop the other daemon or choose another port with "
+                       f"--set runtime.metrics.bind={host or '127.0.0.1'}:{int(port) + 1}")
+            reason = (error.strerror or str(error)).lower()
+            raise BindError(f"runtime.metrics.bind {bind}: {reason}; {fix}") from None
         self.server.daemon_threads = True
         self.address = f"{self.server.server_address[0]}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="monitor", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
-        log.info("metrics on http://%s/metrics, health on http://%s/health", self.address, self.address)
+        log.info("metrics on http://%s/metrics; /health, /livez and /readyz beside it", self.address)
+
+    def attach(self, pipeline: Pipeline) -> None:
+        """Serve this (built) pipeline's metrics and state from now on."""
+        self.pipeline = pipeline
 
     def close(self) -> None:
         self.server.shutdown()
@@ -82,14 +144,14 @@ class PeriodicLog:
     def line(self) -> str:
         metrics = self.pipeline.metrics
         parts = []
-        for stream, state in self.pipeline.streams.items():
+        for stream in self.pipeline.streams:
             captured = metrics.count("frames_captured", stream=stream)
             fps = (captured - self._last.get(stream, 0)) / self.interval_s
             self._last[stream] = captured
             latency = metrics.quantiles("e2e_latency", stream=stream)
             shown = f" e2e p50 {latency[0] * 1e3:.0f} ms p95 {latency[1] * 1e3:.0f} ms" if latency else ""
-            parts.append(f"{stream} [{state.state}] {fps:.1f} fps, drops {metrics.count('drops', stream=stream)}"
-                         f"{shown}")
+            state, _ = health.stream_state(self.pipeline, stream)
+            parts.append(f"{stream} [{state}] {fps:.1f} fps, drops {metrics.count('drops', stream=stream)}{shown}")
         for stage_id in self.pipeline.runners:
             latency = metrics.quantiles("stage_latency", stage=stage_id)
             if latency:

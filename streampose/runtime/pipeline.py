@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from streampose import messages
 from streampose.frame import Frame, StreamEvent
 from streampose.graph.loader import LoadedGraph
+from streampose.runtime.health import StreamLoad
 from streampose.runtime.metrics import Metrics
 from streampose.runtime.runner import STOP, StageRunner
 from streampose.runtime.stage import StageContext
@@ -33,7 +35,7 @@ class StageBuildError(RuntimeError):
 
 @dataclass
 class StreamState:
-    """What /health reports for one stream."""
+    """What /health reports for one stream (health.stream_state adds `overloaded`)."""
 
     state: str = "connecting"  # connecting, running, reconnecting, ended, degraded
     detail: str = ""
@@ -70,7 +72,7 @@ class Pipeline:
         spec = graph.spec
         self.metrics = Metrics()
         self.output_dir = Path(output_dir or spec.runtime.output_dir).resolve()
-        self.lifecycle = "starting"
+        self.lifecycle = "starting"  # then running (start) and stopping (stop)
         self.streams = {s.id: StreamState() for s in spec.sources}
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -81,9 +83,11 @@ class Pipeline:
             for name in inputs:
                 downstream[name].append(stage_id)
         self._paths_to_leaves = {s.id: self._count_paths(s.id, downstream) for s in spec.sources}
+        self._declare_metrics()
 
         self.captures = {s.id: Capture(s, graph.path.parent, self.metrics) for s in spec.sources}
         self.gates = {sid: EntranceGate(spec.runtime.in_flight, cap.live) for sid, cap in self.captures.items()}
+        self.loads = {sid: StreamLoad(spec.runtime.health.window_s) for sid, cap in self.captures.items() if cap.live}
         self.inboxes = {st.id: queue.Queue(spec.runtime.queue_size) for st in spec.stages}
         self.runners: dict[str, StageRunner] = {}
         for st in spec.stages:
@@ -100,8 +104,8 @@ class Pipeline:
         for stage_id, runner in self.runners.items():
             runner.outboxes = [self.inboxes[d] for d in downstream[stage_id]]
         self._source_outboxes = {sid: [self.inboxes[d] for d in downstream[sid]] for sid in self.captures}
-        self._source_threads = [threading.Thread(target=self._pump, args=(sid,), name=f"source-{sid}", daemon=True)
-                                for sid in self.captures]
+        self.source_threads = {sid: threading.Thread(target=self._pump, args=(sid,), name=f"source-{sid}", daemon=True)
+                               for sid in self.captures}
 
     # ------------------------------------------------------------------ topology
 
@@ -110,6 +114,20 @@ class Pipeline:
         """How many times a frame from `node` arrives at a leaf (once per path)."""
         children = downstream[node]
         return sum(Pipeline._count_paths(c, downstream) if downstream[c] else 1 for c in children)
+
+    def _declare_metrics(self) -> None:
+        """Every series the graph can emit, at zero, so each exists before its first event."""
+        for stream in self.streams:
+            for name in ("frames_captured", "drops", "reconnects", "decode_errors", "e2e_latency"):
+                self.metrics.declare(name, stream=stream)
+        for st in self.graph.spec.stages:
+            self.metrics.declare("stage_latency", stage=st.id)
+            for stream in self._streams_reaching(st.id):
+                self.metrics.declare("frames", stage=st.id, stream=stream)
+                self.metrics.declare("errors", stage=st.id, stream=stream)
+            if st.type == "publisher":
+                for kind in messages.KINDS:
+                    self.metrics.declare("published", kind=kind)
 
     def _streams_reaching(self, stage_id: str) -> list[str]:
         found, todo, seen = [], [stage_id], set()
@@ -128,8 +146,10 @@ class Pipeline:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for runner in self.runners.values():
             runner.start()
-        for thread in self._source_threads:
+        for thread in self.source_threads.values():
             thread.start()
+        if self.lifecycle == "starting":  # not if a signal has already stopped it
+            self.lifecycle = "running"
         log.info("graph %s started: %d sources, %d stages", self.graph.path.name, len(self.captures), len(self.runners))
 
     def stop(self) -> None:
@@ -167,7 +187,7 @@ class Pipeline:
     def _pump(self, stream: str) -> None:
         """Source thread: admit frames at the gate and send everything downstream."""
         capture, gate, outboxes = self.captures[stream], self.gates[stream], self._source_outboxes[stream]
-        leaves = self._paths_to_leaves[stream]
+        leaves, load = self._paths_to_leaves[stream], self.loads.get(stream)
         try:
             for item in capture.frames(self._stop):
                 if isinstance(item, StreamEvent):
@@ -175,8 +195,12 @@ class Pipeline:
                     for outbox in outboxes:
                         outbox.put(item)
                     continue
-                if not gate.admit(self._stop):
-                    if not self._stop.is_set():
+                admitted = gate.admit(self._stop)
+                stopping = self._stop.is_set()
+                if load is not None and not stopping:
+                    load.record(dropped=not admitted)
+                if not admitted:
+                    if not stopping:
                         self.metrics.inc("drops", stream=stream)
                     continue
                 with self._lock:
@@ -199,7 +223,6 @@ class Pipeline:
         state.detail = event.detail
         log.log(logging.INFO if event.kind != "lost" else logging.WARNING,
                 "stream %s %s%s", event.stream, event.kind, f": {event.detail}" if event.detail else "")
-        self._update_lifecycle()
 
     def _on_leaf(self, frame: Frame) -> None:
         key = (frame.stream, frame.index)
@@ -229,28 +252,3 @@ class Pipeline:
             if state.consecutive_failures >= self.graph.spec.runtime.degraded_after and state.state == "running":
                 state.state = "degraded"
                 log.error("stream %s degraded: %d failed frames in a row", frame.stream, state.consecutive_failures)
-        self._update_lifecycle()
-
-    def _update_lifecycle(self) -> None:
-        if self.lifecycle == "stopping":
-            return
-        states = [s.state for s in self.streams.values()]
-        if any(s in ("degraded", "reconnecting") for s in states):
-            self.lifecycle = "degraded"
-        elif all(s != "connecting" for s in states):
-            self.lifecycle = "running"
-
-    def health(self) -> dict:
-        """The /health document."""
-        return {
-            "state": self.lifecycle,
-            "graph": str(self.graph.path),
-            "streams": {
-                sid: {"state": s.state, "detail": s.detail,
-                      "frames": self.metrics.count("frames_captured", stream=sid),
-                      "drops": self.metrics.count("drops", stream=sid),
-                      "reconnects": self.metrics.count("reconnects", stream=sid),
-                      "decode_errors": self.metrics.count("decode_errors", stream=sid)}
-                for sid, s in self.streams.items()
-            },
-        }

@@ -36,6 +36,8 @@ class StageRunner:
         self.metrics = metrics
         self.on_leaf = on_leaf
         self.abort = threading.Event()  # set: discard frames instead of processing them
+        self.done = False  # the loop ended normally; a thread gone without it died (see health.py)
+        self.busy_since: float | None = None  # monotonic time the current batch started; None when idle
         batch: schema.Batch | None = getattr(stage.params, "batch", None)
         self.max_size = batch.max_size if batch else 1
         self.timeout_s = batch.timeout_ms / 1000 if batch else 0.0
@@ -98,6 +100,7 @@ class StageRunner:
                 self._process(self._collect(item))
         self._call(self.stage.close, "close", "-")
         self._send(STOP)
+        self.done = True
 
     def _process(self, batch: list[Frame]) -> None:
         if self.abort.is_set():
@@ -106,7 +109,7 @@ class StageRunner:
                 frame.failed_stages.append(self.stage.id)
                 self._finish(frame)
             return
-        start = time.perf_counter()
+        start = self.busy_since = time.monotonic()
         try:
             self.stage.process(batch)
         except Exception:
@@ -116,7 +119,8 @@ class StageRunner:
                     self._process_one(frame)
             else:
                 self._failed(batch[0])
-        elapsed = time.perf_counter() - start
+        elapsed = time.monotonic() - start
+        self.busy_since = None
         self.metrics.observe("stage_latency", elapsed, stage=self.stage.id)
         for frame in batch:
             frame.timings[self.stage.id] = elapsed
