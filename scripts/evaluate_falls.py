@@ -39,6 +39,7 @@ import yaml
 
 from streampose.client import EventMessage, PoseMessage, Subscriber
 from streampose.graph.loader import load_graph
+from streampose.models.folder import default_search_path
 from streampose.runtime.pipeline import Pipeline
 from streampose.sinks.recorder import Mp4Writer
 
@@ -134,7 +135,7 @@ def write_graph(clips: list[Path], out: Path, detector: str, keypoints: str, lif
 def run_graph(graph_path: Path, models: Path, out: Path) -> tuple[dict[str, ClipRecord], float]:
     """Run the graph to the end of every clip; what was published, per stream, and the wall time."""
     graph = load_graph(graph_path)
-    pipeline = Pipeline(graph, model_paths=[models], output_dir=out)
+    pipeline = Pipeline(graph, model_paths=default_search_path([models]), output_dir=out)
     endpoint = pipeline.runners["publish"].stage.endpoint
     records = {source.id: ClipRecord() for source in graph.spec.sources}
     done = threading.Event()

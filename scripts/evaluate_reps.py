@@ -25,6 +25,7 @@ import yaml
 
 from streampose.client import Subscriber
 from streampose.graph.loader import load_graph
+from streampose.models.folder import default_search_path
 from streampose.runtime.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def run_graph(videos: list[Path], models: Path, detector: str, keypoints: str, e
     graph = workdir / "reps.yml"
     graph.write_text(GRAPH.format(sources=sources, detector=detector, keypoints=keypoints, exercise=exercise,
                                   bind=bind, record=RECORD if record else ""))
-    pipeline = Pipeline(load_graph(graph), model_paths=[models], output_dir=record or workdir)
+    pipeline = Pipeline(load_graph(graph), model_paths=default_search_path([models]), output_dir=record or workdir)
     events: dict[str, list[dict]] = {video.stem: [] for video in videos}
     ended: set[str] = set()
     with Subscriber(bind, topics=("event/", "status/"), timeout_s=120.0) as subscriber:
