@@ -56,12 +56,13 @@ def feed(stage: ClipStage, source_frames, events: dict[int, str], stream: str = 
 
 
 def decode(path: Path) -> tuple[list[np.ndarray], list[float], float]:
-    """(BGR images, frame times in seconds, stream duration in seconds) of an MP4 file."""
+    """(BGR images, frame times from the file's start in seconds, stream duration in seconds) of an MP4 file."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         decoded = list(container.decode(stream))
         duration = float(stream.duration * stream.time_base)
-    return [f.to_ndarray(format="bgr24") for f in decoded], [float(f.time) for f in decoded], duration
+        start = float(stream.start_time * stream.time_base)  # B-frame delay: fragmented MP4s have no edit list
+    return [f.to_ndarray(format="bgr24") for f in decoded], [float(f.time) - start for f in decoded], duration
 
 
 def clips_in(output_dir: Path) -> list[Path]:

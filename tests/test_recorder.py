@@ -46,13 +46,14 @@ def make_recorder(output_dir: Path, streams=("cam",), **params) -> RecorderStage
 
 
 def decode(path: Path) -> tuple[list[np.ndarray], list[float], float]:
-    """(BGR images, frame times in seconds, stream duration in seconds) of an MP4 file."""
+    """(BGR images, frame times from the file's start in seconds, stream duration in seconds) of an MP4 file."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264"
         decoded = list(container.decode(stream))
         duration = float(stream.duration * stream.time_base)
-    return [f.to_ndarray(format="bgr24") for f in decoded], [float(f.time) for f in decoded], duration
+        start = float(stream.start_time * stream.time_base)  # B-frame delay: fragmented MP4s have no edit list
+    return [f.to_ndarray(format="bgr24") for f in decoded], [float(f.time) - start for f in decoded], duration
 
 
 def recordings(output_dir: Path) -> list[Path]:
@@ -118,8 +119,9 @@ def test_segment_rotation_and_keep_files(tmp_path, source_frames):
         path.write_bytes(b"not ours")
     for i, (image, t) in enumerate(source_frames):
         recorder.process([person_frame("cam", i, image, t)])
-        if i == 25:  # files 000 and 001 are closed and retention has run once
-            assert [p.name for p in recordings(tmp_path / "rec" / "cam")] == ["000.mp4", "001.mp4", "holiday.mp4"]
+        if i == 25:  # files 000 and 001 are closed and retention has run once; 002 is open
+            assert [p.name for p in recordings(tmp_path / "rec" / "cam")] == ["000.mp4", "001.mp4", "002.mp4",
+                                                                              "holiday.mp4"]
     recorder.close()
 
     kept = recordings(tmp_path / "rec" / "cam")

@@ -177,7 +177,8 @@ class ClipStage(Stage):
                                   track=first.track_id)
         start_time = frame.media_time - self.params.pre_s
         pending = sum(1 for buffered in clips.ring if buffered.media_time >= start_time)
-        writer = Mp4Writer(path, frame.width, frame.height, self.params.crf, self.params.preset)
+        writer = Mp4Writer(path, frame.width, frame.height, self.params.crf, self.params.preset,
+                             self.params.flush_s)
         clips.clip = _Clip(writer, end_time, [(event, frame.index) for event in events], pending)
         self.log.info("stream %s: %s at %.2f s; clip %s with %.2f s of pre-roll (%d frames, buffer %.1f MiB)",
                       frame.stream, first.kind, frame.media_time, path,

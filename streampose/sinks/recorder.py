@@ -13,6 +13,7 @@ buffered here beyond what the encoder holds.
 
 from __future__ import annotations
 
+import os
 import re
 import string
 import time
@@ -24,6 +25,7 @@ from pathlib import Path, PurePosixPath
 import av
 import cv2
 import numpy as np
+from av.video.frame import PictureType
 
 from streampose.frame import Event, Frame, StreamEvent
 from streampose.graph import schema
@@ -36,42 +38,70 @@ NOMINAL_RATE = 30
 # Media time may step back a little (rounding, jitter) and is then nudged forward;
 # a bigger step back is a new timeline (a looped file) and starts a new file.
 MAX_MEDIA_TIME_STEP_BACK_S = 0.5
+# A killed process leaves a playable file up to its last fragment: an empty moov up front,
+# then a fragment (moof + mdat) from each keyframe, each written out as it ends. Measured
+# against a plain MP4 with the same keyframes: 0.05% larger (squat_side_view, 960x544).
+FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+X264_KEYINT_INFINITE = 1 << 30
 FPS_WINDOW = 32  # frames over which the overlay's fps is measured
 BANNER_S = 3.0  # seconds of media time an event's banner stays on screen
 
 
 class Mp4Writer:
-    """One H.264 (yuv420p) MP4 file, written frame by frame.
+    """One H.264 (yuv420p) fragmented MP4 file, written frame by frame.
 
     width, height: size of the images that will be written, pixels. H.264 in
     yuv420p needs even sizes, so an odd size loses its last row or column.
+    flush_s: media time between keyframes, seconds. Each keyframe ends a fragment
+    (moof + mdat), which is then written and synced to disk, so a killed process (or
+    a power cut) leaves a file that plays up to its last fragment: it loses at most
+    flush_s plus the encoder's lookahead (x264 veryfast: 11 frames, 0.37 s at 30 fps).
+
+    A write that fails (a full disk) leaves the writer broken: `close` then abandons
+    the file without muxing anything more, because muxing into a container whose
+    header write failed makes FFmpeg write the header again over freed state and
+    crash the process (PyAV 18 / FFmpeg 8: SIGSEGV). A broken file keeps the
+    fragments that reached the disk, or is removed if none did.
     """
 
-    def __init__(self, path: Path, width: int, height: int, crf: int, preset: str):
+    def __init__(self, path: Path, width: int, height: int, crf: int, preset: str,
+                 flush_s: float = schema.Recorder.model_fields["flush_s"].default):
         if width < 2 or height < 2:
             raise ValueError(f"cannot record {width}x{height} images to {path}: both sides must be >= 2 pixels")
         self.path = path
         self.source_size = (width, height)
         self.width, self.height = width - width % 2, height - height % 2
+        self.flush_s = flush_s
         self.frames = 0
+        self.fragments = 0  # fragments written and synced to disk
+        self.broken: BaseException | None = None  # the error that broke the file
         self.start_time: float | None = None  # media time of the first frame, seconds
         self.last_media_time: float | None = None
         self._last_pts = -1
         self._frame_interval = 0  # pts units between the last two frames
+        self._keyframe_time: float | None = None  # media time of the last keyframe asked for
+        self._packets = 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(path), "w", format="mp4")
+        # The file is ours, not FFmpeg's: its descriptor is closed even when the header write
+        # fails (FFmpeg then leaks the one it opened), and it can be synced.
+        self._file = open(path, "wb", buffering=0)
         try:
+            self._container = av.open(self._file, "w", format="mp4", container_options=FRAGMENTED_MP4)
             self._stream = self._container.add_stream("libx264", rate=NOMINAL_RATE, time_base=TIME_BASE)
             self._stream.width, self._stream.height = self.width, self.height
             self._stream.pix_fmt = "yuv420p"
             self._stream.options = {"crf": str(crf), "preset": preset}
+            # Keyframes follow media time (write); x264's frame-count limit is moved out of the way.
+            self._stream.codec_context.gop_size = X264_KEYINT_INFINITE
         except BaseException:
-            self._container.close()
+            self._file.close()
             path.unlink(missing_ok=True)
             raise
 
     def write(self, image_bgr: np.ndarray, media_time: float) -> None:
         """Append `image_bgr` ((height, width, 3) uint8 BGR) shown at `media_time` seconds."""
+        if self.broken is not None:
+            raise RuntimeError(f"{self.path}: the file is broken by an earlier error: {self.broken}")
         if image_bgr.shape[1::-1] != self.source_size:
             raise ValueError(f"{self.path}: image is {image_bgr.shape[1]}x{image_bgr.shape[0]}, "
                              f"the file was opened for {self.source_size[0]}x{self.source_size[1]}")
@@ -83,6 +113,9 @@ class Mp4Writer:
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = pts
         frame.time_base = TIME_BASE
+        if self._keyframe_time is None or media_time - self._keyframe_time >= self.flush_s:
+            frame.pict_type = PictureType.I
+            self._keyframe_time = media_time
         if self._last_pts >= 0:
             self._frame_interval = pts - self._last_pts
         self._mux(self._stream.encode(frame))
@@ -93,9 +126,28 @@ class Mp4Writer:
     def _mux(self, packets: list[av.Packet]) -> None:
         # x264 gives packets no duration, and the muxer would take the last frame's from
         # the nominal rate; the latest frame interval is the best guess at hand.
+        fragment_ended = False
         for packet in packets:
             packet.duration = self._frame_interval
-        self._container.mux(packets)
+            fragment_ended |= packet.is_keyframe and self._packets > 0
+            self._packets += 1
+        try:
+            self._container.mux(packets)
+            if fragment_ended:  # the muxer wrote the fragment before the keyframe: make it durable
+                self._sync()
+        except BaseException as error:
+            self.broken = error
+            raise
+
+    def _sync(self) -> None:
+        os.fdatasync(self._file.fileno())
+        if not self.fragments:  # the file's name, too, must survive a power cut
+            folder = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        self.fragments += 1
 
     @property
     def duration(self) -> float:
@@ -103,17 +155,33 @@ class Mp4Writer:
         return 0.0 if self.start_time is None else self.last_media_time - self.start_time
 
     def close(self) -> None:
-        """Flush the encoder and finish the file; a file without frames is removed."""
-        if self._container is None:
+        """Flush the encoder and finish the file; a file without frames is removed, and so is a
+        broken one without a fragment on disk."""
+        container = self._container
+        if container is None:
             return
         try:
-            if self.frames:
-                self._mux(self._stream.encode(None))
+            if self.frames and self.broken is None:
+                try:
+                    self._mux(self._stream.encode(None))
+                    container.close()  # writes the last fragment
+                    self._sync()
+                except BaseException as error:
+                    self.broken = error
+                    raise
         finally:
-            container, self._container = self._container, None
-            container.close()
-            if not self.frames:
+            self._container = None
+            if self.broken is not None:
+                self._abandon(container)
+            self._file.close()
+            if not self.frames or (self.broken is not None and not self.fragments):
                 self.path.unlink(missing_ok=True)
+
+    def _abandon(self, container: av.container.OutputContainer) -> None:
+        try:
+            container.close()  # only frees the muxer: after a failed write its trailer fails too
+        except OSError:
+            pass
 
 
 class PathTemplate:
@@ -270,7 +338,7 @@ class RecorderStage(Stage):
         recording.files_opened += 1
         recording.segment = frame.segment
         self.log.info("recording stream %s to %s", frame.stream, path)
-        return Mp4Writer(path, frame.width, frame.height, self.params.crf, self.params.preset)
+        return Mp4Writer(path, frame.width, frame.height, self.params.crf, self.params.preset, self.params.flush_s)
 
     def _count_error(self, stream: str, recording: _StreamRecording, error: Exception) -> None:
         self.context.metrics.inc("errors", stage=self.id, stream=stream)
