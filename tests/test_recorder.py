@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from streampose.runtime.stage import StageContext
 from streampose.sinks.draw import draw_frame
 from streampose.sinks.recorder import PathTemplate, RecorderStage
 from conftest import VIDEOS, first_frames
+from small_disk import fill, small_disk
 
 VIDEO = VIDEOS / "fall_room_chair_320x240.mp4"  # 10 fps
 FRAME_COUNT = 40
@@ -263,3 +265,49 @@ def test_event_banner_stays_up_for_a_few_seconds(tmp_path, source_frames):
     event_time = times[5]
     shown = [banner_drawn(i) for i in range(len(images))]
     assert shown == [0 <= t - event_time <= BANNER_S + 1e-6 for t in times]
+
+
+def test_a_full_disk_pauses_the_recording_and_it_resumes_when_space_returns(tmp_path, source_frames, caplog):
+    """On a real 2 MiB tmpfs: the file being written when the disk fills keeps its fragments, later
+    frames are skipped with one log line, and recording resumes in a new file after space is freed."""
+    with small_disk(tmp_path / "disk") as disk:
+        recorder = make_recorder(disk, path="{stream}-{segment}.mp4", flush_s=0.5, draw=False)
+        fill(disk, leave=40_000)  # a few fragments of 320x240 video fit (~8-15 KB each)
+        index = 0
+
+        def feed(count: int) -> None:
+            nonlocal index
+            for _ in range(count):
+                image, _ = source_frames[index % FRAME_COUNT]
+                recorder.process([Frame("cam", index, image, time.time(), index * 0.1)])
+                index += 1
+
+        with caplog.at_level(logging.DEBUG, logger="streampose.stage.rec"):
+            deadline = time.monotonic() + 30
+            while recorder.pause.reason("cam") is None:
+                assert time.monotonic() < deadline, "the disk never filled"
+                feed(1)
+            full_at = index
+            assert "No space left on device" in recorder.pause.reason("cam")
+            gauges = {(f.name, s.labels["stream"]): s.value for f in recorder.context.metrics.collect()
+                      for s in f.samples if f.name == "streampose_sink_paused"}
+            assert gauges == {("streampose_sink_paused", "cam"): 1.0}
+            feed(200)  # skipped while paused, one error line in all
+            assert caplog.text.count("paused, retrying") == 1
+            assert not list(disk.glob("cam-1.mp4"))
+
+            # The abandoned file plays up to its last fragment on disk.
+            first = disk / "cam-0.mp4"
+            images, times, _ = decode(first)
+            assert 5 <= len(images) <= full_at
+            assert np.all(np.diff(times) > 0)
+
+            (disk / "filler.bin").unlink()
+            deadline = time.monotonic() + 30  # the first retry is due RETRY_FIRST_S after the failure
+            while recorder.pause.reason("cam") is not None:
+                assert time.monotonic() < deadline, "recording did not resume"
+                feed(1)
+            assert "writing resumed after" in caplog.text
+        recorder.close()
+        resumed = sorted(disk.glob("cam-*.mp4"))[-1]
+        assert resumed != first and len(decode(resumed)[0]) >= 5

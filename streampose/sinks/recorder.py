@@ -6,13 +6,22 @@ when media time jumps back, or when encoding a frame fails; the next frame start
 new one. After a file is closed the oldest files of that stream beyond
 `keep_files` / `keep_bytes` are deleted.
 
+Files are fragmented MP4 (Mp4Writer), synced every `flush_s` of media time, so a
+killed daemon leaves playable files. A storage error (a full disk) abandons the
+stream's file, keeping what reached the disk, and pauses that stream's recording
+with backoff (sinks/pause.py) while everything else runs on; with retention
+configured, a full disk also deletes the stream's oldest finished file before each
+retry.
+
 Frames are stamped with their media time relative to the file's first frame, so
 the file plays at real speed even when frames were dropped upstream. Nothing is
-buffered here beyond what the encoder holds.
+buffered here beyond what the encoder holds and the fragment being written.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import re
 import string
@@ -31,6 +40,8 @@ from streampose.frame import Event, Frame, StreamEvent
 from streampose.graph import schema
 from streampose.runtime.stage import Stage, StageContext
 from streampose.sinks.draw import draw_frame
+from streampose.sinks.pause import StoragePause
+from streampose.sinks.retention import apply_retention, make_room
 
 TIME_BASE = Fraction(1, 90000)
 # x264 needs a frame rate for its rate control; the timestamps carry the real timing.
@@ -60,8 +71,8 @@ class Mp4Writer:
     A write that fails (a full disk) leaves the writer broken: `close` then abandons
     the file without muxing anything more, because muxing into a container whose
     header write failed makes FFmpeg write the header again over freed state and
-    crash the process (PyAV 18 / FFmpeg 8: SIGSEGV). A broken file keeps the
-    fragments that reached the disk, or is removed if none did.
+    crash the process (PyAV 18 / FFmpeg 8: SIGSEGV). A broken file is cut back to
+    the fragments synced to disk, or removed if none was.
     """
 
     def __init__(self, path: Path, width: int, height: int, crf: int, preset: str,
@@ -81,10 +92,11 @@ class Mp4Writer:
         self._frame_interval = 0  # pts units between the last two frames
         self._keyframe_time: float | None = None  # media time of the last keyframe asked for
         self._packets = 0
+        self._synced_bytes = 0  # the file's size at its last sync: the end of its last fragment
         path.parent.mkdir(parents=True, exist_ok=True)
         # The file is ours, not FFmpeg's: its descriptor is closed even when the header write
         # fails (FFmpeg then leaks the one it opened), and it can be synced.
-        self._file = open(path, "wb", buffering=0)
+        self._file = _WholeWrites(path, "wb")
         try:
             self._container = av.open(self._file, "w", format="mp4", container_options=FRAGMENTED_MP4)
             self._stream = self._container.add_stream("libx264", rate=NOMINAL_RATE, time_base=TIME_BASE)
@@ -141,6 +153,7 @@ class Mp4Writer:
 
     def _sync(self) -> None:
         os.fdatasync(self._file.fileno())
+        self._synced_bytes = os.fstat(self._file.fileno()).st_size
         if not self.fragments:  # the file's name, too, must survive a power cut
             folder = os.open(self.path.parent, os.O_RDONLY)
             try:
@@ -182,6 +195,20 @@ class Mp4Writer:
             container.close()  # only frees the muxer: after a failed write its trailer fails too
         except OSError:
             pass
+        # Whatever reached the disk after the last fragment is a torn fragment: cut it off, so
+        # that the file ends cleanly (and a full disk gets those bytes back).
+        os.ftruncate(self._file.fileno(), self._synced_bytes)
+
+
+class _WholeWrites(io.FileIO):
+    """An unbuffered file whose `write` writes everything or raises. FFmpeg ignores a short
+    write (what a filling disk does first), so it would go on as if the bytes were written."""
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        while view:
+            view = view[super().write(view):]
+        return len(data)
 
 
 class PathTemplate:
@@ -291,6 +318,7 @@ class RecorderStage(Stage):
     def __init__(self, stage_id: str, params: schema.Recorder, context: StageContext):
         super().__init__(stage_id, params, context)
         self.paths = PathTemplate(params.path, context.output_dir, context.streams)
+        self.pause = StoragePause(self)
         self._streams: dict[str, _StreamRecording] = {}
 
     def process(self, frames: list[Frame]) -> None:
@@ -314,17 +342,25 @@ class RecorderStage(Stage):
         recording = self._streams.setdefault(frame.stream, _StreamRecording())
         if recording.writer is not None and self._needs_new_file(recording, frame):
             self._finish(frame.stream, recording)
+        if self.pause.skip(frame.stream):
+            return
         image = (draw_frame(frame, recording.overlay_for(frame), recording.banners_for(frame))
                  if self.params.draw else frame.image)
         try:
             if recording.writer is None:
                 recording.writer = self._open(frame, recording)
             recording.writer.write(image, frame.media_time)
+        except OSError as error:  # the storage, not the frame: a full disk, a vanished folder...
+            path = recording.writer.path if recording.writer else "a new file"
+            self._finish(frame.stream, recording)
+            self._storage_failed(frame.stream, path, error)
         except Exception as error:
             self._count_error(frame.stream, recording, error)
             self._finish(frame.stream, recording)
         else:
             recording.failing = False
+            if recording.writer.fragments:  # only a fragment on disk shows the storage works again
+                self.pause.succeeded(frame.stream)
 
     def _needs_new_file(self, recording: _StreamRecording, frame: Frame) -> bool:
         writer = recording.writer
@@ -350,6 +386,12 @@ class RecorderStage(Stage):
                            stream, path, exc_info=error)
         recording.failing = True
 
+    def _storage_failed(self, stream: str, path: Path | str, error: OSError) -> None:
+        """Pause the stream's recording; on a full disk, retention (if configured) makes room first."""
+        if error.errno in (errno.ENOSPC, errno.EDQUOT) and (self.params.keep_files or self.params.keep_bytes):
+            make_room(self._finished_files(stream), self.log, stream)
+        self.pause.failed(stream, f"recording {path}", error)
+
     def _finish(self, stream: str, recording: _StreamRecording) -> None:
         """Close the stream's open file (if any), then apply retention."""
         writer, recording.writer = recording.writer, None
@@ -357,27 +399,26 @@ class RecorderStage(Stage):
             return
         try:
             writer.close()
+        except OSError as error:
+            self._storage_failed(stream, writer.path, error)
         except Exception:
             self.log.exception("stream %s: error while closing %s", stream, writer.path)
-        if writer.frames:
+        if writer.broken is not None:
+            if writer.fragments:
+                self.log.info("stream %s: kept %s up to its last fragment on disk (%d fragments)", stream,
+                              writer.path, writer.fragments)
+        elif writer.frames:
             self.log.info("stream %s: closed %s (%d frames, %.1f s)", stream, writer.path, writer.frames,
                           writer.duration)
+        if writer.path.exists():
             self._apply_retention(stream, newest=writer.path)
 
-    def _apply_retention(self, stream: str, newest: Path) -> None:
-        keep_files, keep_bytes = self.params.keep_files, self.params.keep_bytes
-        if not keep_files and not keep_bytes:
-            return
+    def _finished_files(self, stream: str) -> list[Path]:
+        """The stream's recordings that are not open, oldest first."""
         open_files = {r.writer.path for r in self._streams.values() if r.writer is not None}
-        files = [p for p in self.paths.recordings(stream) if p not in open_files and p != newest]
-        files.append(newest)  # the file just closed is the newest and is always kept
-        sizes = [p.stat().st_size if p.exists() else 0 for p in files]
-        total = sum(sizes)
-        count = len(files)
-        for path, size in zip(files[:-1], sizes):
-            if not ((keep_files and count > keep_files) or (keep_bytes and total > keep_bytes)):
-                break
-            path.unlink(missing_ok=True)
-            self.log.info("stream %s: deleted %s (retention)", stream, path)
-            count -= 1
-            total -= size
+        return [p for p in self.paths.recordings(stream) if p not in open_files]
+
+    def _apply_retention(self, stream: str, newest: Path) -> None:
+        # The file just closed is the newest and is always kept.
+        files = [p for p in self._finished_files(stream) if p != newest] + [newest]
+        apply_retention(files, self.params.keep_files, self.params.keep_bytes, self.log, stream)
