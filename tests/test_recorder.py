@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+import yaml
 
 from streampose.frame import NUM_KEYPOINTS, Event, Frame, Persons, StreamEvent
 from streampose.graph import schema
@@ -338,17 +343,9 @@ def decodable_frames(path: Path) -> int:
     return frames
 
 
-def test_a_killed_daemon_leaves_every_recording_playable_up_to_one_flush_interval(tmp_path):
-    """A real daemon records a looping 10 fps video in real time; SIGKILL; every file decodes, and
-    all but the frames of the last flush interval (plus the encoder's lookahead) are in them."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    import yaml
-
-    flush_s, fps = 1.0, 10
+def start_daemon(tmp_path: Path, flush_s: float) -> tuple[subprocess.Popen, Path]:
+    """A real daemon (run_pipeline.py) recording VIDEO, looping in real time, to out/rec/ and writing
+    its pose messages to out/cam.jsonl; returns (process, out)."""
     graph = tmp_path / "graph.yml"
     graph.write_text(yaml.safe_dump({
         "sources": [{"id": "cam", "uri": str(VIDEO), "options": {"realtime": True, "loop": True}}],
@@ -361,12 +358,30 @@ def test_a_killed_daemon_leaves_every_recording_playable_up_to_one_flush_interva
     repo = Path(__file__).resolve().parent.parent
     daemon = subprocess.Popen([sys.executable, str(repo / "run_pipeline.py"), str(graph), "-o", str(out)],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return daemon, out
+
+
+def wait_for(condition, daemon: subprocess.Popen, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert daemon.poll() is None, f"the daemon exited with {daemon.returncode}: {daemon.stdout.read().decode()}"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.05)  # polling interval of the condition
+
+
+def jsonl_lines(out: Path) -> int:
+    path = out / "cam.jsonl"
+    return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+
+def test_a_killed_daemon_leaves_every_recording_playable_up_to_one_flush_interval(tmp_path):
+    """A real daemon records a looping 10 fps video in real time; SIGKILL; every file decodes, and
+    all but the frames of the last flush interval (plus the encoder's lookahead) are in them."""
+    flush_s, fps = 1.0, 10
+    daemon, out = start_daemon(tmp_path, flush_s)
     try:
-        deadline = time.monotonic() + 60
-        while not (out / "rec").is_dir() or not any(moof_count(p) >= 4 for p in (out / "rec").glob("*.mp4")):
-            assert daemon.poll() is None, daemon.stdout.read().decode()
-            assert time.monotonic() < deadline, "no recording with 4 fragments within 60 s"
-            time.sleep(0.05)  # polling interval of the condition above
+        wait_for(lambda: any(moof_count(p) >= 4 for p in (out / "rec").glob("*.mp4")), daemon,
+                 "a recording with 4 fragments")
         os.kill(daemon.pid, signal.SIGKILL)
         assert daemon.wait(10) == -signal.SIGKILL
     finally:
@@ -374,11 +389,36 @@ def test_a_killed_daemon_leaves_every_recording_playable_up_to_one_flush_interva
             daemon.kill()
         daemon.stdout.close()
 
-    processed = len((out / "cam.jsonl").read_bytes().splitlines())
+    processed = jsonl_lines(out)
     files = sorted((out / "rec").glob("*.mp4"))
     decoded = [decodable_frames(p) for p in files]
     assert all(decoded), dict(zip(files, decoded))
-    lost = processed - sum(decoded)
+    lost = processed - sum(decoded)  # measured: 12 frames
     encoder_lookahead = 11  # x264 veryfast, measured
     in_flight = 2  # runtime.in_flight: frames the JSONL sink may be ahead of the recorder
     assert 0 <= lost <= flush_s * fps + encoder_lookahead + in_flight, (processed, decoded)
+
+
+def test_a_daemon_whose_recording_disk_is_full_keeps_running_and_resumes_recording(tmp_path):
+    """The recorder's folder is a full 2 MiB tmpfs: the daemon keeps processing (its JSONL, on another
+    file system, grows), records nothing, and records again once space is freed; SIGTERM exits 0."""
+    with small_disk(tmp_path / "out" / "rec") as disk:
+        filler = fill(disk)
+        daemon, out = start_daemon(tmp_path, flush_s=0.5)
+        try:
+            wait_for(lambda: jsonl_lines(out) >= 30, daemon, "30 frames processed")
+            seen = jsonl_lines(out)
+            wait_for(lambda: jsonl_lines(out) >= seen + 30, daemon, "30 more frames processed on a full disk")
+            assert not any(moof_count(p) for p in disk.glob("*.mp4"))
+            filler.unlink()
+            wait_for(lambda: any(moof_count(p) >= 2 for p in disk.glob("*.mp4")), daemon,
+                     "recording resumed after space was freed")
+            daemon.send_signal(signal.SIGTERM)
+            output = daemon.communicate(timeout=30)[0].decode()
+            assert daemon.returncode == 0, output
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+    assert output.count("paused, retrying") == 1, output
+    assert "writing resumed after" in output
