@@ -58,7 +58,8 @@ class StoragePause:
         now = time.monotonic()
         paused = self._paused.get(stream)
         if paused is None:
-            paused = self._paused[stream] = _Paused(f"{error.strerror or error}: {what}", now, now, RETRY_FIRST_S, 1)
+            paused = self._paused[stream] = _Paused(reason=f"{error.strerror or error}: {what}", since=now,
+                                                    retry_at=now, wait_s=RETRY_FIRST_S, skipped=1)
             self.stage.log.error("stream %s: writing %s failed (%s); paused, retrying in %.0f s and then at up to "
                                  "%.0f s intervals", stream, what, error, RETRY_FIRST_S, RETRY_MAX_S)
         else:
