@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import VIDEOS, first_frames
+from small_disk import fill, small_disk
 from streampose.frame import Event, Frame, Persons, StreamEvent
 from streampose.graph import schema
 from streampose.graph.loader import GraphError, load_graph
@@ -56,12 +57,13 @@ def feed(stage: ClipStage, source_frames, events: dict[int, str], stream: str = 
 
 
 def decode(path: Path) -> tuple[list[np.ndarray], list[float], float]:
-    """(BGR images, frame times in seconds, stream duration in seconds) of an MP4 file."""
+    """(BGR images, frame times from the file's start in seconds, stream duration in seconds) of an MP4 file."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         decoded = list(container.decode(stream))
         duration = float(stream.duration * stream.time_base)
-    return [f.to_ndarray(format="bgr24") for f in decoded], [float(f.time) for f in decoded], duration
+        start = float(stream.start_time * stream.time_base)  # B-frame delay: fragmented MP4s have no edit list
+    return [f.to_ndarray(format="bgr24") for f in decoded], [float(f.time) - start for f in decoded], duration
 
 
 def clips_in(output_dir: Path) -> list[Path]:
@@ -229,3 +231,26 @@ def test_a_graph_with_a_clips_stage_loads_and_builds(tmp_path):
                      ({"events": ["x"], "pre": 3}, "pre")]:
         with pytest.raises(GraphError, match=key):
             load_graph(graph(bad))
+
+
+def test_a_full_disk_skips_clips_with_a_reason_and_they_come_back_after_space_is_freed(tmp_path, source_frames):
+    with small_disk(tmp_path / "disk") as disk:
+        stage = make_clips(disk, pre_s=0.3, post_s=0.3, path="{stream}_{event}.mp4")
+        fill(disk)
+        feed(stage, source_frames, {20: "fall_confirmed"}, count=40)
+        assert "No space left on device" in stage.pause.reason("cam")
+        assert clips_in(disk) == []
+
+        (disk / "filler.bin").unlink()
+        # Events keep coming; one is saved as a clip once the pause's first retry is due.
+        deadline, index = time.monotonic() + 30, 40
+        while not list(disk.glob("*.json")):
+            assert time.monotonic() < deadline, "clips did not come back"
+            image, _ = source_frames[index % FRAME_COUNT]
+            kinds = ["fall_confirmed"] if index % 10 == 0 else []
+            stage.process([make_frame("cam", index, image, index / 30, *kinds)])
+            index += 1
+        stage.close()
+        assert stage.pause.reason("cam") is None
+        for clip in clips_in(disk):
+            assert len(decode(clip)[0]) >= 9 and clip.with_suffix(".json").exists()

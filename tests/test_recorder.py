@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+import yaml
 
 from streampose.frame import NUM_KEYPOINTS, Event, Frame, Persons, StreamEvent
 from streampose.graph import schema
@@ -15,6 +21,7 @@ from streampose.runtime.stage import StageContext
 from streampose.sinks.draw import draw_frame
 from streampose.sinks.recorder import PathTemplate, RecorderStage
 from conftest import VIDEOS, first_frames
+from small_disk import fill, small_disk
 
 VIDEO = VIDEOS / "fall_room_chair_320x240.mp4"  # 10 fps
 FRAME_COUNT = 40
@@ -46,13 +53,14 @@ def make_recorder(output_dir: Path, streams=("cam",), **params) -> RecorderStage
 
 
 def decode(path: Path) -> tuple[list[np.ndarray], list[float], float]:
-    """(BGR images, frame times in seconds, stream duration in seconds) of an MP4 file."""
+    """(BGR images, frame times from the file's start in seconds, stream duration in seconds) of an MP4 file."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264"
         decoded = list(container.decode(stream))
         duration = float(stream.duration * stream.time_base)
-    return [f.to_ndarray(format="bgr24") for f in decoded], [float(f.time) for f in decoded], duration
+        start = float(stream.start_time * stream.time_base)  # B-frame delay: fragmented MP4s have no edit list
+    return [f.to_ndarray(format="bgr24") for f in decoded], [float(f.time) - start for f in decoded], duration
 
 
 def recordings(output_dir: Path) -> list[Path]:
@@ -118,8 +126,9 @@ def test_segment_rotation_and_keep_files(tmp_path, source_frames):
         path.write_bytes(b"not ours")
     for i, (image, t) in enumerate(source_frames):
         recorder.process([person_frame("cam", i, image, t)])
-        if i == 25:  # files 000 and 001 are closed and retention has run once
-            assert [p.name for p in recordings(tmp_path / "rec" / "cam")] == ["000.mp4", "001.mp4", "holiday.mp4"]
+        if i == 25:  # files 000 and 001 are closed and retention has run once; 002 is open
+            assert [p.name for p in recordings(tmp_path / "rec" / "cam")] == ["000.mp4", "001.mp4", "002.mp4",
+                                                                              "holiday.mp4"]
     recorder.close()
 
     kept = recordings(tmp_path / "rec" / "cam")
@@ -261,3 +270,155 @@ def test_event_banner_stays_up_for_a_few_seconds(tmp_path, source_frames):
     event_time = times[5]
     shown = [banner_drawn(i) for i in range(len(images))]
     assert shown == [0 <= t - event_time <= BANNER_S + 1e-6 for t in times]
+
+
+def test_a_full_disk_pauses_the_recording_and_it_resumes_when_space_returns(tmp_path, source_frames, caplog):
+    """On a real 2 MiB tmpfs: the file being written when the disk fills keeps its fragments, later
+    frames are skipped with one log line, and recording resumes in a new file after space is freed."""
+    with small_disk(tmp_path / "disk") as disk:
+        recorder = make_recorder(disk, path="{stream}-{segment}.mp4", flush_s=0.5, draw=False)
+        fill(disk, leave=40_000)  # a few fragments of 320x240 video fit (~8-15 KB each)
+        index = 0
+
+        def feed(count: int) -> None:
+            nonlocal index
+            for _ in range(count):
+                image, _ = source_frames[index % FRAME_COUNT]
+                recorder.process([Frame("cam", index, image, time.time(), index * 0.1)])
+                index += 1
+
+        with caplog.at_level(logging.DEBUG, logger="streampose.stage.rec"):
+            deadline = time.monotonic() + 30
+            while recorder.pause.reason("cam") is None:
+                assert time.monotonic() < deadline, "the disk never filled"
+                feed(1)
+            full_at = index
+            assert "No space left on device" in recorder.pause.reason("cam")
+            gauges = {(f.name, s.labels["stream"]): s.value for f in recorder.context.metrics.collect()
+                      for s in f.samples if f.name == "streampose_sink_paused"}
+            assert gauges == {("streampose_sink_paused", "cam"): 1.0}
+            feed(200)  # skipped while paused, one error line in all
+            assert caplog.text.count("paused, retrying") == 1
+            assert not list(disk.glob("cam-1.mp4"))
+
+            # The abandoned file plays up to its last fragment on disk.
+            first = disk / "cam-0.mp4"
+            images, times, _ = decode(first)
+            assert 5 <= len(images) <= full_at
+            assert np.all(np.diff(times) > 0)
+
+            (disk / "filler.bin").unlink()
+            deadline = time.monotonic() + 30  # the first retry is due RETRY_FIRST_S after the failure
+            while recorder.pause.reason("cam") is not None:
+                assert time.monotonic() < deadline, "recording did not resume"
+                feed(1)
+            assert "writing resumed after" in caplog.text
+        recorder.close()
+        resumed = sorted(disk.glob("cam-*.mp4"))[-1]
+        assert resumed != first and len(decode(resumed)[0]) >= 5
+
+
+def moof_count(path: Path) -> int:
+    """Complete fragments (moof + mdat) in a fragmented MP4 file, read from its box headers."""
+    data = path.read_bytes()
+    offset, complete = 0, 0
+    while offset + 8 <= len(data):
+        size, kind = int.from_bytes(data[offset:offset + 4], "big"), data[offset + 4:offset + 8]
+        if size < 8 or offset + size > len(data):
+            break
+        complete += kind == b"mdat" and offset > 0
+        offset += size
+    return complete
+
+
+def decodable_frames(path: Path) -> int:
+    """Frames PyAV decodes from `path`, stopping at the first undecodable packet (a torn last fragment)."""
+    frames = 0
+    with av.open(str(path)) as container:
+        try:
+            for packet in container.demux(video=0):
+                frames += len(packet.decode())
+        except av.error.InvalidDataError:
+            pass
+    return frames
+
+
+def start_daemon(tmp_path: Path, flush_s: float) -> tuple[subprocess.Popen, Path]:
+    """A real daemon (run_pipeline.py) recording VIDEO, looping in real time, to out/rec/ and writing
+    its pose messages to out/cam.jsonl; returns (process, out)."""
+    graph = tmp_path / "graph.yml"
+    graph.write_text(yaml.safe_dump({
+        "sources": [{"id": "cam", "uri": str(VIDEO), "options": {"realtime": True, "loop": True}}],
+        "stages": [{"id": "rec", "type": "recorder", "inputs": ["cam"], "path": "rec/{stream}_{segment}.mp4",
+                    "flush_s": flush_s, "draw": False},
+                   {"id": "log", "type": "jsonl", "inputs": ["cam"], "path": "{stream}.jsonl"}],
+        "runtime": {"metrics": {"bind": None}},
+    }))
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parent.parent
+    daemon = subprocess.Popen([sys.executable, str(repo / "run_pipeline.py"), str(graph), "-o", str(out)],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return daemon, out
+
+
+def wait_for(condition, daemon: subprocess.Popen, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert daemon.poll() is None, f"the daemon exited with {daemon.returncode}: {daemon.stdout.read().decode()}"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.05)  # polling interval of the condition
+
+
+def jsonl_lines(out: Path) -> int:
+    path = out / "cam.jsonl"
+    return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+
+def test_a_killed_daemon_leaves_every_recording_playable_up_to_one_flush_interval(tmp_path):
+    """A real daemon records a looping 10 fps video in real time; SIGKILL; every file decodes, and
+    all but the frames of the last flush interval (plus the encoder's lookahead) are in them."""
+    flush_s, fps = 1.0, 10
+    daemon, out = start_daemon(tmp_path, flush_s)
+    try:
+        wait_for(lambda: any(moof_count(p) >= 4 for p in (out / "rec").glob("*.mp4")), daemon,
+                 "a recording with 4 fragments")
+        os.kill(daemon.pid, signal.SIGKILL)
+        assert daemon.wait(10) == -signal.SIGKILL
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        daemon.stdout.close()
+
+    processed = jsonl_lines(out)
+    files = sorted((out / "rec").glob("*.mp4"))
+    decoded = [decodable_frames(p) for p in files]
+    assert all(decoded), dict(zip(files, decoded))
+    lost = processed - sum(decoded)  # measured: 12 frames
+    encoder_lookahead = 11  # x264 veryfast, measured
+    in_flight = 2  # runtime.in_flight: frames the JSONL sink may be ahead of the recorder
+    assert 0 <= lost <= flush_s * fps + encoder_lookahead + in_flight, (processed, decoded)
+
+
+def test_a_daemon_whose_recording_disk_is_full_keeps_running_and_resumes_recording(tmp_path):
+    """The recorder's folder is a full 2 MiB tmpfs: the daemon keeps processing (its JSONL, on another
+    file system, grows), records nothing, and records again once space is freed; SIGTERM exits 0."""
+    with small_disk(tmp_path / "out" / "rec") as disk:
+        filler = fill(disk)
+        daemon, out = start_daemon(tmp_path, flush_s=0.5)
+        try:
+            wait_for(lambda: jsonl_lines(out) >= 30, daemon, "30 frames processed")
+            seen = jsonl_lines(out)
+            wait_for(lambda: jsonl_lines(out) >= seen + 30, daemon, "30 more frames processed on a full disk")
+            assert not any(moof_count(p) for p in disk.glob("*.mp4"))
+            filler.unlink()
+            wait_for(lambda: any(moof_count(p) >= 2 for p in disk.glob("*.mp4")), daemon,
+                     "recording resumed after space was freed")
+            daemon.send_signal(signal.SIGTERM)
+            output = daemon.communicate(timeout=30)[0].decode()
+            assert daemon.returncode == 0, output
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+    assert output.count("paused, retrying") == 1, output
+    assert "writing resumed after" in output

@@ -144,10 +144,17 @@ class Recorder(StageBase):
                       "(YYYYMMDD) and {time} (HHMMSS) of the file's first capture, local time, and {segment} (the "
                       "file's number in its stream since start, from 0). An existing file is never overwritten: "
                       "a -1, -2... suffix is added.")
-    segment_s: float = Field(0.0, ge=0, description="Start a new file after this much media time, seconds; 0 = never.")
-    keep_files: int = Field(0, ge=0, description="Per stream, delete the oldest files beyond this count; 0 = keep all.")
-    keep_bytes: int = Field(0, ge=0, description="Per stream, delete the oldest files beyond this total size, bytes; "
-                            "0 = no limit. The newest file is always kept.")
+    segment_s: float = Field(600.0, ge=0, description="Start a new file after this much media time, seconds; "
+                             "0 = never.")
+    flush_s: float = Field(2.0, gt=0, le=60, description="Media time between keyframes, seconds; each ends a "
+                           "fragment of the MP4, written and synced to disk, so a killed daemon or a power cut "
+                           "loses at most this much (plus the encoder's 11-frame lookahead). Shorter costs bytes: "
+                           "2 s is ~4% larger than x264's default of 250 frames at 30 fps.")
+    keep_files: int = Field(0, ge=0, description="Per stream, delete the oldest finished files beyond this count; "
+                            "0 = keep all. When set (or keep_bytes), a full disk also deletes the stream's oldest "
+                            "finished file (never the newest) before each retry.")
+    keep_bytes: int = Field(0, ge=0, description="Per stream, delete the oldest finished files beyond this total "
+                            "size, bytes; 0 = no limit. The newest file is always kept.")
     crf: int = Field(23, ge=0, le=51, description="x264 constant rate factor (lower is better quality).")
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = Field(
         "veryfast", description="x264 speed preset.")
@@ -159,7 +166,17 @@ class Jsonl(StageBase):
 
     type: Literal["jsonl"]
     path: str = Field("jsonl/{stream}.jsonl", description="File path template under the output directory; "
-                      "field {stream}.")
+                      "field {stream}. This is the file being written; a finished one is renamed with the local "
+                      "date and time it ended before the suffix: jsonl/cam.20250131_142500.jsonl.")
+    segment_s: float = Field(3600.0, ge=0, description="Start a new file after the current one has been written "
+                             "for this long, wall-clock seconds; 0 = never.")
+    segment_bytes: int = Field(256 << 20, ge=0, description="Start a new file before the current one would "
+                               "exceed this size, bytes; 0 = no limit.")
+    keep_files: int = Field(0, ge=0, description="Per stream, delete the oldest finished files beyond this count; "
+                            "0 = keep all. When set (or keep_bytes), a full disk also deletes the stream's oldest "
+                            "finished file (never the newest) before each retry.")
+    keep_bytes: int = Field(0, ge=0, description="Per stream, delete the oldest finished files beyond this total "
+                            "size, bytes; 0 = no limit. The newest finished file is always kept.")
 
 
 class Clips(StageBase):
@@ -182,6 +199,9 @@ class Clips(StageBase):
                                   "frames the pre-roll ring buffer holds; the oldest frames go first.")
     jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of buffered frames, 10..100.")
     crf: int = Field(23, ge=0, le=51, description="x264 constant rate factor (lower is better quality).")
+    flush_s: float = Field(2.0, gt=0, le=60, description="Media time between keyframes, seconds; each ends a "
+                           "fragment of the MP4, written and synced to disk, so a killed daemon keeps the clip up "
+                           "to its last fragment.")
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = Field(
         "ultrafast", description="x264 speed preset; the pre-roll is encoded at twice the stream's rate "
         "while a clip catches up, so the fastest is the default.")

@@ -7,6 +7,10 @@ with the buffered frames from `pre_s` before it and runs until `post_s` after it
 another chosen event before the end extends the clip, so an incident is one
 clip, not several overlapping ones. On close, a sidecar (the clip's path ending in
 .json) lists the events as published on `event/<stream>`, and the clip's times.
+Clips are fragmented MP4 (recorder.Mp4Writer): a killed daemon leaves the open clip
+playable up to its last fragment. A storage error (a full disk) ends the clip, keeping
+what reached the disk, and pauses the stream's clips with backoff (sinks/pause.py);
+the ring buffer keeps filling, so the first clip after the pause gets its pre-roll.
 
 Why JPEG frames: any frame can open a clip, so the pre-roll starts exactly
 `pre_s` before the event (H.264 packets could only start at a keyframe), and a
@@ -27,6 +31,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -36,6 +41,7 @@ from streampose.frame import Event, Frame, StreamEvent
 from streampose.graph import schema
 from streampose.runtime.stage import Stage, StageContext
 from streampose.sinks.draw import draw_frame
+from streampose.sinks.pause import StoragePause
 from streampose.sinks.recorder import MAX_MEDIA_TIME_STEP_BACK_S, Mp4Writer, PathTemplate
 
 # Buffered frames written per incoming frame while a clip's pre-roll is behind.
@@ -99,6 +105,7 @@ class ClipStage(Stage):
         super().__init__(stage_id, params, context)
         self.paths = ClipPathTemplate(params.path, context.output_dir, context.streams)
         self.kinds = frozenset(params.events)
+        self.pause = StoragePause(self)
         self._streams: dict[str, _StreamClips] = {}
         for stream in context.streams:
             context.metrics.gauge("clip_buffer_bytes", lambda s=stream: self.buffer_bytes(s), stage=stage_id,
@@ -173,11 +180,20 @@ class ClipStage(Stage):
                           ", ".join(e.kind for e in events), clips.clip.writer.path.name, clips.clip.end_time)
             return
         first = events[0]
+        if self.pause.skip(frame.stream):
+            self.log.warning("stream %s: no clip for %s at %.2f s: %s", frame.stream, first.kind, frame.media_time,
+                             self.pause.reason(frame.stream))
+            return
         path = self.paths.resolve(frame.stream, first.capture_time, event=_file_safe(first.kind),
                                   track=first.track_id)
         start_time = frame.media_time - self.params.pre_s
         pending = sum(1 for buffered in clips.ring if buffered.media_time >= start_time)
-        writer = Mp4Writer(path, frame.width, frame.height, self.params.crf, self.params.preset)
+        try:
+            writer = Mp4Writer(path, frame.width, frame.height, self.params.crf, self.params.preset,
+                               self.params.flush_s)
+        except OSError as error:
+            self.pause.failed(frame.stream, f"clip {path}", error)
+            return
         clips.clip = _Clip(writer, end_time, [(event, frame.index) for event in events], pending)
         self.log.info("stream %s: %s at %.2f s; clip %s with %.2f s of pre-roll (%d frames, buffer %.1f MiB)",
                       frame.stream, first.kind, frame.media_time, path,
@@ -192,6 +208,10 @@ class ClipStage(Stage):
                 clip.writer.write(cv2.imdecode(buffered.jpeg, cv2.IMREAD_COLOR), buffered.media_time)
                 clip.pending -= 1
                 most -= 1
+        except OSError as error:  # the storage: a full disk...
+            self.pause.failed(stream, f"clip {clip.writer.path}", error)
+            clips.clip = None
+            self._close(stream, clip)
         except Exception as error:
             self.context.metrics.inc("errors", stage=self.id, stream=stream)
             self.log.error("stream %s: writing clip %s failed; closing it", stream, clip.writer.path,
@@ -230,11 +250,29 @@ class ClipStage(Stage):
         writer = clip.writer
         try:
             writer.close()
+        except OSError as error:
+            self.pause.failed(stream, f"clip {writer.path}", error)
         except Exception:
             self.log.exception("stream %s: error while closing clip %s", stream, writer.path)
-        if not writer.frames:
+        if not writer.path.exists():
             return
+        if writer.broken is not None:
+            self.log.info("stream %s: kept clip %s up to its last fragment on disk (%d fragments)", stream,
+                          writer.path, writer.fragments)
         sidecar = writer.path.with_suffix(".json")
+        try:
+            self._write_sidecar(stream, clip, sidecar)
+        except OSError as error:
+            self.pause.failed(stream, f"clip sidecar {sidecar}", error)
+            return
+        if writer.broken is None:
+            self.pause.succeeded(stream)
+            self.log.info("stream %s: saved clip %s (%d frames, %.2f s, %d event(s)%s)", stream, writer.path,
+                          writer.frames, writer.duration, len(clip.events),
+                          f", {clip.lost_frames} frames lost to max_buffer_bytes" if clip.lost_frames else "")
+
+    def _write_sidecar(self, stream: str, clip: _Clip, sidecar: Path) -> None:
+        writer = clip.writer
         sidecar.write_bytes(messages.encode({
             "stream": stream,
             "clip": writer.path.name,
@@ -245,9 +283,6 @@ class ClipStage(Stage):
             "frames_lost": clip.lost_frames,
             "events": [messages.event_message(event, index) for event, index in clip.events],
         }, "json"))
-        self.log.info("stream %s: saved clip %s (%d frames, %.2f s, %d event(s)%s)", stream, writer.path,
-                      writer.frames, writer.duration, len(clip.events),
-                      f", {clip.lost_frames} frames lost to max_buffer_bytes" if clip.lost_frames else "")
 
 
 def _file_safe(text: str) -> str:

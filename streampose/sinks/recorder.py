@@ -6,13 +6,23 @@ when media time jumps back, or when encoding a frame fails; the next frame start
 new one. After a file is closed the oldest files of that stream beyond
 `keep_files` / `keep_bytes` are deleted.
 
+Files are fragmented MP4 (Mp4Writer), synced every `flush_s` of media time, so a
+killed daemon leaves playable files. A storage error (a full disk) abandons the
+stream's file, keeping what reached the disk, and pauses that stream's recording
+with backoff (sinks/pause.py) while everything else runs on; with retention
+configured, a full disk also deletes the stream's oldest finished file before each
+retry.
+
 Frames are stamped with their media time relative to the file's first frame, so
 the file plays at real speed even when frames were dropped upstream. Nothing is
-buffered here beyond what the encoder holds.
+buffered here beyond what the encoder holds and the fragment being written.
 """
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import re
 import string
 import time
@@ -24,11 +34,14 @@ from pathlib import Path, PurePosixPath
 import av
 import cv2
 import numpy as np
+from av.video.frame import PictureType
 
 from streampose.frame import Event, Frame, StreamEvent
 from streampose.graph import schema
 from streampose.runtime.stage import Stage, StageContext
 from streampose.sinks.draw import draw_frame
+from streampose.sinks.pause import StoragePause
+from streampose.sinks.retention import apply_retention, make_room
 
 TIME_BASE = Fraction(1, 90000)
 # x264 needs a frame rate for its rate control; the timestamps carry the real timing.
@@ -36,42 +49,71 @@ NOMINAL_RATE = 30
 # Media time may step back a little (rounding, jitter) and is then nudged forward;
 # a bigger step back is a new timeline (a looped file) and starts a new file.
 MAX_MEDIA_TIME_STEP_BACK_S = 0.5
+# A killed process leaves a playable file up to its last fragment: an empty moov up front,
+# then a fragment (moof + mdat) from each keyframe, each written out as it ends. Measured
+# against a plain MP4 with the same keyframes: 0.05% larger (squat_side_view, 960x544).
+FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+X264_KEYINT_INFINITE = 1 << 30
 FPS_WINDOW = 32  # frames over which the overlay's fps is measured
 BANNER_S = 3.0  # seconds of media time an event's banner stays on screen
 
 
 class Mp4Writer:
-    """One H.264 (yuv420p) MP4 file, written frame by frame.
+    """One H.264 (yuv420p) fragmented MP4 file, written frame by frame.
 
     width, height: size of the images that will be written, pixels. H.264 in
     yuv420p needs even sizes, so an odd size loses its last row or column.
+    flush_s: media time between keyframes, seconds. Each keyframe ends a fragment
+    (moof + mdat), which is then written and synced to disk, so a killed process (or
+    a power cut) leaves a file that plays up to its last fragment: it loses at most
+    flush_s plus the encoder's lookahead (x264 veryfast: 11 frames, 0.37 s at 30 fps).
+
+    A write that fails (a full disk) leaves the writer broken: `close` then abandons
+    the file without muxing anything more, because muxing into a container whose
+    header write failed makes FFmpeg write the header again over freed state and
+    crash the process (PyAV 18 / FFmpeg 8: SIGSEGV). A broken file is cut back to
+    the fragments synced to disk, or removed if none was.
     """
 
-    def __init__(self, path: Path, width: int, height: int, crf: int, preset: str):
+    def __init__(self, path: Path, width: int, height: int, crf: int, preset: str,
+                 flush_s: float = schema.Recorder.model_fields["flush_s"].default):
         if width < 2 or height < 2:
             raise ValueError(f"cannot record {width}x{height} images to {path}: both sides must be >= 2 pixels")
         self.path = path
         self.source_size = (width, height)
         self.width, self.height = width - width % 2, height - height % 2
+        self.flush_s = flush_s
         self.frames = 0
+        self.fragments = 0  # fragments written and synced to disk
+        self.broken: BaseException | None = None  # the error that broke the file
         self.start_time: float | None = None  # media time of the first frame, seconds
         self.last_media_time: float | None = None
         self._last_pts = -1
         self._frame_interval = 0  # pts units between the last two frames
+        self._keyframe_time: float | None = None  # media time of the last keyframe asked for
+        self._packets = 0
+        self._synced_bytes = 0  # the file's size at its last sync: the end of its last fragment
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(path), "w", format="mp4")
+        # The file is ours, not FFmpeg's: its descriptor is closed even when the header write
+        # fails (FFmpeg then leaks the one it opened), and it can be synced.
+        self._file = _WholeWrites(path, "wb")
         try:
+            self._container = av.open(self._file, "w", format="mp4", container_options=FRAGMENTED_MP4)
             self._stream = self._container.add_stream("libx264", rate=NOMINAL_RATE, time_base=TIME_BASE)
             self._stream.width, self._stream.height = self.width, self.height
             self._stream.pix_fmt = "yuv420p"
             self._stream.options = {"crf": str(crf), "preset": preset}
+            # Keyframes follow media time (write); x264's frame-count limit is moved out of the way.
+            self._stream.codec_context.gop_size = X264_KEYINT_INFINITE
         except BaseException:
-            self._container.close()
+            self._file.close()
             path.unlink(missing_ok=True)
             raise
 
     def write(self, image_bgr: np.ndarray, media_time: float) -> None:
         """Append `image_bgr` ((height, width, 3) uint8 BGR) shown at `media_time` seconds."""
+        if self.broken is not None:
+            raise RuntimeError(f"{self.path}: the file is broken by an earlier error: {self.broken}")
         if image_bgr.shape[1::-1] != self.source_size:
             raise ValueError(f"{self.path}: image is {image_bgr.shape[1]}x{image_bgr.shape[0]}, "
                              f"the file was opened for {self.source_size[0]}x{self.source_size[1]}")
@@ -83,6 +125,9 @@ class Mp4Writer:
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = pts
         frame.time_base = TIME_BASE
+        if self._keyframe_time is None or media_time - self._keyframe_time >= self.flush_s:
+            frame.pict_type = PictureType.I
+            self._keyframe_time = media_time
         if self._last_pts >= 0:
             self._frame_interval = pts - self._last_pts
         self._mux(self._stream.encode(frame))
@@ -93,9 +138,29 @@ class Mp4Writer:
     def _mux(self, packets: list[av.Packet]) -> None:
         # x264 gives packets no duration, and the muxer would take the last frame's from
         # the nominal rate; the latest frame interval is the best guess at hand.
+        fragment_ended = False
         for packet in packets:
             packet.duration = self._frame_interval
-        self._container.mux(packets)
+            fragment_ended |= packet.is_keyframe and self._packets > 0
+            self._packets += 1
+        try:
+            self._container.mux(packets)
+            if fragment_ended:  # the muxer wrote the fragment before the keyframe: make it durable
+                self._sync()
+        except BaseException as error:
+            self.broken = error
+            raise
+
+    def _sync(self) -> None:
+        os.fdatasync(self._file.fileno())
+        self._synced_bytes = os.fstat(self._file.fileno()).st_size
+        if not self.fragments:  # the file's name, too, must survive a power cut
+            folder = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        self.fragments += 1
 
     @property
     def duration(self) -> float:
@@ -103,17 +168,47 @@ class Mp4Writer:
         return 0.0 if self.start_time is None else self.last_media_time - self.start_time
 
     def close(self) -> None:
-        """Flush the encoder and finish the file; a file without frames is removed."""
-        if self._container is None:
+        """Flush the encoder and finish the file; a file without frames is removed, and so is a
+        broken one without a fragment on disk."""
+        container = self._container
+        if container is None:
             return
         try:
-            if self.frames:
-                self._mux(self._stream.encode(None))
+            if self.frames and self.broken is None:
+                try:
+                    self._mux(self._stream.encode(None))
+                    container.close()  # writes the last fragment
+                    self._sync()
+                except BaseException as error:
+                    self.broken = error
+                    raise
         finally:
-            container, self._container = self._container, None
-            container.close()
-            if not self.frames:
+            self._container = None
+            if self.broken is not None:
+                self._abandon(container)
+            self._file.close()
+            if not self.frames or (self.broken is not None and not self.fragments):
                 self.path.unlink(missing_ok=True)
+
+    def _abandon(self, container: av.container.OutputContainer) -> None:
+        try:
+            container.close()  # only frees the muxer: after a failed write its trailer fails too
+        except OSError:
+            pass
+        # Whatever reached the disk after the last fragment is a torn fragment: cut it off, so
+        # that the file ends cleanly (and a full disk gets those bytes back).
+        os.ftruncate(self._file.fileno(), self._synced_bytes)
+
+
+class _WholeWrites(io.FileIO):
+    """An unbuffered file whose `write` writes everything or raises. FFmpeg ignores a short
+    write (what a filling disk does first), so it would go on as if the bytes were written."""
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        while view:
+            view = view[super().write(view):]
+        return len(data)
 
 
 class PathTemplate:
@@ -223,6 +318,7 @@ class RecorderStage(Stage):
     def __init__(self, stage_id: str, params: schema.Recorder, context: StageContext):
         super().__init__(stage_id, params, context)
         self.paths = PathTemplate(params.path, context.output_dir, context.streams)
+        self.pause = StoragePause(self)
         self._streams: dict[str, _StreamRecording] = {}
 
     def process(self, frames: list[Frame]) -> None:
@@ -246,17 +342,25 @@ class RecorderStage(Stage):
         recording = self._streams.setdefault(frame.stream, _StreamRecording())
         if recording.writer is not None and self._needs_new_file(recording, frame):
             self._finish(frame.stream, recording)
+        if self.pause.skip(frame.stream):
+            return
         image = (draw_frame(frame, recording.overlay_for(frame), recording.banners_for(frame))
                  if self.params.draw else frame.image)
         try:
             if recording.writer is None:
                 recording.writer = self._open(frame, recording)
             recording.writer.write(image, frame.media_time)
+        except OSError as error:  # the storage, not the frame: a full disk, a vanished folder...
+            path = recording.writer.path if recording.writer else "a new file"
+            self._finish(frame.stream, recording)
+            self._storage_failed(frame.stream, path, error)
         except Exception as error:
             self._count_error(frame.stream, recording, error)
             self._finish(frame.stream, recording)
         else:
             recording.failing = False
+            if recording.writer.fragments:  # only a fragment on disk shows the storage works again
+                self.pause.succeeded(frame.stream)
 
     def _needs_new_file(self, recording: _StreamRecording, frame: Frame) -> bool:
         writer = recording.writer
@@ -270,7 +374,7 @@ class RecorderStage(Stage):
         recording.files_opened += 1
         recording.segment = frame.segment
         self.log.info("recording stream %s to %s", frame.stream, path)
-        return Mp4Writer(path, frame.width, frame.height, self.params.crf, self.params.preset)
+        return Mp4Writer(path, frame.width, frame.height, self.params.crf, self.params.preset, self.params.flush_s)
 
     def _count_error(self, stream: str, recording: _StreamRecording, error: Exception) -> None:
         self.context.metrics.inc("errors", stage=self.id, stream=stream)
@@ -282,6 +386,12 @@ class RecorderStage(Stage):
                            stream, path, exc_info=error)
         recording.failing = True
 
+    def _storage_failed(self, stream: str, path: Path | str, error: OSError) -> None:
+        """Pause the stream's recording; on a full disk, retention (if configured) makes room first."""
+        if error.errno in (errno.ENOSPC, errno.EDQUOT) and (self.params.keep_files or self.params.keep_bytes):
+            make_room(self._finished_files(stream), self.log, stream)
+        self.pause.failed(stream, f"recording {path}", error)
+
     def _finish(self, stream: str, recording: _StreamRecording) -> None:
         """Close the stream's open file (if any), then apply retention."""
         writer, recording.writer = recording.writer, None
@@ -289,27 +399,26 @@ class RecorderStage(Stage):
             return
         try:
             writer.close()
+        except OSError as error:
+            self._storage_failed(stream, writer.path, error)
         except Exception:
             self.log.exception("stream %s: error while closing %s", stream, writer.path)
-        if writer.frames:
+        if writer.broken is not None:
+            if writer.fragments:
+                self.log.info("stream %s: kept %s up to its last fragment on disk (%d fragments)", stream,
+                              writer.path, writer.fragments)
+        elif writer.frames:
             self.log.info("stream %s: closed %s (%d frames, %.1f s)", stream, writer.path, writer.frames,
                           writer.duration)
+        if writer.path.exists():
             self._apply_retention(stream, newest=writer.path)
 
-    def _apply_retention(self, stream: str, newest: Path) -> None:
-        keep_files, keep_bytes = self.params.keep_files, self.params.keep_bytes
-        if not keep_files and not keep_bytes:
-            return
+    def _finished_files(self, stream: str) -> list[Path]:
+        """The stream's recordings that are not open, oldest first."""
         open_files = {r.writer.path for r in self._streams.values() if r.writer is not None}
-        files = [p for p in self.paths.recordings(stream) if p not in open_files and p != newest]
-        files.append(newest)  # the file just closed is the newest and is always kept
-        sizes = [p.stat().st_size if p.exists() else 0 for p in files]
-        total = sum(sizes)
-        count = len(files)
-        for path, size in zip(files[:-1], sizes):
-            if not ((keep_files and count > keep_files) or (keep_bytes and total > keep_bytes)):
-                break
-            path.unlink(missing_ok=True)
-            self.log.info("stream %s: deleted %s (retention)", stream, path)
-            count -= 1
-            total -= size
+        return [p for p in self.paths.recordings(stream) if p not in open_files]
+
+    def _apply_retention(self, stream: str, newest: Path) -> None:
+        # The file just closed is the newest and is always kept.
+        files = [p for p in self._finished_files(stream) if p != newest] + [newest]
+        apply_retention(files, self.params.keep_files, self.params.keep_bytes, self.log, stream)
