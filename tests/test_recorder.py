@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import av
@@ -343,7 +347,7 @@ def decodable_frames(path: Path) -> int:
     return frames
 
 
-def start_daemon(tmp_path: Path, flush_s: float) -> tuple[subprocess.Popen, Path]:
+def start_daemon(tmp_path: Path, flush_s: float, metrics_bind: str | None = None) -> tuple[subprocess.Popen, Path]:
     """A real daemon (run_pipeline.py) recording VIDEO, looping in real time, to out/rec/ and writing
     its pose messages to out/cam.jsonl; returns (process, out)."""
     graph = tmp_path / "graph.yml"
@@ -352,7 +356,7 @@ def start_daemon(tmp_path: Path, flush_s: float) -> tuple[subprocess.Popen, Path
         "stages": [{"id": "rec", "type": "recorder", "inputs": ["cam"], "path": "rec/{stream}_{segment}.mp4",
                     "flush_s": flush_s, "draw": False},
                    {"id": "log", "type": "jsonl", "inputs": ["cam"], "path": "{stream}.jsonl"}],
-        "runtime": {"metrics": {"bind": None}},
+        "runtime": {"metrics": {"bind": metrics_bind}},
     }))
     out = tmp_path / "out"
     repo = Path(__file__).resolve().parent.parent
@@ -402,17 +406,32 @@ def test_a_killed_daemon_leaves_every_recording_playable_up_to_one_flush_interva
 def test_a_daemon_whose_recording_disk_is_full_keeps_running_and_resumes_recording(tmp_path):
     """The recorder's folder is a full 2 MiB tmpfs: the daemon keeps processing (its JSONL, on another
     file system, grows), records nothing, and records again once space is freed; SIGTERM exits 0."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def health() -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                return reply.status, json.load(reply)
+        except urllib.error.HTTPError as reply:
+            return reply.code, json.load(reply)
+
     with small_disk(tmp_path / "out" / "rec") as disk:
         filler = fill(disk)
-        daemon, out = start_daemon(tmp_path, flush_s=0.5)
+        daemon, out = start_daemon(tmp_path, flush_s=0.5, metrics_bind=f"127.0.0.1:{port}")
         try:
             wait_for(lambda: jsonl_lines(out) >= 30, daemon, "30 frames processed")
             seen = jsonl_lines(out)
             wait_for(lambda: jsonl_lines(out) >= seen + 30, daemon, "30 more frames processed on a full disk")
             assert not any(moof_count(p) for p in disk.glob("*.mp4"))
+            code, report = health()
+            assert code == 503 and report["state"] == "degraded", report
+            assert "No space left on device" in report["streams"]["cam"]["paused"]["rec"], report
             filler.unlink()
             wait_for(lambda: any(moof_count(p) >= 2 for p in disk.glob("*.mp4")), daemon,
                      "recording resumed after space was freed")
+            assert "paused" not in health()[1]["streams"]["cam"]
             daemon.send_signal(signal.SIGTERM)
             output = daemon.communicate(timeout=30)[0].decode()
             assert daemon.returncode == 0, output

@@ -131,8 +131,8 @@ def readiness(pipeline: Pipeline | None) -> tuple[bool, dict]:
 
 def report(pipeline: Pipeline | None) -> tuple[bool, dict]:
     """/health: the overall state and every stream's. 200 while `starting` or `running`, 503
-    while `degraded` (a stream reconnecting, degraded or overloaded), `stopping` or `failed`
-    (not alive, see /livez)."""
+    while `degraded` (a stream reconnecting, degraded or overloaded, or a sink paused for a
+    stream), `stopping` or `failed` (not alive, see /livez)."""
     if pipeline is None:
         return True, {"state": "starting", "detail": "building the graph (loading models)", "streams": {}}
     problems = _problems(pipeline)
@@ -148,6 +148,10 @@ def report(pipeline: Pipeline | None) -> tuple[bool, dict]:
                         "decode_errors": metrics.count("decode_errors", stream=sid)}
         if reason:
             streams[sid]["reason"] = reason
+        paused = {stage_id: why for stage_id, runner in pipeline.runners.items()
+                  if (why := runner.stage.paused_reason(sid))}
+        if paused:
+            streams[sid]["paused"] = paused  # stage id -> why, e.g. a recorder on a full disk
     states = {s["state"] for s in streams.values()}
     if pipeline.lifecycle == "stopping":
         overall = "stopping"
@@ -155,7 +159,7 @@ def report(pipeline: Pipeline | None) -> tuple[bool, dict]:
         overall = "failed"
     elif not ready:
         overall = "starting"
-    elif states & {"reconnecting", "degraded", "overloaded"}:
+    elif states & {"reconnecting", "degraded", "overloaded"} or any("paused" in s for s in streams.values()):
         overall = "degraded"
     else:
         overall = "running"

@@ -49,6 +49,8 @@ GAUGES = {
     "queue_depth": "Frames and stream events waiting in a stage's input queue, by stage.",
     "clip_buffer_bytes": "Bytes of JPEG frames held in a clips stage's ring buffer, by stage and stream.",
     "clip_buffer_seconds": "Seconds of video held in a clips stage's ring buffer, by stage and stream.",
+    "sink_paused": "1 while a sink has stopped writing a stream after a storage error (a full disk), by stage "
+                   "and stream; it retries with backoff.",
 }
 
 

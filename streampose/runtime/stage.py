@@ -68,5 +68,10 @@ class Stage:
     def on_stream_event(self, event: StreamEvent) -> None:
         """A stream had a gap or ended; stages with per-stream state reset it."""
 
+    def paused_reason(self, stream: str) -> str | None:
+        """Why this stage has stopped doing its work for `stream` for now (a sink whose disk is
+        full, say), for /health; None while it works."""
+        return None
+
     def close(self) -> None:
         """The graph is stopping: flush and release everything."""

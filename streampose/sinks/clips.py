@@ -133,6 +133,9 @@ class ClipStage(Stage):
             self._finish(event.stream, clips)
             del self._streams[event.stream]
 
+    def paused_reason(self, stream: str) -> str | None:
+        return self.pause.reason(stream)
+
     def close(self) -> None:
         for stream, clips in self._streams.items():
             self._finish(stream, clips)

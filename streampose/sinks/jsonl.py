@@ -135,6 +135,9 @@ class JsonlStage(Stage):
         if current is not None:
             current.file.close()
 
+    def paused_reason(self, stream: str) -> str | None:
+        return self.pause.reason(stream)
+
     def close(self) -> None:
         for stream in list(self._files):
             self._close(stream)

@@ -334,6 +334,9 @@ class RecorderStage(Stage):
         if event.kind in ("lost", "ended") or event.segment != recording.segment:
             self._finish(event.stream, recording)
 
+    def paused_reason(self, stream: str) -> str | None:
+        return self.pause.reason(stream)
+
     def close(self) -> None:
         for stream, recording in self._streams.items():
             self._finish(stream, recording)
