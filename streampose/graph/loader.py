@@ -301,6 +301,8 @@ def _owner(data: dict, path: Path_) -> tuple[str, Path_]:
             name = item.get("id") if isinstance(item, dict) else None
         except (IndexError, KeyError, TypeError):
             name = None
+        if isinstance(name, str) and len(name) > 64:  # an id the schema refuses: one line stays short
+            name = f"{name[:40]}..."
         label = f"{kind} '{name}'" if name else f"{kind} #{path[1] + 1}"
         return label, path[2:]
     if path and path[0] == "runtime":
