@@ -41,7 +41,7 @@ def run(args) -> int:
     from streampose.runtime.monitor import BindError, MonitorServer, PeriodicLog
 
     try:
-        graph = load_graph(args.graph, args.overrides)
+        graph = load_graph(args.graph, args.overrides, import_plugins=True)
         check_graph(graph, _model_paths(args), args.output)  # fail before any model loads; binds report below
     except GraphError as error:
         print(error, file=sys.stderr)
@@ -195,7 +195,11 @@ def infer_command(args) -> int:
 
 def keys(args) -> int:
     from streampose.sinks.publisher import make_curve_keys
-    public, secret = make_curve_keys(Path(args.directory))
+    try:
+        public, secret = make_curve_keys(Path(args.directory))
+    except OSError as error:  # keys there already (FileExistsError says what to do), a folder not writable
+        print(f"streampose keys: {error}", file=sys.stderr)
+        return 2
     print(f"public key: {public}\nsecret key: {secret} (keep it private; name it in the publisher's curve_secret_key)")
     return 0
 

@@ -33,7 +33,7 @@ from streampose.sinks.draw import draw_frame
 from streampose.sinks.recorder import Mp4Writer
 from streampose.sources.capture import NETWORK_SCHEMES, WEBCAM_PREFIX, Capture
 from streampose.sources.images import IMAGE_SUFFIXES, find_images
-from streampose.sources.video import redact
+from streampose.sources.urls import mask_credentials
 from streampose.stages import STAGE_CLASSES
 
 # Packaged beside this module, so that it is found from any folder and in a pip install, where
@@ -205,7 +205,7 @@ class Video:
             if isinstance(item, StreamEvent) and item.kind in ("lost", "ended") and not started:
                 fix = ("check the address or device, and that the camera or stream is up" if self.capture.live
                        else "give a video file that has frames")
-                raise InputError(f"{redact(self.uri)}: {item.detail}; {fix}")
+                raise InputError(f"{mask_credentials(self.uri)}: {item.detail}; {fix}")
             started = started or isinstance(item, Frame)
             yield item
 

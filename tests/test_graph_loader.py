@@ -28,8 +28,7 @@ MALFORMED = [
      ["{f}:6:11: stage 'detect': unknown stage type 'nop' (did you mean 'noop'?); valid types: "
       "noop, publisher, recorder, jsonl, clips, detector, keypoints, tracker, smoother, lift3d, jde, plugin"]),
     ("wrong type", GOOD.replace("max_size: 4", "max_size: four"),
-     ["{f}:7:23: stage 'detect': key 'batch.max_size': input should be a valid integer, "
-      "unable to parse string as an integer, got 'four'"]),
+     ["{f}:7:23: stage 'detect': key 'batch.max_size': input should be a valid integer, got 'four'"]),
     ("out of range", GOOD.replace("max_size: 4", "max_size: 0"),
      ["{f}:7:23: stage 'detect': key 'batch.max_size': input should be greater than or equal to 1, got 0"]),
     ("missing required key", GOOD.replace("    uri: clip.mp4\n", ""),

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import socket
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -257,4 +258,10 @@ def _output_dir_problem(folder: Path) -> str | None:
         return f"{existing} is a file, not a folder; choose another output folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"cannot write in {existing} (permission denied); choose a folder you can write to"
+    # The permission bits do not tell for root, nor in /proc, /sys or a read-only mount: make
+    # (and remove at once) the folder a sink would make first.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".streampose-check-", dir=existing))
+    except OSError as error:
+        return f"cannot make folders in {existing} ({error.strerror}); choose a folder you can write to"
     return None

@@ -47,6 +47,92 @@ class LoadedGraph:
         return self.locations.where(path, key) if self.locations else str(self.path)
 
 
+# --------------------------------------------------------------------------- reading YAML
+
+# Bounds on what a graph file may make the reader do. The shipped graphs stay far below
+# each; a hostile or broken file meets one in milliseconds instead of exhausting memory
+# (an alias bomb), the stack (deep nesting, a recursive alias) or the CPU (a huge integer).
+MAX_DEPTH = 32  # nested mappings and lists
+MAX_ALIASES = 64  # *name references in one document
+MAX_NODES = 20_000  # nodes of the document with every alias expanded
+MAX_INT_CHARS = 24  # an integer's text, signs and underscores included (int64 needs 20)
+
+
+class _Refused(Exception):
+    """The reader refused a document: a one-line problem at a YAML mark, inside `path`
+    (keys and indices) when known."""
+
+    def __init__(self, mark: yaml.Mark, problem: str, path: Path_ = ()):
+        self.mark, self.problem, self.path = mark, problem, path
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that composes at most MAX_DEPTH levels and MAX_ALIASES aliases and
+    refuses an alias inside its own anchor, so that the node graph it makes is small and
+    acyclic. (_Locations.record then bounds it with its aliases expanded.)"""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.depth = 0
+        self.aliases = 0
+        self.open_anchors: set[str] = set()  # anchors whose node is being composed
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self.open_anchors:
+                raise _Refused(event.start_mark, f"alias *{event.anchor} refers to itself (a recursive alias)")
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise _Refused(event.start_mark, f"more than {MAX_ALIASES} aliases (*name); write the values out")
+            return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:
+            raise _Refused(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+        anchor = getattr(event, "anchor", None)
+        self.depth += 1
+        if anchor is not None:
+            self.open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+            self.open_anchors.discard(anchor)
+
+
+def _compose(text: str) -> yaml.Node | None:
+    """The document's node graph (aliases shared, not yet expanded); _Refused or YAMLError."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def _construct(node: yaml.Node | None) -> Any:
+    """The Python value of a node graph that _Locations.record accepted, as yaml.safe_load makes it."""
+    if node is None:
+        return None
+    loader = _BoundedLoader("")
+    try:
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _parse_value(text: str) -> Any:
+    """A value given outside the file (${VAR}, --set), read with the file's bounds; ValueError
+    naming the problem."""
+    try:
+        node = _compose(text)
+        if node is not None:
+            _Locations("").record(node)
+        return _construct(node)
+    except _Refused as refused:
+        raise ValueError(refused.problem) from None
+    except yaml.YAMLError as error:
+        raise ValueError(getattr(error, "problem", None) or str(error).splitlines()[0]) from None
+
+
 # --------------------------------------------------------------------------- locations
 
 class _Locations:
@@ -57,17 +143,42 @@ class _Locations:
         self.keys: dict[Path_, yaml.Mark] = {}
         self.values: dict[Path_, yaml.Mark] = {}
         self.overridden: dict[Path_, str] = {}
+        self.ids: dict[Path_, str] = {}  # ("stages", 2) -> the item's id, to name it before the schema reads it
 
-    def record(self, node: yaml.Node, path: Path_ = ()) -> None:
-        self.values[path] = node.start_mark
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                child = path + (key_node.value,)
-                self.keys[child] = key_node.start_mark
-                self.record(value_node, child)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self.record(item, path + (i,))
+    def record(self, root: yaml.Node) -> None:
+        """Record the mark of every key and value, walking aliases as the values they stand
+        for; _Refused at a duplicate key, an integer over MAX_INT_CHARS, or past MAX_NODES."""
+        todo: list[tuple[yaml.Node, Path_]] = [(root, ())]
+        count = 0
+        while todo:
+            node, path = todo.pop()
+            count += 1
+            if count > MAX_NODES:
+                # Named by the key holding the expansion: the outermost list index below a
+                # source or stage item ends it.
+                top = next((i for i, part in enumerate(path)
+                            if isinstance(part, int) and not (i == 1 and path[0] in ("sources", "stages"))),
+                           len(path))
+                raise _Refused(self.keys.get(path[:top], node.start_mark), f"more than {MAX_NODES} values once "
+                               f"aliases (*name) are expanded; write the values out", path[:top])
+            self.values[path] = node.start_mark
+            if isinstance(node, yaml.MappingNode):
+                first: dict[tuple, yaml.Mark] = {}
+                for key_node, value_node in node.value:
+                    child = path + (key_node.value,)
+                    if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                        seen = first.setdefault((key_node.tag, key_node.value), key_node.start_mark)
+                        if seen is not key_node.start_mark:
+                            raise _Refused(key_node.start_mark, f"duplicate key (first at line {seen.line + 1}); "
+                                           f"a YAML mapping holds each key once", child)
+                    self.keys[child] = key_node.start_mark
+                    if len(path) == 2 and key_node.value == "id" and isinstance(value_node, yaml.ScalarNode):
+                        self.ids[path] = value_node.value
+                todo.extend((value, path + (key.value,)) for key, value in reversed(node.value))
+            elif isinstance(node, yaml.SequenceNode):
+                todo.extend((item, path + (i,)) for i, item in reversed(list(enumerate(node.value))))
+            elif node.tag == "tag:yaml.org,2002:int" and len(node.value) > MAX_INT_CHARS:
+                raise _Refused(node.start_mark, f"integer of {len(node.value)} digits is too large", path)
 
     def where(self, path: Path_, key: bool = False) -> str:
         """'file:line:col' of the longest recorded prefix of `path`."""
@@ -107,9 +218,14 @@ def _interpolate(value: Any, path: Path_, where: _Locations, problems: list[str]
         return ""
 
     result = _ENV.sub(substitute, value)
-    if _ENV.fullmatch(value):
+    if _ENV.fullmatch(value) and result:
         # A value that is one ${VAR} takes the type the variable's text reads as.
-        return yaml.safe_load(result) if result else result
+        try:
+            return _parse_value(result)
+        except ValueError as error:
+            problems.append(f"{where.where(path)}: {_owner(root, path)[0]}: key '{_describe(_owner(root, path)[1])}': "
+                            f"the value of {value} is not valid YAML ({error}); quote it in the variable, "
+                            f"e.g. '\"...\"'")
     return result
 
 
@@ -139,9 +255,9 @@ def _apply_override(data: dict, assignment: str, where: _Locations) -> None:
     if not isinstance(node, dict):
         raise GraphError([f"--set {assignment}: '{'.'.join(parts[:-1])}' is not a mapping"])
     try:
-        node[parts[-1]] = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError as error:
-        raise GraphError([f"--set {assignment}: the value is not valid YAML ({getattr(error, 'problem', error)}); "
+        node[parts[-1]] = _parse_value(text) if text else ""
+    except ValueError as error:
+        raise GraphError([f"--set {assignment}: the value is not valid YAML ({error}); "
                           f"quote it: --set {dotted}='\"{text}\"'"]) from None
     where.overridden[tuple(path) + (parts[-1],)] = f"--set {assignment}"
 
@@ -185,6 +301,8 @@ def _owner(data: dict, path: Path_) -> tuple[str, Path_]:
             name = item.get("id") if isinstance(item, dict) else None
         except (IndexError, KeyError, TypeError):
             name = None
+        if isinstance(name, str) and len(name) > 64:  # an id the schema refuses: one line stays short
+            name = f"{name[:40]}..."
         label = f"{kind} '{name}'" if name else f"{kind} #{path[1] + 1}"
         return label, path[2:]
     if path and path[0] == "runtime":
@@ -244,7 +362,10 @@ def _check_topology(spec: schema.Graph, where: _Locations) -> tuple[dict[str, li
             continue
         inputs[stage.id] = list(stage.inputs)
         for j, name in enumerate(stage.inputs):
-            if name not in seen:
+            if name in stage.inputs[:j]:
+                problems.append(f"{where.where(('stages', i, 'inputs', j))}: stage '{stage.id}': input '{name}' "
+                                f"is named twice (each frame would be processed twice)")
+            elif name not in seen:
                 problems.append(f"{where.where(('stages', i, 'inputs', j))}: stage '{stage.id}': input '{name}' "
                                 f"is neither a source nor a stage{_suggest(name, source_ids + stage_ids)}")
             elif name == stage.id:
@@ -290,15 +411,19 @@ def _find_cycle(inputs: dict[str, list[str]], sources: set[str]) -> list[str] | 
     return None
 
 
-def _check_plugins(spec: schema.Graph, where: _Locations) -> list[str]:
-    """Plugin stages: the plugin loads and its `params` fit the plugin's own schema."""
-    from streampose.plugins.stage import load_plugin_class
+def _check_plugins(spec: schema.Graph, where: _Locations, import_plugins: bool) -> list[str]:
+    """Plugin stages: the plugin is found and, when its code may run (shipped plugins, and
+    every plugin with `import_plugins`), its `params` fit the plugin's own schema."""
+    from streampose.plugins.stage import SHIPPED, find_plugin, load_plugin_class
 
     problems = []
     for i, stage in enumerate(spec.stages):
         if stage.type != "plugin":
             continue
         try:
+            find_plugin(stage.plugin, stage.module)
+            if not (import_plugins or stage.plugin in SHIPPED):
+                continue
             cls = load_plugin_class(stage.plugin, stage.module)
         except ValueError as error:
             key = "module" if stage.module else "plugin"
@@ -322,14 +447,25 @@ def _check_plugins(spec: schema.Graph, where: _Locations) -> list[str]:
 
 # --------------------------------------------------------------------------- entry point
 
-def load_graph(path: str | Path, overrides: list[str] = ()) -> LoadedGraph:
-    """Read, interpolate, override and validate a graph file; raise GraphError."""
+def load_graph(path: str | Path, overrides: list[str] = (), import_plugins: bool = False) -> LoadedGraph:
+    """Read, interpolate, override and validate a graph file; raise GraphError. Plugins from
+    outside streampose (`module:`, entry points) are only found, not imported (their code
+    would run), unless `import_plugins`; `run` imports them, to check their params."""
     path = Path(path)
     text = _read_text(path)
     where = _Locations(str(path))
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = _compose(text)
+        if node is not None:
+            where.record(node)
+    except _Refused as refused:
+        mark = refused.mark
+        items: dict = {}  # the ids _owner looks up, by index
+        for (kind, i), name in where.ids.items():
+            items.setdefault(kind, {})[i] = {"id": name}
+        owner, inner = _owner(items, refused.path)
+        key = f"key '{_describe(inner)}': " if inner else ""
+        raise GraphError([f"{path}:{mark.line + 1}:{mark.column + 1}: {owner}: {key}{refused.problem}"]) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -337,9 +473,9 @@ def load_graph(path: str | Path, overrides: list[str] = ()) -> LoadedGraph:
         # str() spans several lines.
         problem = getattr(error, "problem", None) or getattr(error, "reason", None) or str(error).splitlines()[0]
         raise GraphError([f"{at}: invalid YAML: {problem}"]) from None
+    data = _construct(node)
     if not isinstance(data, dict):
         raise GraphError([f"{path}:1:1: graph: expected a mapping with 'sources' and 'stages'"])
-    where.record(node)
 
     problems: list[str] = []
     data = _interpolate(data, (), where, problems)
@@ -353,7 +489,7 @@ def load_graph(path: str | Path, overrides: list[str] = ()) -> LoadedGraph:
     except ValidationError as error:
         raise GraphError([_format_error(e, data, where) for e in error.errors()]) from None
     inputs, problems = _check_topology(spec, where)
-    problems += _check_plugins(spec, where)
+    problems += _check_plugins(spec, where, import_plugins)
     if problems:
         raise GraphError(problems)
     return LoadedGraph(spec=spec, path=path.resolve(), inputs=inputs, locations=where)

@@ -7,13 +7,43 @@ keys, so a typo is an error, never silently ignored.
 
 from __future__ import annotations
 
+import re
+import string
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# Ids name topics, files and folders: letters, digits, _ . - (not first: '.', '..' and '-x' are
+# paths and options), and short enough for any file name.
+ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+ID_RULE = "1 to 64 letters, digits, _ . -, starting with a letter, digit or _"
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `true` is no number and `1.5` no integer; allow_inf_nan: .inf and .nan are no
+    # durations or thresholds.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _safe_id(value: str) -> str:
+    if not ID_PATTERN.fullmatch(value):
+        shown = value if len(value) <= 40 else f"{value[:40]}... ({len(value)} characters)"
+        raise ValueError(f"expected {ID_RULE}, got {shown!r}")
+    return value
+
+
+def _plain_fields(template: str) -> str:
+    """`template` if its {fields} are plain names; a format spec or conversion ({stream:>9},
+    {stream!r}) or an attribute or index ({stream.x}) could make a path of any size."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as error:  # a lone { or }
+        raise ValueError(f"path template {template!r}: {error} (write {{{{ or }}}} for a literal brace)") from None
+    for _, name, spec, conversion in parts:
+        if name is not None and (spec or conversion or not name.isidentifier()):
+            raise ValueError(f"path template {template!r}: only plain fields such as {{stream}} are allowed, "
+                             f"without format specs, conversions, attributes or indices")
+    return template
 
 
 # --------------------------------------------------------------------------- sources
@@ -45,9 +75,11 @@ class Source(Strict):
     """A video input. `uri` is a file path, an image folder or glob, rtsp://, rtsps://,
     rtmp://, http(s):// or a webcam device such as /dev/video0."""
 
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Stream id, used in topics and file names.")
+    id: str = Field(description=f"Stream id, used in topics and file names: {ID_RULE}.")
     uri: str = Field(min_length=1, description="Where frames come from; relative paths resolve against the graph file.")
     options: SourceOptions = Field(default_factory=SourceOptions, description="Source options.")
+
+    _id = field_validator("id")(_safe_id)
 
 
 # --------------------------------------------------------------------------- runtime
@@ -55,7 +87,8 @@ class Source(Strict):
 class Metrics(Strict):
     bind: str | None = Field("127.0.0.1:9100", description="host:port serving /metrics, /health, /livez and "
                              "/readyz (docs/operations.md); null disables.")
-    log_interval_s: float = Field(10.0, ge=0, description="Period of the one-line metrics log; 0 disables.")
+    log_interval_s: float = Field(10.0, ge=0, le=86400, description="Period of the one-line metrics log, seconds; "
+                                  "0 disables.")
 
 
 class Health(Strict):
@@ -91,10 +124,12 @@ class Runtime(Strict):
 class StageBase(Strict):
     """Keys every stage has."""
 
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Stage id, unique in the graph.")
+    id: str = Field(description=f"Stage id, unique in the graph: {ID_RULE}.")
     type: str = Field(description="Stage type (see below).")
-    inputs: list[str] | None = Field(None, description="Ids of the stages or sources feeding this stage; "
-                                     "default: the previous stage (the first stage: all sources).")
+    inputs: list[str] | None = Field(None, description="Ids of the stages or sources feeding this stage, each "
+                                     "once; default: the previous stage (the first stage: all sources).")
+
+    _id = field_validator("id")(_safe_id)
 
 
 class Batch(Strict):
@@ -160,6 +195,8 @@ class Recorder(StageBase):
         "veryfast", description="x264 speed preset.")
     draw: bool = Field(True, description="Draw boxes, ids, skeletons, events and an fps/latency overlay.")
 
+    _path = field_validator("path")(_plain_fields)
+
 
 class Jsonl(StageBase):
     """Writes one JSON line per frame (the pose message) for offline analysis."""
@@ -177,6 +214,8 @@ class Jsonl(StageBase):
                             "finished file (never the newest) before each retry.")
     keep_bytes: int = Field(0, ge=0, description="Per stream, delete the oldest finished files beyond this total "
                             "size, bytes; 0 = no limit. The newest finished file is always kept.")
+
+    _path = field_validator("path")(_plain_fields)
 
 
 class Clips(StageBase):
@@ -206,6 +245,8 @@ class Clips(StageBase):
         "ultrafast", description="x264 speed preset; the pre-roll is encoded at twice the stream's rate "
         "while a clip catches up, so the fastest is the default.")
     draw: bool = Field(True, description="Draw boxes, ids, skeletons, annotations and events.")
+
+    _path = field_validator("path")(_plain_fields)
 
 
 class ModelStage(StageBase):

@@ -31,9 +31,10 @@ from streampose.frame import Event, Frame
 
 
 class PluginParams(BaseModel):
-    """Base of every plugin's parameter schema."""
+    """Base of every plugin's parameter schema: as strict as the graph's own (graph/schema.py):
+    no unknown keys, no `true` for a number, no .inf or .nan."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Plugin:

@@ -3,7 +3,11 @@ their per-track states, created on a track's first appearance and freed with it.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.machinery
+import importlib.util
+import os
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -21,36 +25,67 @@ SHIPPED = {
     "hand_raised": "streampose.plugins.hand_raised:HandRaised",
 }
 ENTRY_POINT_GROUP = "streampose.plugins"
+# `module:` imports whatever module a graph file names; an operator who runs graph files
+# from others sets this to 0 so that only shipped and installed (entry point) plugins load.
+ALLOW_MODULES_ENV = "STREAMPOSE_ALLOW_MODULES"
+
+
+def modules_allowed() -> bool:
+    return os.environ.get(ALLOW_MODULES_ENV, "1") != "0"
+
+
+def find_plugin(name: str | None, module: str | None) -> str:
+    """The `package.module:ClassName` that a graph's `plugin:` (shipped or entry point) or
+    `module:` names, found without importing it, so that no plugin code runs; ValueError
+    saying what is wrong."""
+    if (name is None) == (module is None):
+        raise ValueError("give exactly one of 'plugin' (a name) or 'module' (package.module:ClassName)")
+    if name in SHIPPED:
+        return SHIPPED[name]
+    if name is not None:
+        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not found:
+            installed = sorted(SHIPPED) + sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+            raise ValueError(f"unknown plugin '{name}'; available: {', '.join(installed)} "
+                             f"(or name your class with module: package.module:ClassName)")
+        target, what = found[0].value, f"entry point {name} ({found[0].value})"
+    else:
+        if not modules_allowed():
+            raise ValueError(f"module '{module}': module plugins are switched off ({ALLOW_MODULES_ENV}=0); "
+                             f"use a shipped or installed plugin (plugin: NAME)")
+        target, what = module, f"module '{module}'"
+    module_name, _, class_name = target.partition(":")
+    if not all(part.isidentifier() for part in module_name.split(".") + class_name.split(".")):
+        raise ValueError(f"{what}: expected package.module:ClassName")
+    if _module_spec(module_name) is None:
+        raise ValueError(f"cannot load plugin {target}: no module named '{module_name}'")
+    return target
+
+
+def _module_spec(dotted: str) -> importlib.machinery.ModuleSpec | None:
+    """The spec of module `dotted`, looked up package by package: importlib.util.find_spec
+    would import (run) the packages above it."""
+    spec = importlib.util.find_spec(dotted.split(".")[0])
+    for depth in range(2, dotted.count(".") + 2):
+        if spec is None or spec.submodule_search_locations is None:
+            return None
+        name = ".".join(dotted.split(".")[:depth])
+        spec = importlib.machinery.PathFinder.find_spec(name, list(spec.submodule_search_locations))
+    return spec
 
 
 def load_plugin_class(name: str | None, module: str | None) -> type[Plugin]:
-    """The class a graph names with `plugin:` (shipped or entry point) or `module:`."""
-    if (name is None) == (module is None):
-        raise ValueError("give exactly one of 'plugin' (a name) or 'module' (package.module:ClassName)")
-    if name is not None:
-        if name in SHIPPED:
-            module = SHIPPED[name]
-        else:
-            found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
-            if not found:
-                installed = sorted(SHIPPED) + sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-                raise ValueError(f"unknown plugin '{name}'; available: {', '.join(installed)} "
-                                 f"(or name your class with module: package.module:ClassName)")
-            cls = found[0].load()
-            return _checked(cls, f"entry point {name}")
-    module_name, _, class_name = module.partition(":")
-    if not class_name:
-        raise ValueError(f"module '{module}': expected package.module:ClassName")
+    """Import the class a graph names with `plugin:` or `module:` (find_plugin says which);
+    ValueError when it cannot be imported or is no Plugin."""
+    target = find_plugin(name, module)
+    module_name, _, class_name = target.partition(":")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot load plugin {module}: {error}") from None
-    return _checked(cls, module)
-
-
-def _checked(cls: Any, where: str) -> type[Plugin]:
+        cls = functools.reduce(getattr, class_name.split("."), importlib.import_module(module_name))
+    except Exception as error:  # any error of the plugin's own module code, at import
+        raise ValueError(f"cannot load plugin {target}: {type(error).__name__}: {error}") from None
     if not (isinstance(cls, type) and issubclass(cls, Plugin)):
-        raise ValueError(f"{where} is not a streampose.plugins.base.Plugin subclass")
+        what = target if module or name in SHIPPED else f"entry point {name}"
+        raise ValueError(f"{what} is not a streampose.plugins.base.Plugin subclass")
     return cls
 
 
@@ -60,6 +95,11 @@ class PluginStage(Stage):
     def __init__(self, stage_id: str, params: schema.Plugin, context: StageContext):
         super().__init__(stage_id, params, context)
         cls = load_plugin_class(params.plugin, params.module)
+        if params.plugin not in SHIPPED:
+            # Code from outside streampose now runs in the daemon: say whose.
+            self.log.info("imported plugin %s (%s)", find_plugin(params.plugin, params.module),
+                          f"module: in the graph; {ALLOW_MODULES_ENV}=0 refuses these" if params.module
+                          else f"entry point '{params.plugin}'")
         try:
             plugin_params = cls.Params.model_validate(params.params)
         except ValidationError as error:

@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 
@@ -17,6 +18,50 @@ from streampose.runtime.stage import Stage
 log = logging.getLogger("streampose.runtime")
 
 STOP = object()  # sentinel: one upstream has finished
+
+# A stage failing on every frame would log a traceback per frame (gigabytes a minute): an
+# error is logged in full once, then the same error (stage, type, message) only as a count
+# at most every REPEAT_LOG_S. Messages are cut to MAX_MESSAGE_CHARS.
+REPEAT_LOG_S = 10.0
+MAX_MESSAGE_CHARS = 1000
+
+
+class ErrorLog:
+    """Logs a stage's errors: a new one with its traceback, a repeat as a count."""
+
+    def __init__(self, stage_id: str):
+        self.stage_id = stage_id
+        self._key: tuple[type, str] | None = None  # the error being repeated
+        self._repeats = 0  # since it was last logged
+        self._logged_at = 0.0  # time.monotonic() of that
+
+    def failed(self, what: str, error: Exception) -> None:
+        """`error` was raised on `what` (e.g. "stream cam1 frame 12")."""
+        message = str(error)[:MAX_MESSAGE_CHARS]
+        key, now = (type(error), message), time.monotonic()
+        if key == self._key:
+            self._repeats += 1
+            if now - self._logged_at >= REPEAT_LOG_S:
+                self._flush(f"last on {what}")
+                self._logged_at = now
+            return
+        if self._repeats:
+            self._flush("then a different error")
+        self._key, self._logged_at = key, now
+        trace = "".join(traceback.format_exception(error, limit=20))
+        if len(trace) > 4 * MAX_MESSAGE_CHARS:
+            trace = f"{trace[:2 * MAX_MESSAGE_CHARS]}\n... ({len(trace)} characters)\n{trace[-MAX_MESSAGE_CHARS:]}"
+        log.error("stage %s failed on %s: %s", self.stage_id, what, trace.rstrip())
+
+    def close(self) -> None:
+        """Log the repeats not logged yet."""
+        if self._repeats:
+            self._flush("until the stage closed")
+
+    def _flush(self, context: str) -> None:
+        log.error("stage %s: the same error repeated %d times (%s): %s: %s", self.stage_id, self._repeats,
+                  context, self._key[0].__name__, self._key[1])
+        self._repeats = 0
 
 
 class StageRunner:
@@ -43,6 +88,7 @@ class StageRunner:
         self.timeout_s = batch.timeout_ms / 1000 if batch else 0.0
         self.per_stream = batch.per_stream if batch else 0
         self._held: deque = deque()  # items taken from the inbox but deferred to the next batch
+        self.errors = ErrorLog(stage.id)
         self.thread = threading.Thread(target=self._run, name=f"stage-{stage.id}", daemon=True)
 
     def start(self) -> None:
@@ -99,6 +145,7 @@ class StageRunner:
             else:
                 self._process(self._collect(item))
         self._call(self.stage.close, "close", "-")
+        self.errors.close()
         self._send(STOP)
         self.done = True
 
@@ -112,13 +159,13 @@ class StageRunner:
         start = self.busy_since = time.monotonic()
         try:
             self.stage.process(batch)
-        except Exception:
+        except Exception as error:
             # Retry one by one so a single bad frame does not fail its neighbours.
             if len(batch) > 1:
                 for frame in batch:
                     self._process_one(frame)
             else:
-                self._failed(batch[0])
+                self._failed(batch[0], error)
         elapsed = time.monotonic() - start
         self.busy_since = None
         self.metrics.observe("stage_latency", elapsed, stage=self.stage.id)
@@ -129,11 +176,11 @@ class StageRunner:
     def _process_one(self, frame: Frame) -> None:
         try:
             self.stage.process([frame])
-        except Exception:
-            self._failed(frame)
+        except Exception as error:
+            self._failed(frame, error)
 
-    def _failed(self, frame: Frame) -> None:
-        log.exception("stage %s failed on stream %s frame %d", self.stage.id, frame.stream, frame.index)
+    def _failed(self, frame: Frame, error: Exception) -> None:
+        self.errors.failed(f"stream {frame.stream} frame {frame.index}", error)
         frame.failed_stages.append(self.stage.id)
         self.metrics.inc("errors", stage=self.stage.id, stream=frame.stream)
 
@@ -147,8 +194,8 @@ class StageRunner:
     def _call(self, function, what: str, stream: str) -> None:
         try:
             function()
-        except Exception:
-            log.exception("stage %s failed on %s (stream %s)", self.stage.id, what, stream)
+        except Exception as error:
+            self.errors.failed(f"{what} (stream {stream})", error)
             self.metrics.inc("errors", stage=self.stage.id, stream=stream)
 
     def _send(self, item) -> None:

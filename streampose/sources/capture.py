@@ -22,7 +22,8 @@ from streampose.frame import Frame, StreamEvent
 from streampose.graph import schema
 from streampose.runtime.metrics import Metrics
 from streampose.sources.images import ImageReader, find_images, is_image_pattern
-from streampose.sources.video import STREAM_ERRORS, VideoReader, redact
+from streampose.sources.urls import mask_credentials
+from streampose.sources.video import STREAM_ERRORS, VideoReader
 
 log = logging.getLogger("streampose.sources")
 
@@ -90,7 +91,7 @@ class Capture:
             av_options = {"rtsp_transport": options.transport} if scheme.startswith("rtsp") else {}
             return VideoReader(uri, on_error, options=av_options, timeout=timeout), True
         if "://" in uri:
-            raise ValueError(f"source {self.stream!r}: unsupported URI scheme {scheme!r} in {redact(uri)!r}; "
+            raise ValueError(f"source {self.stream!r}: unsupported URI scheme {scheme!r} in {mask_credentials(uri)!r}; "
                              f"use a file, an image folder or glob, {', '.join(NETWORK_SCHEMES)} or {WEBCAM_PREFIX}N")
         if uri.startswith(WEBCAM_PREFIX):
             return VideoReader(uri, on_error, av_format="v4l2", timeout=timeout), True
@@ -155,7 +156,7 @@ class Capture:
             try:
                 playback = self._reader.open()
             except STREAM_ERRORS as error:
-                span, reason = None, f"cannot open: {redact(str(error))}"
+                span, reason = None, f"cannot open: {error}"
             else:
                 segment += 1
                 if segment > 0:
@@ -178,7 +179,7 @@ class Capture:
                 yield self._event("lost", max(segment, 0), reason)
                 told_lost = True
             delay = next(delays)
-            log.info("stream %s: %s; reopening in %.1f s", self.stream, reason, delay)
+            log.info("stream %s: %s; reopening in %.1f s", self.stream, mask_credentials(reason), delay)
             if stop.wait(delay):
                 return
 
@@ -186,7 +187,7 @@ class Capture:
         # PyAV's interrupt on a read timeout reads "Immediate exit requested": say what happened.
         if isinstance(error, av.error.ExitError):
             return f"no data for {self.options.read_timeout_s:g} s"
-        return f"read failed: {redact(str(error))}"
+        return f"read failed: {error}"
 
     def _play(self, playback: Playback, segment: int, offset: float,
               stop: threading.Event) -> Generator[Frame, None, tuple[tuple[float, float] | None, Exception | None]]:
@@ -211,7 +212,8 @@ class Capture:
         return span, None
 
     def _event(self, kind: str, segment: int, detail: str) -> StreamEvent:
-        return StreamEvent(self.stream, kind, segment, detail, time.time())
+        # Events are logged, shown in /health and published on status/: never with a password.
+        return StreamEvent(self.stream, kind, segment, mask_credentials(detail), time.time())
 
     def _count_decode_error(self) -> None:
         self._metrics.inc("decode_errors", stream=self.stream)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 
 import av
@@ -11,11 +10,6 @@ import numpy as np
 # What PyAV raises when a stream cannot be opened or read: FFmpeg's errors, and
 # the OS errors it maps them to (ConnectionRefusedError, TimeoutError...).
 STREAM_ERRORS = (av.FFmpegError, OSError)
-
-
-def redact(text: str) -> str:
-    """`text` with the passwords of any URLs in it hidden (they end up in logs and status messages)."""
-    return re.sub(r"(\w+://[^/:@\s]*):[^/@\s]*@", r"\1:***@", text)
 
 
 class VideoPlayback:
