@@ -42,7 +42,8 @@ def run(args) -> int:
 
     try:
         graph = load_graph(args.graph, args.overrides, import_plugins=True)
-        check_graph(graph, _model_paths(args), args.output)  # fail before any model loads; binds report below
+        # Fail before any model loads; binds report below, and a missing file is its stream's failure.
+        check_graph(graph, _model_paths(args), args.output, missing_sources_fatal=False)
     except GraphError as error:
         print(error, file=sys.stderr)
         return 2

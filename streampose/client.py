@@ -95,13 +95,15 @@ class EventMessage:
 
 @dataclass
 class StatusMessage:
-    """A stream opened, was lost or ended; `wall_time` is when, in time.time() seconds."""
+    """A stream opened, was lost or ended; `wall_time` is when, in time.time() seconds;
+    `failed`: it ended because its source could not be read."""
 
     stream: str
     kind: str
     segment: int
     wall_time: float
     detail: str
+    failed: bool = False
 
 
 Message = PoseMessage | EventMessage | StatusMessage
@@ -119,7 +121,8 @@ def parse_message(msg: dict) -> Message:
         if kind == "event":
             return EventMessage(**{name: msg[name] for name in EventMessage.__dataclass_fields__})
         if kind == "status":
-            return StatusMessage(**{name: msg[name] for name in StatusMessage.__dataclass_fields__})
+            return StatusMessage(**{name: msg[name] for name in ("stream", "kind", "segment", "wall_time", "detail")},
+                                 failed=bool(msg.get("failed", False)))  # older daemons leave it out
     except KeyError as err:
         raise ValueError(f"{kind} message lacks field {err}") from err
     except (TypeError, IndexError) as err:

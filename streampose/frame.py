@@ -162,6 +162,8 @@ class StreamEvent:
     segment: the segment number frames will carry from now on.
     detail:  a human-readable reason, e.g. "read timeout after 5.0 s".
     wall_time: time.time() when it happened.
+    failed:  on "ended": the source could not be read (missing, not a video, deleted
+             while looping, a camera given up on), rather than played to its end.
     """
 
     stream: str
@@ -169,6 +171,7 @@ class StreamEvent:
     segment: int
     detail: str = ""
     wall_time: float = 0.0
+    failed: bool = False
 
     @property
     def restarts_stream(self) -> bool:

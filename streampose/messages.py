@@ -114,6 +114,7 @@ def status_message(event: StreamEvent) -> dict:
         "segment": int(event.segment),
         "wall_time": round(float(event.wall_time), SECOND_DECIMALS),
         "detail": event.detail,
+        "failed": event.failed,
     }
 
 

@@ -4,6 +4,7 @@ through a camera outage, under overload, with a stuck or dead stage, and the met
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, VIDEOS
+from conftest import MODELS, REPO, VIDEOS
 from prometheus_client.parser import text_string_to_metric_families
 from rtsp_server import free_port
 
@@ -123,17 +124,24 @@ def test_endpoints_answer_starting_while_models_load(tmp_path):
 
 
 def test_taken_metrics_port_is_one_line_and_exit_2_before_models_load(tmp_path):
+    # A model folder whose network is garbage: `run`'s checks read only its infer_cfg.yml, so
+    # had the stages been built before the port was bound, loading it would be the error.
+    broken = tmp_path / "models" / "broken_detector"
+    broken.mkdir(parents=True)
+    shutil.copy(MODELS / "picodet_s_192_lcnet_pedestrian_ov" / "infer_cfg.yml", broken)
+    (broken / "model.xml").write_text("not a network")
+    (broken / "model.bin").write_bytes(b"\0" * 16)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        # A model that does not exist: had the stages been built first, that would be the error.
         graph = write_graph(tmp_path, f"""
             sources: [{{id: cam, uri: {CHAIR}}}]
-            stages: [{{id: detect, type: detector, model: no_such_model}}]
+            stages: [{{id: detect, type: detector, model: broken_detector}}]
             runtime: {{metrics: {{bind: "127.0.0.1:{port}"}}}}
         """)
-        result = subprocess.run([sys.executable, str(REPO / "run_pipeline.py"), str(graph)],
+        result = subprocess.run([sys.executable, str(REPO / "run_pipeline.py"), str(graph),
+                                 "--models", str(tmp_path / "models")],
                                 capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert result.returncode == 2
     assert result.stdout == ""
@@ -170,6 +178,39 @@ def test_camera_outage_keeps_daemon_alive_and_ready(tmp_path, rtsp_server):
         rtsp_server.start()
         assert poll(lambda: probe(base, "/health"), lambda r: r[1]["state"] == "running", 20)[0] == 200
         assert probe(base, "/health")[1]["streams"]["cam"]["reconnects"] >= 1
+
+
+def test_broken_file_sources_fail_their_streams_while_the_others_run(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "random.mp4").write_bytes(bytes(range(256)) * 64)
+    shutil.copy(CHAIR, tmp_path / "looping.mp4")
+    graph = write_graph(tmp_path, f"""
+        sources:
+          - {{id: missing, uri: missing.mp4}}
+          - {{id: empty, uri: empty.mp4}}
+          - {{id: random, uri: random.mp4}}
+          - {{id: looping, uri: looping.mp4, options: {{loop: true}}}}
+          - {{id: good, uri: {CHAIR}}}
+        stages: [{{id: work, type: noop}}]
+        runtime: {{metrics: {{bind: null}}}}
+    """)
+    with Served(graph) as served:
+        base, metrics = served.base, served.pipeline.metrics
+        served.pipeline.start()
+        poll(lambda: metrics.count("frames", stage="work", stream="looping"), lambda n: n > 10, 20)
+        (tmp_path / "looping.mp4").unlink()  # the pass under way plays on; the next one cannot open
+        code, health = poll(lambda: probe(base, "/health"),
+                            lambda r: r[1]["streams"]["looping"]["state"] == "failed", 30)
+        assert served.pipeline.wait(30)
+        assert metrics.count("frames", stage="work", stream="good") == 193  # every frame of the healthy one
+        code, health = probe(base, "/health")
+        assert code == 503 and health["state"] == "degraded", health
+        streams = health["streams"]
+        assert {sid: s["state"] for sid, s in streams.items()} == {
+            "missing": "failed", "empty": "failed", "random": "failed", "looping": "failed", "good": "ended"}
+        assert streams["missing"]["detail"].startswith("cannot open: ") and "missing.mp4" in streams["missing"]["detail"]
+        assert streams["looping"]["detail"].startswith("cannot reopen: ")
+        assert probe(base, "/livez")[0] == 200
 
 
 @pytest.mark.parametrize("case", ["drops", "latency"])

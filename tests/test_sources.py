@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -135,18 +136,40 @@ def test_relative_path_resolves_against_graph_dir(tmp_path):
     assert len(frames) == probe(SMALL_VIDEO)[0]
 
 
-def test_missing_file_names_resolved_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "videos" / "missing.mp4")):
-        make_capture("videos/missing.mp4", graph_dir=tmp_path)
+def only_event(capture: Capture) -> StreamEvent:
+    frames, events = run_to_end(capture)
+    assert frames == [] and len(events) == 1, events
+    return events[0]
 
 
-def test_unreadable_file_and_unknown_scheme_are_clear_errors(tmp_path):
-    not_video = tmp_path / "notes.mp4"
-    not_video.write_text("not a video")
-    with pytest.raises(ValueError, match=f"cannot read video {not_video}"):
-        make_capture(not_video)
+@pytest.mark.parametrize("content", [None, b"", b"\x00garbage" * 100], ids=["missing", "empty", "random"])
+def test_an_unreadable_file_fails_its_stream_naming_the_resolved_path(tmp_path, content):
+    path = tmp_path / "videos" / "clip.mp4"
+    if content is not None:
+        path.parent.mkdir()
+        path.write_bytes(content)
+    event = only_event(make_capture("videos/clip.mp4", graph_dir=tmp_path)[0])
+    assert (event.kind, event.failed) == ("ended", True)
+    assert event.detail.startswith("cannot open: ") and str(path) in event.detail, event.detail
+
+
+def test_unknown_scheme_is_a_clear_error():
     with pytest.raises(ValueError, match="unsupported URI scheme 'ftp'.*ftp://\\*\\*\\*@host"):
         make_capture("ftp://user:secret@host/video.mp4")
+
+
+def test_a_looping_file_deleted_while_it_plays_fails_its_stream(tmp_path):
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(SMALL_VIDEO, clip)
+    items = make_capture(clip, loop=True)[0].frames(threading.Event())
+    assert next_event(items).kind == "opened"
+    count = probe(SMALL_VIDEO)[0]
+    take_frames(items, count // 2)
+    clip.unlink()
+    frames = []
+    event = next_event(items, frames)
+    assert len(frames) == count - count // 2  # the pass already open plays to its end
+    assert (event.kind, event.failed) == ("ended", True) and event.detail.startswith("cannot reopen: "), event
 
 
 def test_damaged_file_skips_bad_packets(tmp_path):
@@ -193,9 +216,9 @@ def test_looped_image_folder_keeps_media_time_increasing():
     np.testing.assert_allclose([f.media_time for f in frames], np.arange(2 * count + 1) / 10)
 
 
-def test_empty_glob_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"no files match {tmp_path}/\\*.png"):
-        make_capture("*.png", graph_dir=tmp_path)
+def test_empty_glob_fails_its_stream(tmp_path):
+    event = only_event(make_capture("*.png", graph_dir=tmp_path)[0])
+    assert event.failed and f"no files match {tmp_path}/*.png" in event.detail
 
 
 # --------------------------------------------------------------------------- live streams

@@ -54,15 +54,18 @@ class _Report:
         self.warnings.append(self.line(path, owner, key, f"warning: {message}"))
 
 
-def check_graph(graph: LoadedGraph, model_paths: list[Path], output_dir: Path | None = None) -> list[str]:
+def check_graph(graph: LoadedGraph, model_paths: list[Path], output_dir: Path | None = None,
+                missing_sources_fatal: bool = True) -> list[str]:
     """Check everything `run` needs from outside the graph file; return the warnings (one
     line each) and raise GraphError listing every error. `output_dir` is the command's -o
-    (default: the graph's runtime.output_dir)."""
+    (default: the graph's runtime.output_dir). With `missing_sources_fatal` False (`run`), a
+    missing local file or image folder is a warning: that stream fails at start and the
+    others run."""
     report = _Report(graph)
     graph_dir = graph.path.parent
     output_folder = Path(output_dir or graph.spec.runtime.output_dir).absolute()  # as Pipeline resolves it
     for i, source in enumerate(graph.spec.sources):
-        _check_source(report, i, source, graph_dir)
+        _check_source(report, i, source, graph_dir, report.error if missing_sources_fatal else report.warn)
     for i, stage in enumerate(graph.spec.stages):
         if stage.type in MODEL_TASKS:
             _check_model(report, i, stage, model_paths, graph_dir)
@@ -102,7 +105,7 @@ def _streams_reaching(graph: LoadedGraph, stage_id: str) -> list[str]:
 
 # --------------------------------------------------------------------------- sources
 
-def _check_source(report: _Report, index: int, source: schema.Source, graph_dir: Path) -> None:
+def _check_source(report: _Report, index: int, source: schema.Source, graph_dir: Path, missing) -> None:
     from streampose.sources.images import find_images, is_image_pattern
 
     path, owner, uri = ("sources", index, "uri"), f"source '{source.id}'", source.uri
@@ -130,11 +133,11 @@ def _check_source(report: _Report, index: int, source: schema.Source, graph_dir:
         try:
             find_images(local)
         except FileNotFoundError as error:
-            report.error(path, owner, "uri", f"{error}; check the path (relative paths start at the graph "
-                         f"file's folder {graph_dir})")
+            missing(path, owner, "uri", f"{error}; check the path (relative paths start at the graph "
+                    f"file's folder {graph_dir})")
     elif not local.is_file():
-        report.error(path, owner, "uri", f"no such file {local}; check the path (relative paths start at the "
-                     f"graph file's folder {graph_dir})")
+        missing(path, owner, "uri", f"no such file {local}; check the path (relative paths start at the "
+                f"graph file's folder {graph_dir})")
 
 
 # --------------------------------------------------------------------------- stages

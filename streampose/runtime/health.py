@@ -102,7 +102,7 @@ def _problems(pipeline: Pipeline) -> list[str]:
                             f"(runtime.health.stuck_after_s {stuck_after:g})")
     if pipeline.lifecycle != "stopping":  # stopped sources end their threads without an `ended`
         for stream, thread in pipeline.source_threads.items():
-            if not thread.is_alive() and pipeline.streams[stream].state != "ended":
+            if not thread.is_alive() and pipeline.streams[stream].state not in ("ended", "failed"):
                 problems.append(f"source {stream}: its thread died")
     return problems
 
@@ -131,8 +131,8 @@ def readiness(pipeline: Pipeline | None) -> tuple[bool, dict]:
 
 def report(pipeline: Pipeline | None) -> tuple[bool, dict]:
     """/health: the overall state and every stream's. 200 while `starting` or `running`, 503
-    while `degraded` (a stream reconnecting, degraded or overloaded, or a sink paused for a
-    stream), `stopping` or `failed` (not alive, see /livez)."""
+    while `degraded` (a stream reconnecting, degraded, overloaded or failed, or a sink paused
+    for a stream), `stopping` or `failed` (not alive, see /livez)."""
     if pipeline is None:
         return True, {"state": "starting", "detail": "building the graph (loading models)", "streams": {}}
     problems = _problems(pipeline)
@@ -159,7 +159,7 @@ def report(pipeline: Pipeline | None) -> tuple[bool, dict]:
         overall = "failed"
     elif not ready:
         overall = "starting"
-    elif states & {"reconnecting", "degraded", "overloaded"} or any("paused" in s for s in streams.values()):
+    elif states & {"reconnecting", "degraded", "overloaded", "failed"} or any("paused" in s for s in streams.values()):
         overall = "degraded"
     else:
         overall = "running"

@@ -37,7 +37,7 @@ class StageBuildError(RuntimeError):
 class StreamState:
     """What /health reports for one stream (health.stream_state adds `overloaded`)."""
 
-    state: str = "connecting"  # connecting, running, reconnecting, ended, degraded
+    state: str = "connecting"  # connecting, running, reconnecting, ended, failed, degraded
     detail: str = ""
     consecutive_failures: int = 0
     first_frame_wall: float = 0.0
@@ -209,7 +209,7 @@ class Pipeline:
                     outbox.put(item)
         except Exception as error:
             log.exception("source %s failed", stream)
-            ended = StreamEvent(stream, "ended", 0, f"source failed: {error}", time.time())
+            ended = StreamEvent(stream, "ended", 0, f"source failed: {error}", time.time(), failed=True)
             self._on_stream_event(ended)
             for outbox in outboxes:
                 outbox.put(ended)
@@ -219,10 +219,12 @@ class Pipeline:
 
     def _on_stream_event(self, event: StreamEvent) -> None:
         state = self.streams[event.stream]
-        state.state = {"opened": "running", "lost": "reconnecting", "ended": "ended"}[event.kind]
+        state.state = "failed" if event.failed else {"opened": "running", "lost": "reconnecting",
+                                                     "ended": "ended"}[event.kind]
         state.detail = event.detail
-        log.log(logging.INFO if event.kind != "lost" else logging.WARNING,
-                "stream %s %s%s", event.stream, event.kind, f": {event.detail}" if event.detail else "")
+        level = logging.ERROR if event.failed else logging.WARNING if event.kind == "lost" else logging.INFO
+        log.log(level, "stream %s %s%s", event.stream, "failed" if event.failed else event.kind,
+                f": {event.detail}" if event.detail else "")
 
     def _on_leaf(self, frame: Frame) -> None:
         key = (frame.stream, frame.index)

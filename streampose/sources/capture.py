@@ -21,7 +21,7 @@ import numpy as np
 from streampose.frame import Frame, StreamEvent
 from streampose.graph import schema
 from streampose.runtime.metrics import Metrics
-from streampose.sources.images import ImageReader, find_images, is_image_pattern
+from streampose.sources.images import ImageReader, is_image_pattern
 from streampose.sources.urls import mask_credentials
 from streampose.sources.video import STREAM_ERRORS, VideoReader
 
@@ -69,8 +69,10 @@ class Pacer:
 class Capture:
     """Decodes one source. `frames(stop)` yields its Frames and StreamEvents.
 
-    Raises FileNotFoundError (naming the resolved path) or ValueError at
-    construction when a file or image source cannot be read.
+    Raises ValueError at construction for a URI no reader takes. A file or image
+    source that cannot be read is that stream's failure, not the graph's: its
+    stream ends at once with a failed "ended" event naming the cause, and the other
+    streams run.
     """
 
     def __init__(self, spec: schema.Source, graph_dir: Path, metrics: Metrics):
@@ -97,18 +99,8 @@ class Capture:
             return VideoReader(uri, on_error, av_format="v4l2", timeout=timeout), True
         path = graph_dir / uri
         if is_image_pattern(uri) or path.is_dir():
-            try:
-                return ImageReader(find_images(path), options.fps, on_error), False
-            except FileNotFoundError as error:
-                raise FileNotFoundError(f"source {self.stream!r}: {error}") from None
-        if not path.is_file():
-            raise FileNotFoundError(f"source {self.stream!r}: no such file {path}")
-        reader = VideoReader(str(path), on_error)
-        try:
-            reader.open().close()
-        except STREAM_ERRORS as error:
-            raise ValueError(f"source {self.stream!r}: cannot read video {path}: {error}") from None
-        return reader, False
+            return ImageReader(path, options.fps, on_error), False
+        return VideoReader(str(path), on_error), False
 
     def frames(self, stop: threading.Event) -> Iterator[Frame | StreamEvent]:
         """Frames and events until the source ends or `stop` is set; see the module doc."""
@@ -125,7 +117,8 @@ class Capture:
             try:
                 playback = self._reader.open()
             except STREAM_ERRORS as error:
-                yield self._event("ended", 0, f"cannot reopen: {error}")
+                # Missing, empty, not a video, or deleted while looping: it will not come back.
+                yield self._event("ended", 0, f"cannot {'reopen' if opened else 'open'}: {error}", failed=True)
                 return
             if not opened:
                 yield self._event("opened", 0, playback.detail)
@@ -173,7 +166,8 @@ class Capture:
             else:
                 failures, delays = 0, backoff_delays(policy)
             if policy.max_attempts and failures >= policy.max_attempts:
-                yield self._event("ended", max(segment, 0), f"gave up after {failures} attempts: {reason}")
+                yield self._event("ended", max(segment, 0), f"gave up after {failures} attempts: {reason}",
+                                  failed=True)
                 return
             if not told_lost:
                 yield self._event("lost", max(segment, 0), reason)
@@ -211,9 +205,9 @@ class Capture:
             return span, error
         return span, None
 
-    def _event(self, kind: str, segment: int, detail: str) -> StreamEvent:
+    def _event(self, kind: str, segment: int, detail: str, failed: bool = False) -> StreamEvent:
         # Events are logged, shown in /health and published on status/: never with a password.
-        return StreamEvent(self.stream, kind, segment, mask_credentials(detail), time.time())
+        return StreamEvent(self.stream, kind, segment, mask_credentials(detail), time.time(), failed)
 
     def _count_decode_error(self) -> None:
         self._metrics.inc("decode_errors", stream=self.stream)

@@ -56,8 +56,11 @@ class ImagePlayback:
 
 
 class ImageReader:
-    def __init__(self, paths: list[Path], fps: float, on_decode_error: Callable[[], None]):
-        self._paths, self._fps, self._on_decode_error = paths, fps, on_decode_error
+    """Plays the images of a folder or glob, listed afresh at every opening (a loop sees files
+    added or removed; FileNotFoundError when none is left)."""
+
+    def __init__(self, pattern: Path, fps: float, on_decode_error: Callable[[], None]):
+        self._pattern, self._fps, self._on_decode_error = pattern, fps, on_decode_error
 
     def open(self) -> ImagePlayback:
-        return ImagePlayback(self._paths, self._fps, self._on_decode_error)
+        return ImagePlayback(find_images(self._pattern), self._fps, self._on_decode_error)
