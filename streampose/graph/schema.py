@@ -113,6 +113,9 @@ class Runtime(Strict):
     drain_timeout_s: float = Field(10.0, ge=0, le=600, description="On stop, longest wait for frames in flight, seconds.")
     degraded_after: int = Field(5, ge=1, description="Failed frames in a row that mark a stream degraded.")
     output_dir: str = Field("out", description="Folder all sinks write under; relative to the working directory.")
+    disk_budget_mb: float = Field(0.0, ge=0, description="Most MiB under output_dir, all sinks and streams together; "
+                                  "the oldest finished files go first when it is over (checked every 10 s; files "
+                                  "written in the last 120 s are never deleted). 0 = no budget.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
     metrics: Metrics = Field(default_factory=Metrics, description="Metrics and health endpoint.")
     health: Health = Field(default_factory=Health, description="Overload and stuck-stage thresholds of the "

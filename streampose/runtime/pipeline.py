@@ -19,6 +19,7 @@ from pathlib import Path
 from streampose import messages
 from streampose.frame import Frame, StreamEvent
 from streampose.graph.loader import LoadedGraph
+from streampose.runtime.disk_budget import DiskBudget
 from streampose.runtime.health import StreamLoad
 from streampose.runtime.metrics import Metrics
 from streampose.runtime.runner import STOP, StageRunner
@@ -75,6 +76,8 @@ class Pipeline:
         self.lifecycle = "starting"  # then running (start) and stopping (stop)
         self.streams = {s.id: StreamState() for s in spec.sources}
         self._stop = threading.Event()
+        budget = spec.runtime.disk_budget_mb
+        self.disk_budget = DiskBudget(self.output_dir, budget, self._stop) if budget else None
         self._lock = threading.Lock()
         self._remaining: dict[tuple[str, int], int] = {}
 
@@ -148,6 +151,8 @@ class Pipeline:
             runner.start()
         for thread in self.source_threads.values():
             thread.start()
+        if self.disk_budget:
+            self.disk_budget.start()
         if self.lifecycle == "starting":  # not if a signal has already stopped it
             self.lifecycle = "running"
         log.info("graph %s started: %d sources, %d stages", self.graph.path.name, len(self.captures), len(self.runners))
