@@ -46,10 +46,12 @@ CASES = [
     ("format width in a path", "validate {graph}",
      GRAPH.replace("type: jsonl", "type: jsonl\n    path: '{stream:>300000000}.jsonl'"), {},
      "{graph}:9:11: stage 'log': key 'path': path template '{stream:>300000000}.jsonl': only plain fields such "
-     "as {stream} are allowed, without format specs, conversions, attributes or indices"),
+     "as {stream} are allowed, or zero-padded numbers such as {segment:03d}; no other format specs, "
+     "conversions, attributes or indices"),
     ("conversion in a path", "validate {graph}", GRAPH.replace("type: jsonl", "type: jsonl\n    path: '{stream!r}'"),
      {}, "{graph}:9:11: stage 'log': key 'path': path template '{stream!r}': only plain fields such as {stream} "
-     "are allowed, without format specs, conversions, attributes or indices"),
+     "are allowed, or zero-padded numbers such as {segment:03d}; no other format specs, conversions, attributes "
+     "or indices"),
     ("metrics log interval inf", "validate {graph}", GRAPH.replace("bind: null", "bind: null, log_interval_s: .inf"),
      {}, "{graph}:11:41: runtime: key 'metrics.log_interval_s': input should be a finite number, got inf"),
     ("nan delay", "validate {graph}", GRAPH.replace("type: noop", "type: noop\n    delay_ms: .nan"), {},

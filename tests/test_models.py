@@ -19,7 +19,7 @@ from conftest import MODELS
 from streampose.engines import load_engine
 from streampose.models.cli import add_models_parser
 from streampose.models.convert import ConvertError, convert
-from streampose.models.folder import (ModelFolderError, ModelNotFoundError, default_search_path, find_model,
+from streampose.models.folder import (BUILTIN_MODELS, ModelFolderError, ModelNotFoundError, default_search_path, find_model,
                                       load_model_folder)
 from streampose.models.infer_cfg import InferConfigError, load_infer_cfg
 from streampose.models.pull import PullError, pull
@@ -49,7 +49,8 @@ def copy_model(name: str, dest: Path) -> Path:
 def test_search_path_order(tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMPOSE_MODELS", f"{tmp_path / 'a'}:{tmp_path / 'b'}")
     assert default_search_path([tmp_path / "x"]) == [
-        tmp_path / "x", tmp_path / "a", tmp_path / "b", tmp_path / "models", tmp_path / "cache/streampose/models"]
+        tmp_path / "x", tmp_path / "a", tmp_path / "b", tmp_path / "models", tmp_path / "cache/streampose/models",
+        BUILTIN_MODELS]
 
 
 def test_find_model_by_name_path_and_env(tmp_path, monkeypatch):
@@ -325,9 +326,10 @@ def run_cli(*argv) -> int:
 def test_cli_list_and_info(capsys):
     assert run_cli("models", "--models", str(MODELS), "list") == 0
     out = capsys.readouterr().out
-    assert "picodet_s_192_pedestrian           paddle    PicoDet  detector   192x192" in out
-    assert "tinypose_256x192_ov                openvino  HRNet    keypoints  192x256" in out
-    assert "yolox_nano_coco_onnx               onnx      YOLOX    detector   416x416" in out
+    assert "picodet_s_192_pedestrian           paddle    PicoDet     detector   192x192" in out
+    assert "tinypose_256x192_ov                openvino  HRNet       keypoints  192x256" in out
+    assert "yolox_nano_coco_onnx               onnx      YOLOX       detector   416x416" in out
+    assert f"lifter_coco17                      openvino  PoseLifter  lifter     dynamic    {BUILTIN_MODELS}" in out
     assert "downloadable with `streampose models pull NAME`" in out and "tinypose_128x96 " in out
 
     assert run_cli("models", "--models", str(MODELS), "info", "tinypose_128x96_ov", "--threads", "2",

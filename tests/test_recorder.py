@@ -220,7 +220,8 @@ def test_path_escaping_output_dir_is_rejected(tmp_path, template):
     ("rec/{stream}/{camera}.mp4", r"unknown field\(s\) \['camera'\]"),
     ("rec/{stream}.avi", "must end in .mp4"),
     ("rec/{date}/{stream}.mp4", "only {stream} may appear in folder names"),
-    ("rec/{segment:q}.mp4", "Unknown format code 'q'"),
+    ("rec/{segment:q}.mp4", "only plain fields such as {stream} are allowed"),
+    ("rec/{stream:>300000000}.mp4", "only plain fields such as {stream} are allowed"),
 ])
 def test_bad_path_template_is_rejected(tmp_path, template, message):
     with pytest.raises(ValueError, match=message):

@@ -32,17 +32,24 @@ def _safe_id(value: str) -> str:
     return value
 
 
+# The one format spec a path may use: a zero-padded number of at most 9 digits ({segment:03d}),
+# so that files sort by name.
+ZERO_PADDED = re.compile(r"0[1-9]d")
+
+
 def _plain_fields(template: str) -> str:
-    """`template` if its {fields} are plain names; a format spec or conversion ({stream:>9},
-    {stream!r}) or an attribute or index ({stream.x}) could make a path of any size."""
+    """`template` if its {fields} are plain names or zero-padded numbers; any other format spec
+    or a conversion ({stream:>300000000}, {stream!r}) or an attribute or index ({stream.x})
+    could make a path of any size."""
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as error:  # a lone { or }
         raise ValueError(f"path template {template!r}: {error} (write {{{{ or }}}} for a literal brace)") from None
     for _, name, spec, conversion in parts:
-        if name is not None and (spec or conversion or not name.isidentifier()):
+        if name is not None and ((spec and not ZERO_PADDED.fullmatch(spec)) or conversion or not name.isidentifier()):
             raise ValueError(f"path template {template!r}: only plain fields such as {{stream}} are allowed, "
-                             f"without format specs, conversions, attributes or indices")
+                             f"or zero-padded numbers such as {{segment:03d}}; no other format specs, "
+                             f"conversions, attributes or indices")
     return template
 
 
