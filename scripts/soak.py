@@ -4,9 +4,10 @@
 
 Runs a real daemon (run_pipeline.py) on a written graph: two looping shared videos played in
 real time like cameras -> detector -> keypoints -> tracker -> smoother -> fall plugin ->
-publisher, a recorder with 60 s segments keeping 5 files per stream, fall clips, and JSONL
-rotated at 1 MiB keeping 3 files per stream, so every rotation and retention path runs many
-times. Every `--sample-s` it reads the daemon's resident memory, open file descriptors and
+publisher, a recorder with 60 s segments keeping 5 files per stream, fall clips (a clip every
+loop of the fall video; clips have no retention of their own), JSONL rotated at 1 MiB keeping 3
+files per stream, and a disk budget over the whole output folder, so every rotation and
+retention path runs many times. Every `--sample-s` it reads the daemon's resident memory, open file descriptors and
 threads (/proc/PID) and the bytes under the output folder, and writes them to
 <out>/soak.csv. At the end it stops the daemon with SIGTERM and prints the first, the middle
 and the last samples and the growth between the middle and the end, which is what must be
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 VIDEOS = REPO.parent / "shared" / "media" / "video"
 
 
-def graph(out: Path, publish_port: int) -> dict:
+def graph(out: Path, publish_port: int, budget_mb: float) -> dict:
     live = {"realtime": True, "loop": True}
     return {
         "sources": [{"id": "chair", "uri": str(VIDEOS / "fall_room_chair_320x240.mp4"), "options": live},
@@ -50,7 +51,8 @@ def graph(out: Path, publish_port: int) -> dict:
             {"id": "log", "type": "jsonl", "inputs": ["fall"], "path": "jsonl/{stream}.jsonl",
              "segment_bytes": 1 << 20, "keep_files": 3},
         ],
-        "runtime": {"output_dir": str(out), "metrics": {"bind": None}, "log_level": "warning"},
+        "runtime": {"output_dir": str(out), "metrics": {"bind": None}, "log_level": "warning",
+                    "disk_budget_mb": budget_mb},
     }
 
 
@@ -68,12 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-s", type=float, default=30)
     parser.add_argument("--out", type=Path, default=Path("out/soak"))
     parser.add_argument("--port", type=int, default=5599, help="the publisher's port")
+    parser.add_argument("--budget-mb", type=float, default=55,
+                        help="runtime.disk_budget_mb (the recordings and JSONL alone settle at about 50 MB)")
     args = parser.parse_args(argv)
 
     out = args.out.absolute()
     out.mkdir(parents=True, exist_ok=True)
     graph_path = out / "soak.yml"
-    graph_path.write_text(yaml.safe_dump(graph(out / "run", args.port), sort_keys=False))
+    graph_path.write_text(yaml.safe_dump(graph(out / "run", args.port, args.budget_mb), sort_keys=False))
     log = (out / "daemon.log").open("w")
     daemon = subprocess.Popen([sys.executable, str(REPO / "run_pipeline.py"), str(graph_path)],
                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
