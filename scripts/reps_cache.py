@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
 import sys
 import tempfile
 from pathlib import Path
@@ -147,17 +148,19 @@ def replay(frames: list[Frame], plugin_params: dict | None = None) -> list:
 # The parameters cross-validation chooses, and the values it tries (the other parameters keep
 # their defaults). Each mainly moves one exercise's counts, so they are scanned one at a time.
 GRID = {
-    "squat_depth": [0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75],
-    "squat_knee_bend_deg": [45, 50, 55, 60, 65, 70, 75, 80, 90, 100],
-    "push_up_top": [0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95],
-    "push_up_depth": [0.1, 0.2, 0.3, 0.4, 0.5, 0.55],
-    "push_up_torso_drop": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
-    "jumping_jack_feet_width": [1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0, 2.2, 2.5],
-    "lunge_split": [0.55, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1],
-    "lunge_depth": [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8],
-    "sit_up_lying_deg": [50, 55, 60, 65, 70, 75, 80],
-    "sit_up_up_deg": [20, 25, 30, 35, 40, 45],
-    "burpee_plank_lean_deg": [40, 45, 50, 55, 60, 65, 70, 75, 80],
+    "smoothing_s": [0.0, 0.05, 0.1, 0.15],
+    "posture_grace_s": [0.0, 0.1, 0.2, 0.3, 0.5, 1.0],
+    "squat_depth": [0.5, 0.6, 0.7],
+    "squat_knee_bend_deg": [50, 60, 70, 80],
+    "push_up_top_deg": [25, 30, 34, 38, 42, 46],
+    "push_up_bottom_deg": [50, 70, 90, 110],
+    "push_up_torso_drop": [0.4, 0.5, 0.6, 0.7, 0.8],
+    "jumping_jack_feet_width": [1.2, 1.5, 1.8, 2.1],
+    "lunge_split": [0.4, 0.5, 0.6, 0.7],
+    "lunge_depth": [0.5, 0.6, 0.7],
+    "sit_up_lying_deg": [55, 60, 65, 70, 75],
+    "sit_up_up_deg": [25, 35, 45],
+    "burpee_plank_lean_deg": [45, 55, 65, 75],
 }
 
 
@@ -180,7 +183,15 @@ def verdict(label: dict, events: list) -> tuple[bool, int, int]:
     return len(reps) == want and all(e.data["exercise"] in expected for e in reps), len(reps), want
 
 
-def cross_validate(media: Path, cache: Path, out=print) -> dict:
+_CV: tuple = ({}, {})   # (labels, tracked frames per clip) of cross_validate, shared with its workers
+
+
+def _run(params: dict, which: list[str]) -> dict[str, tuple[bool, int, int]]:
+    labels, frames = _CV
+    return {clip: verdict(labels[clip], count(frames[clip], params)) for clip in which}
+
+
+def cross_validate(media: Path, cache: Path, out=print, processes: int = 2) -> dict:
     """Leave-one-source-out: per held-out source, each GRID parameter is set to the middle of the
     values that count the most of the other sources' clips right; the held-out clips are then
     counted with those. Returns {"in_sample": {clip: (ok, n, want)}, "held_out": {...}, "chosen": {...}}."""
@@ -190,12 +201,13 @@ def cross_validate(media: Path, cache: Path, out=print) -> dict:
     origin = sources(media)
     clips = [clip for clip in labels if (cache / f"{Path(clip).stem}.npz").is_file()]
     source = {clip: origin.get(clip, f"first set: {clip}") for clip in clips}
-    frames = {clip: tracked(frames_of(cache / f"{Path(clip).stem}.npz")) for clip in clips}
-
-    def run(params: dict, which: list[str]) -> dict[str, tuple[bool, int, int]]:
-        return {clip: verdict(labels[clip], count(frames[clip], params)) for clip in which}
-
-    scans = {name: [run({name: value}, clips) for value in values] for name, values in GRID.items()}
+    global _CV
+    _CV = labels, {clip: tracked(frames_of(cache / f"{Path(clip).stem}.npz")) for clip in clips}
+    run = _run
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        jobs = [({name: value}, clips) for name, values in GRID.items() for value in values]
+        done = iter(pool.starmap(_run, jobs))
+    scans = {name: [next(done) for _ in values] for name, values in GRID.items()}
     held_out, chosen = {}, {}
     for held in sorted(set(source.values())):
         training = [clip for clip in clips if source[clip] != held]
@@ -253,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as workdir:
         live = run_graph([video], args.models, DETECTOR, KEYPOINTS, "auto", Path(workdir), None)[video.stem]
     replayed = replay(frames_of(args.cache / f"{video.stem}.npz"))
-    a = [(m["track_id"], m["media_time"], m["data"]) for m in live]
-    b = [(e.track_id, e.media_time, e.data) for e in replayed if e.kind == "rep"]
+    a = [(m["track_id"], round(m["media_time"], 6), m["data"]) for m in live]
+    b = [(e.track_id, round(e.media_time, 6), e.data) for e in replayed if e.kind == "rep"]
     print(f"live {len(a)} events, replay {len(b)} events, equal: {a == b}")
     for row in zip(a, b):
         print(row)

@@ -58,14 +58,14 @@ SIGNALS = (
     "feet_spread",         # distance between the ankles, in body lengths
     "knee_bend_deg",       # knee flexion seen from any side: 180 - knee angle, or the thigh's turn out of
                            # the image (arccos of thigh / shin, projected) when that is larger: 0 straight
-    "arm_extension",       # the best-seen arm: wrist below shoulder / arm length (upper arm + forearm):
+    "arm_extension",       # wrist below shoulder / arm length (upper arm + forearm), mean of the arms:
                            # 1 a straight arm hanging or propping, ~0 shoulder down at the hand's height
     "shoulder_width",      # shoulder to shoulder, horizontal, in body lengths: ~0.4 facing the camera, ~0 side on
     "feet_width",          # ankles' horizontal distance / shoulders' horizontal distance: ~0.5 feet together
                            # facing the camera, ~2 a jumping jack's open position
-    "arm_bend_deg",        # the better-seen arm's bend: 180 - elbow angle, or arccos(arm_extension) (a fold
+    "arm_bend_deg",        # the arms' bend: 180 - elbow angle, or arccos(arm_extension) (a fold
                            # toward the camera) when that is larger: ~20 propping straight, ~100 at the bottom
-    "torso_drop",          # hips below shoulders in the image / the better-seen arm's length: ~0.8 standing,
+    "torso_drop",          # hips below shoulders in the image / the arm's length: ~1.1 standing,
                            # ~0.3 a push-up from the side, <= 0 from a front camera above the floor
 )
 SIGNAL_INDEX = {name: i for i, name in enumerate(SIGNALS)}
@@ -135,17 +135,16 @@ def body_signals(keypoints: np.ndarray, min_confidence: float, body_length: floa
     count = valid.sum(axis=1)
     means = np.where(valid, per_side, 0.0).sum(axis=1) / np.maximum(count, 1)
     means[count == 0] = np.nan
-    # The arm seen better (its three keypoints' least confidence): the far arm of a side or
-    # oblique view is guessed, and averaging it in blurs the near one.
+    # The arms, the mean over the confident ones. Taking only the better-seen arm flips between
+    # the arms of a side plank (one propping, ~25, one bent, ~80) and counts it as push-ups.
     arm_extension = torso_drop = arm_bend = math.nan
     if arms_ok.any():
-        side = int(np.argmax(np.where(arms_ok, np.minimum(np.minimum(conf[SHOULDER], conf[ELBOW]), conf[WRIST]), -1)))
-        arm = np.linalg.norm(elbow[side] - shoulder[side]) + np.linalg.norm(wrist[side] - elbow[side])
-        arm_extension = (wrist[side, 1] - shoulder[side, 1]) / max(arm, 1.0)
-        best_elbow = float(_angle_deg(shoulder[side], elbow[side], wrist[side]))   # this arm's, not the mean
-        arm_bend = max(180.0 - best_elbow, math.degrees(math.acos(min(max(arm_extension, -1.0), 1.0))))
+        arm = np.maximum(np.linalg.norm(elbow - shoulder, axis=-1) + np.linalg.norm(wrist - elbow, axis=-1), 1.0)
+        extension = (wrist[:, 1] - shoulder[:, 1]) / arm
+        bend = np.maximum(180.0 - per_side[5], np.degrees(np.arccos(np.clip(extension, -1.0, 1.0))))
+        arm_extension, arm_bend = float(extension[arms_ok].mean()), float(bend[arms_ok].mean())
         if torso_ok.any():
-            torso_drop = float((hip[:, 1] - shoulder[:, 1])[torso_ok].mean()) / max(arm, 1.0)
+            torso_drop = float((hip[:, 1] - shoulder[:, 1])[torso_ok].mean() / arm[arms_ok].mean())
     feet_ok = bool(ok[ANKLE].all())
     shoulders_ok = bool(ok[SHOULDER].all())
     feet_spread = np.linalg.norm(ankle[0] - ankle[1]) / body_length if feet_ok else np.nan
@@ -239,16 +238,19 @@ def make_exercises(p: RepParams) -> dict[str, Exercise]:
             "arm_bend_deg": ((0, p.push_up_top_deg), (p.push_up_bottom_deg, 180)),
             # Not upright: from the side the torso lies near level, from a camera in front it is
             # foreshortened; standing, sitting or kneeling the hips hang a torso's length below.
-            "torso_drop": ((-INF, p.push_up_torso_drop), (-INF, p.push_up_torso_drop)),
-            # No hip-angle gate: the oblique gym clip's knees are misplaced at three tops (hip angle
-            # 18-30 for a frame, ~150-180 otherwise), and knee push-ups are push-ups too.
-        }),
+            # At the top the arms hold the shoulders at least as high as the hips (side 0.15-0.4,
+            # front camera 0.05-0.45); a forearm plank's shoulders are below its hips (-0.1 to -0.4).
+            "torso_drop": ((0.0, p.push_up_torso_drop), (-INF, p.push_up_torso_drop)),
+            # A straight body (if the knees are seen): push-ups 147-179 (the oblique gym clip's misplaced
+            # knees read 18-30 for single frames: posture_grace_s); kneeling on all fours 93-142.
+            "hip_angle_deg": ((145, 180), (145, 180)),
+        }, optional=("hip_angle_deg",)),
         Exercise.of("jumping_jack", {
             "arm_elevation_deg": ((0, 60), (130, 180)),
             "feet_spread": ((0, 0.5), (0.75, INF)),
             # The legs open sideways, wider than the shoulders, with the arms: a jump with the arms up
             # (a jump shot), a stride or a side view of split legs is not an open jack.
-            "feet_width": ((0, INF), (p.jumping_jack_feet_width, INF)),
+            "feet_width": (ANY, (p.jumping_jack_feet_width, INF)),   # open: 1.9-2.6; a jump shot ~1
             "shoulder_width": ((0.15, INF), (0.15, INF)),   # facing the camera (side on: ~0.05)
             "torso_lean_deg": ((0, 30), (0, 30)),
         }),
@@ -300,6 +302,10 @@ class RepParams(PluginParams):
     size_memory_s: float = Field(10.0, gt=0, le=600, description="Body lengths are the track's longest leg "
                                  "(thigh + shin) seen lately: it decays by 1/e over this many seconds, so a "
                                  "person walking away is re-measured while a squat's foreshortened thighs are not.")
+    posture_grace_s: float = Field(0.3, ge=0, le=5, description="Out of an exercise's posture (e.g. the "
+                                   "push-up's straight body) for longer than this, seconds, drops the repetition "
+                                   "in progress; shorter stretches (a keypoint misplaced for a frame or two) are "
+                                   "passed over.")
     squat_depth: float = Field(0.6, gt=0, lt=0.8, description="Squat bottom: hips at most this high above the "
                                "ankles, in body lengths (standing: 1).")
     squat_knee_bend_deg: float = Field(60.0, gt=40, le=150, description="Squat bottom: knee flexion at least "
@@ -368,6 +374,7 @@ class Cycle:
     active_to: float = 0.0
     extremes: np.ndarray | None = None   # (M,) furthest values into the active zone, this repetition
     pending: list[Rep] = field(default_factory=list)   # auto: repetitions in a row, not yet counted
+    out_since: float | None = None  # first frame of the current stretch out of the exercise's posture
 
     def reset(self) -> None:
         self.phase = "unknown"
@@ -461,8 +468,13 @@ class RepCounter(Plugin):
         cycle.last_seen = now
         values = np.where(fresh, state.signals[exercise.signals], np.nan)   # NaN fails every comparison
         if np.any(fresh & ((values < exercise.hull[:, 0]) | (values > exercise.hull[:, 1]))):
-            cycle.reset()  # out of the exercise's posture
+            # Out of the exercise's posture: for longer than posture_grace_s, the repetition is
+            # dropped; shorter, the frame is passed over (a knee misplaced for a frame or two).
+            cycle.out_since = now if cycle.out_since is None else cycle.out_since
+            if now - cycle.out_since > params.posture_grace_s:
+                cycle.reset()
             return None
+        cycle.out_since = None
         unseen = exercise.optional & ~fresh   # optional signals not seen this frame pass
         at_rest = rest_seen and bool(np.all(((values >= exercise.rest[:, 0]) & (values <= exercise.rest[:, 1]))
                                             | ~exercise.needs_rest | unseen))
