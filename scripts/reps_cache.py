@@ -79,13 +79,21 @@ def build(videos: list[Path], cache: Path, models: Path, detector: str = DETECTO
         rows.sort(key=lambda row: row[0])
         counts = np.array([len(row[4]) for row in rows], np.int64)
         np.savez_compressed(
-            cache / f"{stem}.npz", index=np.array([r[0] for r in rows], np.int64),
+            cache / f"{stem}.npz", models=np.array([detector, keypoints]), index=np.array([r[0] for r in rows], np.int64),
             media_time=np.array([r[1] for r in rows]), capture_time=np.array([r[2] for r in rows]),
             segment=np.array([r[3] for r in rows], np.int64), counts=counts,
             boxes=np.concatenate([r[4] for r in rows]).reshape(-1, 4).astype(np.float32),
             scores=np.concatenate([r[5] for r in rows]).astype(np.float32),
             keypoints=np.concatenate([r[6] for r in rows]).reshape(-1, 17, 3).astype(np.float32),
             pose_scores=np.concatenate([r[7] for r in rows]).astype(np.float32))
+
+
+def cached(cache_file: Path, detector: str = DETECTOR, keypoints: str = KEYPOINTS) -> bool:
+    """Whether cache_file holds the output of these models."""
+    if not cache_file.is_file():
+        return False
+    with np.load(cache_file) as data:
+        return "models" in data and list(data["models"]) == [detector, keypoints]
 
 
 def frames_of(cache_file: Path) -> list[Frame]:

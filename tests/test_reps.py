@@ -430,8 +430,14 @@ def test_a_jump_with_the_arms_up_is_no_jumping_jack(tmp_path):
 # ----------------------------------------------------------------------------- the full graph
 
 LABELS = yaml.safe_load((MEDIA / "labels.yml").read_text()) if (MEDIA / "labels.yml").is_file() else {}
-EXERCISE_CLIPS = ["squat_side_view", "pushups_tutorial_pushup2", "jumping_jacks_Ibbu_1"]
-WALKING_CLIPS = ["office_man_walking_1280x720", "crowd_walking_overhead", "mmaction2_demo_skeleton_2persons"]
+# The short ones of the labelled counting clips (each costs 10-30 s here); scripts/evaluate_reps.py
+# runs all of them, and every other labelled clip, the same way.
+EXERCISE_CLIPS = ["squat_side_view", "pushups_tutorial_pushup2", "jumping_jacks_Ibbu_1", "reps_squats_side_studio",
+                  "reps_jumping_jacks_front_studio", "reps_pushups_side_home_floorcam", "reps_lunges_side_studio"]
+# Nobody exercising: walking, and a squat down to a side plank (one arm propping, one bent: it
+# was counted as push-ups when the better-seen arm alone was looked at).
+WALKING_CLIPS = ["office_man_walking_1280x720", "crowd_walking_overhead", "mmaction2_demo_skeleton_2persons",
+                 "adl_squat_down_to_side_lying_side_plank_studio"]
 SIDE_BY_SIDE = "squat_and_jumping_jacks"
 
 
@@ -511,7 +517,7 @@ def test_labelled_repetitions_are_counted_exactly(graph_run, clip):
     assert len({e["track_id"] for e in reps}) == 1
     # Each repetition's active phase is centred on the labelled bottom (push-ups: the
     # half repetition under the title card is not counted).
-    np.testing.assert_allclose([e["data"]["bottom_time"] for e in reps], label["bottoms_s"], atol=0.2)
+    np.testing.assert_allclose([e["data"]["bottom_time"] for e in reps], label["bottoms_s"], atol=0.25)
     # The running count rides on the person in every pose message after the first rep.
     track = reps[0]["track_id"]
     counts = [p["annotations"].get("reps") for m in poses[clip] for p in m["persons"] if p["track_id"] == track]

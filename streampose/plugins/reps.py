@@ -1,8 +1,9 @@
-"""The repetition counter: squats, push-ups and jumping jacks, counted per tracked person.
+"""The repetition counter: squats, push-ups, jumping jacks, lunges, sit-ups and burpees,
+counted per tracked person.
 
 Each frame, a person's confident keypoints give a few body signals that do not depend
 on how large the person appears: joint angles in degrees, and lengths divided by the
-person's own leg length (`body_signals`). Each signal is low-passed over media time. An
+person's own standing leg length or arm length (`body_signals`). Each signal is low-passed over media time. An
 exercise gives some of them a zone in the rest position (standing, arms straight, feet
 together) and a zone in the active position (squat bottom, chest down, arms overhead and
 feet wide), with a gap between the zones (hysteresis):
@@ -209,8 +210,10 @@ class Exercise:
 
     @cached_property
     def rising(self) -> np.ndarray:
-        """(M,) signals whose active zone lies above their rest zone."""
-        return self.active[:, 0] >= self.rest[:, 1]
+        """(M,) signals whose active zone lies above their rest zone (or, with no rest zone, is
+        open upwards)."""
+        open_up = ~self.needs_rest & np.isfinite(self.active[:, 0]) & np.isposinf(self.active[:, 1])
+        return (self.active[:, 0] >= self.rest[:, 1]) | open_up
 
 
 EXERCISE_NAMES = ("squat", "push_up", "jumping_jack", "lunge", "sit_up", "burpee")
@@ -311,13 +314,15 @@ class RepParams(PluginParams):
     squat_knee_bend_deg: float = Field(60.0, gt=40, le=150, description="Squat bottom: knee flexion at least "
                                        "this, degrees, seen in the knee angle (side) or the thighs' turn toward "
                                        "the camera (front).")
-    push_up_top_deg: float = Field(40.0, ge=0, lt=180, description="Push-up top: the better-seen arm bent at "
-                                   "most this much, degrees (180 - elbow angle, or the arm's fold toward the camera).")
+    push_up_top_deg: float = Field(40.0, ge=0, lt=180, description="Push-up top: the arms (the mean of those "
+                                   "seen) bent at most this much, degrees (180 - elbow angle, or the arm's fold "
+                                   "toward the camera).")
     push_up_bottom_deg: float = Field(70.0, gt=0, le=180, description="Push-up bottom: the arm bent at least "
                                       "this much, degrees. Must be above push_up_top_deg.")
     push_up_torso_drop: float = Field(0.6, gt=-1, le=2, description="Push-up posture: the hips at most this "
-                                      "far below the shoulders in the image, in arm lengths (standing ~0.8, a "
-                                      "push-up seen from the side ~0.3, from the front ~0 or less).")
+                                      "far below the shoulders in the image, in arm lengths (standing 1.0-1.4, a "
+                                      "push-up seen from the side 0.15-0.42, from the front 0.05-0.45); at the top "
+                                      "the shoulders must also be no lower than the hips.")
     jumping_jack_feet_width: float = Field(1.5, gt=1, le=5, description="Jumping-jack open position: ankles at "
                                            "least this many shoulder widths apart, horizontally.")
     lunge_split: float = Field(0.5, gt=0.35, le=2, description="Lunge bottom: ankles at least this many body "
