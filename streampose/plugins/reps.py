@@ -305,16 +305,16 @@ class RepParams(PluginParams):
     size_memory_s: float = Field(10.0, gt=0, le=600, description="Body lengths are the track's longest leg "
                                  "(thigh + shin) seen lately: it decays by 1/e over this many seconds, so a "
                                  "person walking away is re-measured while a squat's foreshortened thighs are not.")
-    posture_grace_s: float = Field(0.3, ge=0, le=5, description="Out of an exercise's posture (e.g. the "
+    posture_grace_s: float = Field(0.5, ge=0, le=5, description="Out of an exercise's posture (e.g. the "
                                    "push-up's straight body) for longer than this, seconds, drops the repetition "
                                    "in progress; shorter stretches (a keypoint misplaced for a frame or two) are "
                                    "passed over.")
     squat_depth: float = Field(0.6, gt=0, lt=0.8, description="Squat bottom: hips at most this high above the "
                                "ankles, in body lengths (standing: 1).")
-    squat_knee_bend_deg: float = Field(60.0, gt=40, le=150, description="Squat bottom: knee flexion at least "
+    squat_knee_bend_deg: float = Field(70.0, gt=40, le=150, description="Squat bottom: knee flexion at least "
                                        "this, degrees, seen in the knee angle (side) or the thighs' turn toward "
                                        "the camera (front).")
-    push_up_top_deg: float = Field(40.0, ge=0, lt=180, description="Push-up top: the arms (the mean of those "
+    push_up_top_deg: float = Field(38.0, ge=0, lt=180, description="Push-up top: the arms (the mean of those "
                                    "seen) bent at most this much, degrees (180 - elbow angle, or the arm's fold "
                                    "toward the camera).")
     push_up_bottom_deg: float = Field(70.0, gt=0, le=180, description="Push-up bottom: the arm bent at least "
@@ -325,15 +325,15 @@ class RepParams(PluginParams):
                                       "the shoulders must also be no lower than the hips.")
     jumping_jack_feet_width: float = Field(1.5, gt=1, le=5, description="Jumping-jack open position: ankles at "
                                            "least this many shoulder widths apart, horizontally.")
-    lunge_split: float = Field(0.5, gt=0.35, le=2, description="Lunge bottom: ankles at least this many body "
+    lunge_split: float = Field(0.6, gt=0.35, le=2, description="Lunge bottom: ankles at least this many body "
                                "lengths apart; a squat's feet stay closer.")
     lunge_depth: float = Field(0.6, gt=0, lt=0.75, description="Lunge bottom: hips at most this high above the "
                                "(rear) ankle, in body lengths.")
-    sit_up_lying_deg: float = Field(65.0, gt=0, le=90, description="Sit-up rest: lying, the torso at least this "
+    sit_up_lying_deg: float = Field(60.0, gt=0, le=90, description="Sit-up rest: lying, the torso at least this "
                                     "far from upright, degrees.")
-    sit_up_up_deg: float = Field(40.0, ge=0, lt=90, description="Sit-up (or crunch) up position: the torso at "
+    sit_up_up_deg: float = Field(35.0, ge=0, lt=90, description="Sit-up (or crunch) up position: the torso at "
                                  "most this far from upright, degrees. Must be below sit_up_lying_deg.")
-    burpee_plank_lean_deg: float = Field(55.0, gt=30, le=90, description="Burpee bottom: the torso at least "
+    burpee_plank_lean_deg: float = Field(65.0, gt=30, le=90, description="Burpee bottom: the torso at least "
                                          "this far from upright, degrees, propped on straight arms.")
 
     @model_validator(mode="after")
