@@ -3,8 +3,8 @@ counted per tracked person.
 
 Each frame, a person's confident keypoints give a few body signals that do not depend
 on how large the person appears: joint angles in degrees, and lengths divided by the
-person's own standing leg length or arm length (`body_signals`). Each signal is low-passed over media time. An
-exercise gives some of them a zone in the rest position (standing, arms straight, feet
+person's own standing leg length or arm length (`body_signals`). Each signal is
+low-passed over media time. An exercise gives some of them a zone in the rest position (standing, arms straight, feet
 together) and a zone in the active position (squat bottom, chest down, arms overhead and
 feet wide), with a gap between the zones (hysteresis):
 
@@ -236,8 +236,8 @@ def make_exercises(p: RepParams) -> dict[str, Exercise]:
             "torso_offset": ((0, 0.25), (0, 0.25)),
         }),
         Exercise.of("push_up", {
-            # The arm that props the body, seen from any side: straight under the shoulder at the top,
-            # shoulder down near the hand's height at the bottom. No ankles needed (cut off by a floor camera).
+            # The arms that prop the body, seen from any side: straight at the top (side 8-35, front ~5),
+            # bent ~90-170 at the bottom. No ankles needed (a floor camera cuts them off).
             "arm_bend_deg": ((0, p.push_up_top_deg), (p.push_up_bottom_deg, 180)),
             # Not upright: from the side the torso lies near level, from a camera in front it is
             # foreshortened; standing, sitting or kneeling the hips hang a torso's length below.
@@ -245,7 +245,7 @@ def make_exercises(p: RepParams) -> dict[str, Exercise]:
             # front camera 0.05-0.45); a forearm plank's shoulders are below its hips (-0.1 to -0.4).
             "torso_drop": ((0.0, p.push_up_torso_drop), (-INF, p.push_up_torso_drop)),
             # A straight body (if the knees are seen): push-ups 147-179 (the oblique gym clip's misplaced
-            # knees read 18-30 for single frames: posture_grace_s); kneeling on all fours 93-142.
+            # knees read 18-30 for ~0.16 s at three tops: posture_grace_s); on all fours 93-142.
             "hip_angle_deg": ((145, 180), (145, 180)),
         }, optional=("hip_angle_deg",)),
         Exercise.of("jumping_jack", {
