@@ -79,7 +79,8 @@ def build(videos: list[Path], cache: Path, models: Path, detector: str = DETECTO
         rows.sort(key=lambda row: row[0])
         counts = np.array([len(row[4]) for row in rows], np.int64)
         np.savez_compressed(
-            cache / f"{stem}.npz", models=np.array([detector, keypoints]), index=np.array([r[0] for r in rows], np.int64),
+            cache / f"{stem}.npz", models=np.array([detector, keypoints]),
+            index=np.array([r[0] for r in rows], np.int64),
             media_time=np.array([r[1] for r in rows]), capture_time=np.array([r[2] for r in rows]),
             segment=np.array([r[3] for r in rows], np.int64), counts=counts,
             boxes=np.concatenate([r[4] for r in rows]).reshape(-1, 4).astype(np.float32),

@@ -121,7 +121,7 @@ def sit_up_joints(depth: float) -> dict[str, np.ndarray]:
     hip, ankle = np.array([0.0, 0.1]), np.array([0.62, 0.08])
     shoulder = hip + 0.55 * _unit(180 - 70 * depth)
     head = shoulder + 0.22 * _unit(180 - 70 * depth)
-    return {"ankle": ankle, "knee": _knee(hip, ankle) * [1, 1], "hip": hip, "shoulder": shoulder,
+    return {"ankle": ankle, "knee": _knee(hip, ankle), "hip": hip, "shoulder": shoulder,
             "elbow": head + 0.2 * _unit(90 - 70 * depth), "wrist": head, "nose": head}
 
 
@@ -134,7 +134,8 @@ def burpee_joints(depth: float) -> dict[str, np.ndarray]:
     if depth <= 0.5:
         a, b, f = stand, crouch, depth * 2
     else:
-        a, b, f = crouch, {k: v + [crouch["wrist"][0] - plank["wrist"][0], 0.0] for k, v in plank.items()}, depth * 2 - 1
+        shift = [crouch["wrist"][0] - plank["wrist"][0], 0.0]   # the plank's hands where the crouch put them
+        a, b, f = crouch, {k: v + shift for k, v in plank.items()}, depth * 2 - 1
     return {k: (1 - f) * a[k] + f * b[k] for k in a}
 
 

@@ -155,7 +155,8 @@ def body_signals(keypoints: np.ndarray, min_confidence: float, body_length: floa
     torso_lean = _between_deg(-torso_down, _UP)
     knee_angle, hip_height, torso_offset, body_elevation, hip_angle, elbow_angle, arm_elevation, knee_bend = means
     return np.array([knee_angle, hip_height, torso_lean, torso_offset, body_elevation, hip_angle, elbow_angle,
-                     arm_elevation, feet_spread, knee_bend, arm_extension, shoulder_width, feet_width, arm_bend, torso_drop])
+                     arm_elevation, feet_spread, knee_bend, arm_extension, shoulder_width, feet_width, arm_bend,
+                     torso_drop])
 
 
 ANY = (-math.inf, math.inf)  # a zone that does not constrain its signal
