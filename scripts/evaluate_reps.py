@@ -1,8 +1,8 @@
 """Evaluate the repetition counter against the labelled shared videos, through the full graph.
 
     python scripts/evaluate_reps.py [--media DIR] [--models DIR] [--keypoints NAME]
-                                    [--exercise auto|squat|push_up|jumping_jack]
-                                    [--clips NAME ...] [--record DIR]
+                                    [--exercise auto|squat|push_up|jumping_jack|lunge|sit_up|burpee]
+                                    [--clips NAME ...] [--record DIR] [--cache DIR]
 
 All clips run at once as the sources of one graph: file -> detector -> keypoints ->
 tracker -> smoother -> plugin reps -> publisher (an ipc socket this script subscribes
@@ -10,7 +10,9 @@ to). Every frame is processed. It prints a Markdown table: per clip, the repetit
 labelled in <media>/labels.yml and the `rep` events received (exercise, count, and the
 middle of each repetition's active phase against the labelled bottoms_s), and exits
 with 1 if any count differs. Clips default to every video in labels.yml; --record
-writes annotated MP4s there.
+writes annotated MP4s there. --cache DIR runs the detector and keypoints once per clip
+(stored in DIR, see scripts/reps_cache.py) and replays tracker -> smoother -> plugin reps
+from there: the same counts in seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from streampose.client import Subscriber
+from streampose.plugins.reps import EXERCISE_NAMES
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
 from streampose.runtime.pipeline import Pipeline
@@ -113,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=SHARED / "models", help="folder holding the model folders")
     parser.add_argument("--detector", default="picodet_s_192_lcnet_pedestrian_ov")
     parser.add_argument("--keypoints", default="tinypose_128x96_ov")
-    parser.add_argument("--exercise", default="auto", choices=["auto", "squat", "push_up", "jumping_jack"])
+    parser.add_argument("--exercise", default="auto", choices=["auto", *EXERCISE_NAMES])
     parser.add_argument("--clips", nargs="+", help="video file names from labels.yml (default: all)")
     parser.add_argument("--record", type=Path, help="write annotated MP4s into this folder")
+    parser.add_argument("--cache", type=Path, help="keypoint cache folder (built where missing): replay from it")
     args = parser.parse_args(argv)
 
     labels_path = args.media / "labels.yml"
@@ -132,6 +136,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"videos not found: {', '.join(missing)}")
 
     started = time.monotonic()
+    if args.cache:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import reps_cache
+
+        missing = [video for video in videos
+                   if not reps_cache.cached(args.cache / f"{video.stem}.npz", args.detector, args.keypoints)]
+        if missing:
+            reps_cache.build(missing, args.cache, args.models, args.detector, args.keypoints)
+        events = {video.stem: [{"track_id": e.track_id, "data": e.data} for e in reps_cache.replay(
+            reps_cache.frames_of(args.cache / f"{video.stem}.npz"), {"exercise": args.exercise}) if e.kind == "rep"]
+            for video in videos}
+        text, all_match = table(labels, clips, events, args.exercise)
+        print(f"exercise: {args.exercise}, models: {args.detector} + {args.keypoints} (cached keypoints), "
+              f"{time.monotonic() - started:.0f} s\n")
+        print(text)
+        return 0 if all_match else 1
     with tempfile.TemporaryDirectory(prefix="evaluate_reps_") as workdir:
         events = run_graph(videos, args.models, args.detector, args.keypoints, args.exercise, Path(workdir),
                            args.record.resolve() if args.record else None)
