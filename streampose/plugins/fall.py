@@ -332,8 +332,10 @@ class FallDetector(Plugin):
                              "the 0.5 threshold); turn it on with calibrated cameras.")
         min_track_age_s: float = Field(0.25, ge=0, le=60, description="A track must have been seen this long "
                                        "before a fall can start, seconds (a new track is often a false detection).")
-        height_memory_s: float = Field(3.0, gt=0, le=60, description="Body height is the 90th percentile of the "
-                                       "per-frame estimates of the last this many seconds the person was not down.")
+        height_memory_s: float = Field(3.0, gt=0, le=60, description="Body height is the median of the per-frame "
+                                       "estimates of the last this many seconds the person was not down, only those "
+                                       "taken upright and whole in the picture (box touching no edge) if there are "
+                                       "any; with none in this time the last height holds.")
         max_gap_s: float = Field(0.7, gt=0, le=10, description="Time between two observations of a track counts "
                                  "(as down or not down) only when they are at most this far apart, seconds.")
         handover_s: float = Field(1.5, ge=0, le=10, description="A new track overlapping the last box of a track "
