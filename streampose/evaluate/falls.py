@@ -74,7 +74,7 @@ stages:
 # false alarms (docs/falls.md, "Where to turn"): how fast a descent must be, how long the person
 # must stay down (a burpee lies about 1.2 s), how far down counts as on the floor.
 CV_GRID = {
-    "min_speed": [0.3, 0.4, 0.5],
+    "min_speed": [0.3, 0.5],
     "confirm_s": [0.6, 0.8, 1.2],
     "floor_drop": [0.35, 0.45, 0.55],
 }

@@ -403,7 +403,11 @@ class FallDetector(Plugin):
         # like one falling there (crowd_walking_overhead).
         measurable = np.isfinite(floor_drop) and np.isfinite(obs.box_centre_y)
         low = ramp(floor_drop, p.floor_drop - FLOOR_RAMP, p.floor_drop + FLOOR_RAMP) if measurable else np.nan
-        posture = np.fmax(self._posture(state, measured, now), low)
+        posture = self._posture(state, measured, now)
+        # It only adds evidence of being down: with no posture measured, a small drop says
+        # nothing (only a measured posture can show a recovery; fall_room_chair, lying at the
+        # right edge with one cue left, read 0.19 and lost its fall).
+        posture = max(posture, low) if np.isfinite(posture) else (low if low >= p.lying_threshold else np.nan)
         if upright:
             state.reference = sample
 
