@@ -34,7 +34,13 @@ States (annotation `fall_state`) and the events that leave them:
     upright | down | recovered --score >= 0.5, track old enough--> falling   (fall_started)
     falling --down for confirm_s--> fallen                                    (fall_confirmed)
     falling --not down for recover_s--> upright                               (none: a stumble)
-    fallen --not down for recover_s--> recovered                              (fall_recovered)
+    fallen --on their feet (posture <= standing_max) for recover_s--> recovered (fall_recovered)
+
+Besides the states, a person seen upright who has been down for `down_alarm_s` raises
+`person_down`, the long-lie alarm, however they got there. The descent is also measured from
+the last upright frame up to `descent_max_s` ago (a slow, supported or stepwise fall), and a
+body as far below its last upright height as one on the floor (`floor_drop`) reads down
+whatever its posture cues say.
 
 "down" has hysteresis: posture >= lying_threshold to enter, < lying_release to leave. A
 posture that cannot be measured (too few cues: a lying body's joints are often missed, or
