@@ -249,10 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from streampose.calib import add_calib_parser
     from streampose.client import add_subscribe_parser
+    from streampose.evaluate import add_evaluate_parser
     from streampose.models.cli import add_models_parser
     add_subscribe_parser(commands)
     add_models_parser(commands)
     add_calib_parser(commands)
+    add_evaluate_parser(commands)
     return parser
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -373,6 +374,29 @@ def test_streams_are_tracked_apart_and_reset_on_stream_events():
     # Media time running backwards (a looping file) ends the tracks on that frame.
     back = track_frames(stage, [make_frame(0.05, [box_at(300, 300)], stream="a", segment=1)])
     assert back[0].ended_tracks == [2] and ids_of(back[0]) == [3]
+
+
+def scene(seed: int, shift: int = 0) -> np.ndarray:
+    """A 240x320 picture of random coloured blocks (a room), moved `shift` pixels sideways."""
+    blocks = np.random.default_rng(seed).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return np.roll(cv2.resize(blocks, (320, 240), interpolation=cv2.INTER_NEAREST), shift, axis=1)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_hard_cut_ends_every_track_and_ids_start_afresh(algorithm):
+    """The same box before and after a cut to another scene is another person: the track ends
+    at the cut. A camera panning over one scene is no cut."""
+    def shots() -> list[Frame]:
+        frames = [make_frame(0.1 * i, [box_at(160, 120, 40, 100)], index=i) for i in range(8)]
+        for i, frame in enumerate(frames):
+            frame.image = scene(1, shift=8 * i) if i < 5 else scene(2)
+        return frames
+
+    frames = track_frames(tracker(algorithm=algorithm, min_hits=1), shots())
+    assert [ids_of(f) for f in frames] == [[1]] * 5 + [[2]] * 3
+    assert [f.ended_tracks for f in frames] == [[]] * 5 + [[1], [], []]
+    never = track_frames(tracker(algorithm=algorithm, min_hits=1, cut_threshold=-1), shots())
+    assert [ids_of(f) for f in never] == [[1]] * 8
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

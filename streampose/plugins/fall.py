@@ -34,7 +34,13 @@ States (annotation `fall_state`) and the events that leave them:
     upright | down | recovered --score >= 0.5, track old enough--> falling   (fall_started)
     falling --down for confirm_s--> fallen                                    (fall_confirmed)
     falling --not down for recover_s--> upright                               (none: a stumble)
-    fallen --not down for recover_s--> recovered                              (fall_recovered)
+    fallen --on their feet (posture <= standing_max) for recover_s--> recovered (fall_recovered)
+
+Besides the states, a person seen upright who has been down for `down_alarm_s` raises
+`person_down`, the long-lie alarm, however they got there. The descent is also measured from
+the last upright frame up to `descent_max_s` ago (a slow, supported or stepwise fall), and a
+body as far below its last upright height as one on the floor (`floor_drop`) reads down
+whatever its posture cues say.
 
 "down" has hysteresis: posture >= lying_threshold to enter, < lying_release to leave. A
 posture that cannot be measured (too few cues: a lying body's joints are often missed, or
@@ -106,6 +112,14 @@ MIN_CUES = 2
 TORSO_CUES = ("torso_angle", "torso_length")
 # Per-track history is trimmed by time, and also capped in samples whatever the frame rate.
 MAX_SAMPLES = 1024
+# A drop since the last upright frame reads down (0.5) at floor_drop, from 0 at floor_drop -
+# FLOOR_RAMP to 1 at floor_drop + FLOOR_RAMP, in body heights.
+FLOOR_RAMP = 0.15
+# The long-lie alarm's default delay, seconds (see down_alarm_s). A care home would wait
+# minutes; 6 s is what the labelled clips can exercise: 6 of their 24 falls lie still for 6 s
+# within the clip (10 s: 2), the deliberate lie-downs and planks labelled as other_down_events
+# mostly end sooner (one side plank lies 6.8 s and raises it).
+DOWN_ALARM_S = 6.0
 # The up direction and the floor level learnt from 3D joints follow upright frames with this
 # time constant; a frame whose body axis (ankles to shoulders) is further than
 # UP_TOLERANCE_DEG from the learnt up (a fall beginning, a bad pose) is not used.
@@ -142,10 +156,13 @@ class Observation:
     head, shoulders, hips, ankles: (2,) centres of the seen joints of each group.
     top_y, bottom_y: rows of the highest and lowest seen joints of the BODY (arms left out).
     legs_seen: a knee or an ankle is seen.
-    floor_y: the row of the lower seen ankle, where the person stands; NaN without one. When
-             the box touches the bottom edge the legs are taken as cut: knees and ankles are
-             not used, whatever the keypoint model guessed.
+    floor_y: the row of the lower seen ankle, where the person stands; without one the box's
+             bottom (where a lying body touches the floor; at the bottom edge, a bound: the
+             floor is there or lower). When the box touches the bottom edge the legs are taken
+             as cut: knees and ankles are not used, whatever the keypoint model guessed.
     box_centre_y: pixels; NaN when the box touches the top or bottom edge.
+    box_top_y: pixels; NaN when the box touches the top edge (a body cut at the bottom edge, or
+            lying along it in low contrast with few joints found, still shows its top).
     box_height: pixels; NaN when the box touches any edge (only part of the body is in view).
     aspect: box width / height; NaN when the box touches the top or bottom edge. When it
             touches the left or right edge the body goes on outside, so this is a lower bound.
@@ -162,6 +179,7 @@ class Observation:
     legs_seen: bool
     floor_y: float
     box_centre_y: float
+    box_top_y: float
     box_height: float
     aspect: float
     side_cut: bool
@@ -186,8 +204,9 @@ def observe(keypoints: np.ndarray, box: np.ndarray, width: int, height: int,
         hips=_centre(xy, seen, HIPS), ankles=_centre(xy, seen, ANKLES),
         top_y=rows.min() if len(rows) else np.nan, bottom_y=rows.max() if len(rows) else np.nan,
         legs_seen=bool(seen[LEGS].any()),
-        floor_y=xy[ANKLES, 1][seen[ANKLES]].max() if seen[ANKLES].any() else np.nan,
+        floor_y=xy[ANKLES, 1][seen[ANKLES]].max() if seen[ANKLES].any() else y2,
         box_centre_y=(y1 + y2) / 2 if rows_ok else np.nan,
+        box_top_y=y1 if y1 > edge_margin * height else np.nan,
         box_height=y2 - y1 if rows_ok and not side_cut else np.nan,
         aspect=(x2 - x1) / (y2 - y1) if rows_ok else np.nan, side_cut=side_cut)
 
@@ -228,13 +247,13 @@ def posture_score(values: dict[str, float], side_cut: bool) -> float:
 
 @dataclass
 class Sample:
-    """What the descent window keeps of one frame: time, posture, the body's centres as image
-    rows (shoulders, hips, box; pixels) with the floor row under the person, with 3D joints
+    """What the descent window keeps of one frame: time, whether upright, the body's centres as image
+    rows (shoulders, hips, box centre, box top; pixels) with the floor row under the person, with 3D joints
     the centres as points (metres), and the descent evidence measured at that frame."""
 
     time: float
-    posture: float
-    rows: np.ndarray       # (3,)
+    upright: bool          # measured upright, before any fall
+    rows: np.ndarray       # (4,)
     floor: float
     points: np.ndarray     # (2, 3) shoulders, hips; NaN without 3D
     descent: float = 0.0
@@ -251,7 +270,9 @@ class FallTrack:
     last_seen: float | None = None
     last_capture: float = 0.0      # capture time of the last sighting, seconds since the epoch
     last_box: np.ndarray | None = None
-    sizes: deque = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))    # (time, pixels)
+    sizes: deque = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))    # (time, pixels, whole and upright)
+    height: float = np.nan         # body height, pixels: the last one known
+    reference: Sample | None = None  # the last upright frame
     window: deque = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))   # Samples
     up: np.ndarray = field(default_factory=lambda: CAMERA_UP.copy())  # 3D: unit up vector
     ground: float = np.nan         # 3D: height of the floor along `up`, metres
@@ -261,6 +282,9 @@ class FallTrack:
     down: bool = False
     down_s: float = 0.0            # time down since the fall started
     up_s: float = 0.0              # time not down, in a row
+    standing_s: float = 0.0        # time on their feet (posture at most standing_max), in a row
+    lying_s: float = 0.0           # time down, in a row (ended by recover_s not down), for the long-lie alarm
+    long_lie_raised: bool = False  # person_down raised for the current time down
     fall_descent: float = 0.0      # descent evidence when the current fall started
     features: dict = field(default_factory=dict)   # the latest frame's, for events
 
@@ -283,6 +307,13 @@ class FallDetector(Plugin):
                                  "evidence is 0.5, body heights per second; 0 at half and 1 at one and a half "
                                  "times this. Falls reach the floor in 0.4-1 s (0.5-1.5 body heights per "
                                  "second); sitting or lying down on purpose takes 1.5 s or more.")
+        descent_max_s: float = Field(3.0, gt=0, le=30, description="The drop from the last upright frame counts "
+                                     "as a descent up to this long after it, seconds of media time (its speed is "
+                                     "the mean over that time): a slow, supported or stepwise fall.")
+        floor_drop: float = Field(0.45, gt=0, le=2, description="Drop of the body's centres and box top since the "
+                                  "last upright frame at which a person reads down whatever the posture cues say "
+                                  "(lying at the frame edge, along the view, few joints found), body heights. "
+                                  "Sitting on a chair or squatting drops them 0.2-0.35.")
         upright_max: float = Field(0.15, ge=0, le=1, description="Posture score (0 upright .. 1 lying) up to which "
                                    "a frame is an upright reference for the drop.")
         lying_threshold: float = Field(0.5, gt=0, le=1, description="Posture score at which a person counts as "
@@ -291,16 +322,26 @@ class FallDetector(Plugin):
                                      "down no longer counts as down (hysteresis), 0..1; below lying_threshold.")
         confirm_s: float = Field(0.8, ge=0, le=60, description="Time down after a fall starts before it is "
                                  "confirmed (fall_confirmed), seconds of media time.")
-        recover_s: float = Field(1.0, gt=0, le=60, description="Time not down, in a row, that ends a fall: a "
-                                 "confirmed fall is recovered (fall_recovered), an unconfirmed one dropped, seconds.")
+        recover_s: float = Field(1.0, gt=0, le=60, description="Time in a row that ends a fall, seconds: not down "
+                                 "for an unconfirmed one (dropped, a stumble), on their feet (posture at most "
+                                 "standing_max) for a confirmed one (fall_recovered); and not down, the long lie.")
+        standing_max: float = Field(0.25, ge=0, le=1, description="Posture score up to which a person who fell is "
+                                    "on their feet again, 0..1. Sitting on the floor reads 0.3-0.45 (hips on the "
+                                    "ground, torso up), standing 0-0.15.")
+        down_alarm_s: float = Field(DOWN_ALARM_S, ge=0, le=3600, description="A person seen upright who has been "
+                                    "down this long (not down for less than recover_s in between) raises "
+                                    "person_down, the long-lie alarm, whether or not the way down looked like a "
+                                    "fall, seconds of media time; 0 = never.")
         use_3d: bool = Field(False, description="Measure the torso angle and the heights from 3D joints when a "
                              "lift3d stage ran before this one. Off by default: on monocular video the 2D cues "
                              "proved more reliable (on fall_room_chair the 3D cues scored the fall 0.496, under "
                              "the 0.5 threshold); turn it on with calibrated cameras.")
         min_track_age_s: float = Field(0.25, ge=0, le=60, description="A track must have been seen this long "
                                        "before a fall can start, seconds (a new track is often a false detection).")
-        height_memory_s: float = Field(3.0, gt=0, le=60, description="Body height is the 90th percentile of the "
-                                       "per-frame estimates of the last this many seconds the person was not down.")
+        height_memory_s: float = Field(3.0, gt=0, le=60, description="Body height is the median of the per-frame "
+                                       "estimates of the last this many seconds the person was not down, only those "
+                                       "taken upright and whole in the picture (box touching no edge) if there are "
+                                       "any; with none in this time the last height holds.")
         max_gap_s: float = Field(0.7, gt=0, le=10, description="Time between two observations of a track counts "
                                  "(as down or not down) only when they are at most this far apart, seconds.")
         handover_s: float = Field(1.5, ge=0, le=10, description="A new track overlapping the last box of a track "
@@ -345,24 +386,42 @@ class FallDetector(Plugin):
         obs = observe(persons.keypoints[i], box, frame.width, frame.height, p.min_confidence, p.edge_margin)
         body3d = (observe_3d(persons.kpts3d[i], p.min_confidence)
                   if p.use_3d and persons.kpts3d is not None else None)
-        body_height = self._body_height(state, now, obs.size)
+        body_height = self._body_height(state, now, obs)
         values = self._cue_values(obs, body_height, body3d, state)
         measured = posture_score(values, obs.side_cut)
-        sample = Sample(now, measured, np.array([obs.shoulders[1], obs.hips[1], obs.box_centre_y]), obs.floor_y,
+        # Not while a fall is under way or the person is down: the two cues left of a person
+        # lying at the bottom edge towards the camera (torso and head, foreshortened) can read
+        # upright (0.04 on fall_cctv_restaurant_kitchen_slip_with_pot), and the drop must be
+        # measured from before the fall.
+        upright = measured <= p.upright_max and not state.down and state.state not in ("falling", "fallen")
+        sample = Sample(now, upright, np.array([obs.shoulders[1], obs.hips[1], obs.box_centre_y, obs.box_top_y]),
+                        obs.floor_y,
                         np.full((2, 3), np.nan) if body3d is None else np.stack([body3d.shoulders, body3d.hips]))
-        sample.descent, drop, speed = self._descent(state, sample, body_height, body3d)
+        sample.descent, drop, speed, floor_drop = self._descent(state, sample, body_height, body3d)
         # The drop and the lying posture need not peak in the same frame (the body lands, then
         # settles; a blurred landing is not measured): the drop counts for the whole window.
         descent = max([sample.descent] + [s.descent for s in state.window])
-        if body3d is not None and measured <= p.upright_max:
+        if body3d is not None and upright:
             self._learn_ground(state, body3d, now)
+        # A body as far below its last upright height as a body on the floor is down, however
+        # few cues its joints give (lying at the frame edge, in low contrast, along the view).
+        # Not at the top or bottom edge: a body walking out of view at the bottom edge drops
+        # like one falling there (crowd_walking_overhead).
+        measurable = np.isfinite(floor_drop) and np.isfinite(obs.box_centre_y)
+        low = ramp(floor_drop, p.floor_drop - FLOOR_RAMP, p.floor_drop + FLOOR_RAMP) if measurable else np.nan
         posture = self._posture(state, measured, now)
+        # It only adds evidence of being down: with no posture measured, a small drop says
+        # nothing (only a measured posture can show a recovery; fall_room_chair, lying at the
+        # right edge with one cue left, read 0.19 and lost its fall).
+        posture = max(posture, low) if np.isfinite(posture) else (low if low >= p.lying_threshold else np.nan)
+        if upright:
+            state.reference = sample
 
         gap = None if state.last_seen is None else now - state.last_seen
         state.first_seen = now if state.first_seen is None else state.first_seen
         state.stream, state.last_seen, state.last_capture, state.last_box = frame.stream, now, frame.capture_time, box
         state.window.append(sample)
-        state.features = {"posture": posture, "descent": descent, "drop": drop, "speed": speed,
+        state.features = {"posture": posture, "descent": descent, "drop": drop, "speed": speed, "floor_drop": floor_drop,
                           "body_height_px": body_height,
                           "cues": {name: value for name, value in values.items() if np.isfinite(value)}}
 
@@ -374,16 +433,24 @@ class FallDetector(Plugin):
 
     # ------------------------------------------------------------------ measuring
 
-    def _body_height(self, state: FallTrack, now: float, size: float) -> float:
-        """The track's body height in pixels. Estimates taken while down (lying joints are
-        often wrong and foreshortened) are not used: the height seen before holds."""
-        if np.isfinite(size) and size > 0 and not state.down:
-            state.sizes.append((now, size))
-            while state.sizes[0][0] < now - self.params.height_memory_s:
-                state.sizes.popleft()
-        if not state.sizes:
-            return np.nan
-        return float(np.percentile([s for _, s in state.sizes], 90))
+    def _body_height(self, state: FallTrack, now: float, obs: Observation) -> float:
+        """The track's body height in pixels: the median of the estimates of the last
+        height_memory_s, counting only those taken while the person was upright and whole in
+        the picture (box touching no frame edge) when there are any. Estimates taken while down
+        (lying joints are often wrong and foreshortened) are not used, and with no estimate in
+        the memory the last height holds: a body cut by the frame edge, or lying, keeps the
+        size it was seen at."""
+        p = self.params
+        if np.isfinite(obs.size) and obs.size > 0 and not state.down:
+            whole = np.isfinite(obs.box_height) and bool(state.window) and state.window[-1].upright
+            state.sizes.append((now, obs.size, whole))
+        while state.sizes and state.sizes[0][0] < now - p.height_memory_s:
+            state.sizes.popleft()
+        if state.sizes:
+            sizes = np.array([(size, whole) for _, size, whole in state.sizes])
+            good = sizes[sizes[:, 1] > 0, 0]
+            state.height = float(np.median(good if len(good) else sizes[:, 0]))
+        return state.height
 
     @staticmethod
     def _cue_values(obs: Observation, body_height: float, body3d: Body3D | None,
@@ -434,10 +501,14 @@ class FallDetector(Plugin):
         state.up_time = now
 
     def _descent(self, state: FallTrack, sample: Sample, body_height: float,
-                 body3d: Body3D | None) -> tuple[float, float, float]:
+                 body3d: Body3D | None) -> tuple[float, float, float, float]:
         """(descent evidence 0..1, its drop in body heights and mean speed in body heights per
-        second) from the upright frame in the window that gives the most evidence; (0, NaN,
-        NaN) without one. The evidence from one upright frame is that of a drop both deep
+        second, the drop since the last upright frame) from the upright frame that gives the
+        most evidence: those in the window, and the last upright frame up to descent_max_s ago,
+        so that the whole descent counts however long it took from the last upright
+        observation to the first lying one (a slow or supported collapse, a camera that sends
+        a new image only every 0.3 s); (0, NaN, NaN, NaN) without one. The evidence from one
+        upright frame is that of a drop both deep
         (min_drop) and fast (min_speed): a deliberate sit-down to the floor can drop as deep
         as a fall, but not as fast. A drop is the mean over the body's centres seen in both
         frames: in 3D along the up direction when both frames have 3D joints, else in the image
@@ -447,27 +518,33 @@ class FallDetector(Plugin):
         p = self.params
         while state.window and state.window[0].time < sample.time - p.fall_window_s:
             state.window.popleft()
-        upright = [s for s in state.window if s.posture <= p.upright_max]
+        upright = [s for s in state.window if s.upright]
+        last = state.reference
+        if last is not None and (not upright or upright[-1] is not last):
+            upright.append(last)
         if not upright:
-            return 0.0, np.nan, np.nan
+            return 0.0, np.nan, np.nan, np.nan
         then_rows, then_floor = np.array([s.rows for s in upright]), np.array([s.floor for s in upright])
         shift = np.where(np.isfinite(then_floor) & np.isfinite(sample.floor), sample.floor - then_floor, 0.0)
-        drops = (sample.rows - then_rows - shift[:, None]) / body_height             # (M, 3)
+        drops = (sample.rows - then_rows - shift[:, None]) / body_height             # (M, 4)
         if body3d is not None:
             heights = np.array([s.points for s in upright]) @ state.up                 # (M, 2)
             drops_3d = (heights - sample.points @ state.up) / body3d.stature
             has_3d = np.isfinite(drops_3d).any(axis=1)
-            drops[has_3d] = np.column_stack([drops_3d[has_3d], np.full(has_3d.sum(), np.nan)])
+            drops[has_3d] = np.column_stack([drops_3d[has_3d], np.full((has_3d.sum(), 2), np.nan)])
         seen = np.isfinite(drops)
         counts = seen.sum(axis=1)
         if not counts.any():
-            return 0.0, np.nan, np.nan
+            return 0.0, np.nan, np.nan, np.nan
         mean_drops = np.where(counts > 0, np.where(seen, drops, 0.0).sum(axis=1) / np.maximum(counts, 1), -np.inf)
-        speeds = mean_drops / np.maximum(sample.time - np.array([s.time for s in upright]), 1e-6)
+        ages = sample.time - np.array([s.time for s in upright])
+        speeds = mean_drops / np.maximum(ages, 1e-6)
         evidence = np.minimum(np.clip((mean_drops / p.min_drop - 0.5), 0, 1),
                               np.clip((speeds / p.min_speed - 0.5), 0, 1))
+        evidence[ages > max(p.descent_max_s, p.fall_window_s)] = 0.0
         best = int(np.argmax(evidence))
-        return float(evidence[best]), float(mean_drops[best]), float(speeds[best])
+        floor_drop = float(mean_drops[-1]) if upright[-1] is last and counts[-1] else np.nan
+        return float(evidence[best]), float(mean_drops[best]), float(speeds[best]), floor_drop
 
     # ------------------------------------------------------------------ deciding
 
@@ -490,10 +567,23 @@ class FallDetector(Plugin):
         # Time counts between two observations in the same posture close enough together.
         span = gap if gap is not None and gap <= p.max_gap_s and state.down == was_down else 0.0
         if state.down:
-            state.down_s, state.up_s = state.down_s + span, 0.0
+            state.down_s, state.up_s, state.lying_s = state.down_s + span, 0.0, state.lying_s + span
         else:
             state.up_s += span
+            if state.up_s >= p.recover_s:
+                state.lying_s, state.long_lie_raised = 0.0, False
+        standing = known and posture <= p.standing_max
+        state.standing_s = state.standing_s + span if standing else 0.0
+        events = []
+        if (state.down and state.reference is not None and not state.long_lie_raised and p.down_alarm_s > 0
+                and state.lying_s >= p.down_alarm_s):
+            state.long_lie_raised = True
+            events.append(self._event(frame, i, "person_down", state.posture, state, lying_s=round(state.lying_s, 3)))
+        return events + self._transition(frame, i, state, posture, descent)
 
+    def _transition(self, frame: Frame, i: int, state: FallTrack, posture: float, descent: float) -> list[Event]:
+        """The fall state machine's move at this observation, and its event."""
+        p, now, known = self.params, frame.media_time, np.isfinite(posture)
         if state.state in ("upright", "down", "recovered"):
             score = min(descent, posture) if known else 0.0
             if score >= 0.5 and now - state.first_seen >= p.min_track_age_s:
@@ -508,13 +598,13 @@ class FallDetector(Plugin):
                 return [self._event(frame, i, "fall_confirmed", state.posture, state)]
             if state.up_s >= p.recover_s:
                 state.state = "upright"
-        elif state.state == "fallen" and state.up_s >= p.recover_s:
+        elif state.state == "fallen" and state.standing_s >= p.recover_s:
             state.state = "recovered"
             return [self._event(frame, i, "fall_recovered", 1.0 - state.posture, state)]
         return []
 
-    def _event(self, frame: Frame, i: int, kind: str, score: float, state: FallTrack) -> Event:
-        return make_event(frame, i, kind, score, down_s=round(state.down_s, 3), **_rounded(state.features))
+    def _event(self, frame: Frame, i: int, kind: str, score: float, state: FallTrack, **data) -> Event:
+        return make_event(frame, i, kind, score, down_s=round(state.down_s, 3), **data, **_rounded(state.features))
 
     # ------------------------------------------------------------------ track life
 

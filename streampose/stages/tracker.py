@@ -7,8 +7,10 @@ follow. Boxes, scores and keypoints stay the detector's and pose model's (the Ka
 filters only guide matching; smoothing is the smoother stage's job). Removed tracks' ids
 are appended to the frame's `ended_tracks`.
 
-Streams restart their tracks at gaps and when media time runs backwards
-(streampose.tracking.streams).
+Streams restart their tracks at gaps, when media time runs backwards
+(streampose.tracking.streams) and at a hard cut to another scene (streampose.tracking.cuts;
+`cut_threshold`): the tracks end on the cut's frame (in `ended_tracks`, so the stages after
+this one drop their per-track state) and new ids start there.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from streampose.frame import Frame, StreamEvent
 from streampose.graph import schema
 from streampose.runtime.stage import Stage, StageContext
 from streampose.tracking.bytetrack import ByteTracker
+from streampose.tracking.cuts import CutDetector
 from streampose.tracking.ocsort import OcSortTracker
 from streampose.tracking.streams import StreamTrackers
 from streampose.tracking.track import Detections, Tracker
@@ -30,9 +33,12 @@ class TrackerStage(Stage):
     def __init__(self, stage_id: str, params: schema.Tracker, context: StageContext):
         super().__init__(stage_id, params, context)
         self.trackers = StreamTrackers(lambda first_id: ALGORITHMS[params.algorithm](params, first_id), self.log)
+        self.cuts = CutDetector(params.cut_threshold) if params.cut_threshold > -1 else None
 
     def process(self, frames: list[Frame]) -> None:
         for frame in frames:
+            if self.cuts is not None and self.cuts.is_cut(frame.stream, frame.image):
+                self.trackers.restart(frame, "a hard cut")
             tracker = self.trackers.for_frame(frame)
             persons = frame.persons
             update = tracker.update(Detections(persons.boxes, persons.scores, persons.keypoints), frame.media_time)
@@ -43,3 +49,5 @@ class TrackerStage(Stage):
 
     def on_stream_event(self, event: StreamEvent) -> None:
         self.trackers.on_stream_event(event)
+        if event.restarts_stream and self.cuts is not None:
+            self.cuts.forget(event.stream)

@@ -3,8 +3,8 @@
 A stream's tracker is dropped without announcement on StreamEvent "lost" or "ended",
 on "opened" with a new segment, and when a frame comes from a new segment: downstream
 stages free that stream's state on the same events. If media time runs backwards within
-a segment, the tracks end on that frame (announced in `frame.ended_tracks`) and start
-afresh. Ids keep counting across restarts, so an id is never reused within a stream.
+a segment, or the stage calls `restart` (a hard cut), the tracks end on that frame
+(announced in `frame.ended_tracks`) and start afresh. Ids keep counting across restarts, so an id is never reused within a stream.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ class StreamTrackers:
         if tracks is not None and tracks.segment == frame.segment and frame.media_time < tracks.time:
             self._log.warning("stream %s: media time went back from %.3f to %.3f s; restarting its tracks",
                               frame.stream, tracks.time, frame.media_time)
-            frame.ended_tracks.extend(tracks.tracker.end_all())
-            self.reset(frame.stream)
+            self.restart(frame)
             tracks = None
         if tracks is None or tracks.segment != frame.segment:
             self.reset(frame.stream)
@@ -49,6 +48,17 @@ class StreamTrackers:
             self._streams[frame.stream] = tracks
         tracks.time = frame.media_time
         return tracks.tracker
+
+    def restart(self, frame: Frame, why: str = "") -> None:
+        """End every track of `frame`'s stream on this frame (listed in its `ended_tracks`); the
+        next `for_frame` starts a new tracker."""
+        tracks = self._streams.get(frame.stream)
+        if tracks is None:
+            return
+        if why:
+            self._log.info("stream %s: %s at %.3f s; restarting its tracks", frame.stream, why, frame.media_time)
+        frame.ended_tracks.extend(tracks.tracker.end_all())
+        self.reset(frame.stream)
 
     def current(self, stream: str) -> Tracker | None:
         """The stream's tracker as it stands, or None before its first frame or after a reset."""
