@@ -59,8 +59,15 @@ DETECTOR, KEYPOINTS = "picodet_s_320_lcnet_pedestrian_ov", "tinypose_128x96_ov"
 AFTER_POSE = """\
   - {{id: track, type: tracker, algorithm: ocsort, low_match_iou: 0.3}}
   - {{id: smooth, type: smoother}}
-  - {{id: fall, type: plugin, plugin: fall, params: {params}}}
+{lift}  - {{id: fall, type: plugin, plugin: fall, params: {params}}}
 """
+# --lift: the shipped 3D lifter before the plugin, which then reads its torso angle and heights
+# from the 3D joints (params use_3d: true).
+LIFT_STAGE = "  - {id: lift, type: lift3d}\n"
+
+
+def after_pose(params: dict, lift: bool) -> str:
+    return AFTER_POSE.format(params=plugin_params_text(params), lift=LIFT_STAGE if lift else "")
 FULL_GRAPH = """\
 # Written by streampose evaluate falls --no-cache: every labelled clip through the fall graph.
 sources: {sources}
@@ -106,13 +113,14 @@ def plugin_params_text(params: dict) -> str:
     return json.dumps(params)
 
 
-def track_cached(clips: list[Path], cache_dir: Path, models: list[Path]) -> dict[str, list[Frame]]:
-    """Every clip's cached frames through the tracker and smoother stages (which no fall
-    parameter changes), kept without their images for the fall plugin to run over, once per
-    parameter setting."""
+def track_cached(clips: list[Path], cache_dir: Path, models: list[Path], lift: bool = False) -> dict[str, list[Frame]]:
+    """Every clip's cached frames through the tracker and smoother stages (and the lifter with
+    `lift`), which no fall parameter changes, kept without their images for the fall plugin to
+    run over, once per parameter setting."""
     entries = pose_cache.build(clips, cache_dir, DETECTOR, KEYPOINTS, models)
     with tempfile.TemporaryDirectory() as scratch:
-        stages = pose_cache.build_stages(_replay_graph(clips, {}), Path(scratch), default_search_path(models))[:-1]
+        stages = pose_cache.build_stages(_replay_graph(clips, {}, lift), Path(scratch),
+                                         default_search_path(models))[:-1]
         tracked: dict[str, list[Frame]] = defaultdict(list)
         for clip in clips:
             for frame in pose_cache.replay([pose_cache.CachedClip.load(entries[clip])], stages):
@@ -137,9 +145,9 @@ def run_plugin(tracked: dict[str, list[Frame]], models: list[Path], params: dict
     return runs
 
 
-def _replay_graph(clips: list[Path], params: dict) -> str:
+def _replay_graph(clips: list[Path], params: dict, lift: bool = False) -> str:
     sources = json.dumps([{"id": pose_cache.stream_id(c), "uri": str(c)} for c in clips])
-    return f"sources: {sources}\nstages:\n" + AFTER_POSE.format(params=plugin_params_text(params))
+    return f"sources: {sources}\nstages:\n" + after_pose(params, lift)
 
 
 class _Collector(Pipeline):
@@ -154,12 +162,12 @@ class _Collector(Pipeline):
         super()._on_leaf(frame)
 
 
-def run_full(clips: list[Path], models: list[Path], params: dict) -> dict[str, ClipRun]:
+def run_full(clips: list[Path], models: list[Path], params: dict, lift: bool = False) -> dict[str, ClipRun]:
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "falls.yml"
         sources = json.dumps([{"id": pose_cache.stream_id(c), "uri": str(c)} for c in clips])
         path.write_text(FULL_GRAPH.format(sources=sources, detector=DETECTOR, keypoints=KEYPOINTS,
-                                          after=AFTER_POSE.format(params=plugin_params_text(params))))
+                                          after=after_pose(params, lift)))
         pipeline = _Collector(load_graph(path), model_paths=default_search_path(models), output_dir=Path(scratch))
         pipeline.start()
         if not pipeline.wait():
@@ -392,6 +400,7 @@ def add_parser(commands) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("out/evaluate/falls"),
                    help="folder for falls.md, falls.json and the timelines/ PNGs")
     p.add_argument("--no-plots", action="store_true", help="skip the timeline PNGs")
+    p.add_argument("--lift", action="store_true", help="the shipped 3D lifter before the plugin, with use_3d: true")
     p.add_argument("--fps", type=float, help="re-encode the clips at this frame rate first (the first frame of "
                    "every 1/F s, same timestamps), as a slower camera would send them")
     p.set_defaults(func=command)
@@ -420,13 +429,13 @@ def command(args) -> int:
         for n in names:   # same file names, so the same stream ids
             offsets[n] = resample(args.videos / n, resampled / n, args.fps)
         clips = [resampled / n for n in names]
-    base = _parse_params(args.param)
+    base = _parse_params(args.param) | ({"use_3d": True} if args.lift else {})
     models = args.models or [Path(__import__("os").environ.get("STREAMPOSE_MODELS", "models"))]
 
-    tracked = None if args.no_cache else track_cached(clips, args.cache, models)
+    tracked = None if args.no_cache else track_cached(clips, args.cache, models, args.lift)
 
     def evaluate_point(params: dict) -> tuple[list[dict], dict[str, ClipRun]]:
-        runs = run_full(clips, models, params) if tracked is None else run_plugin(tracked, models, params)
+        runs = run_full(clips, models, params, args.lift) if tracked is None else run_plugin(tracked, models, params)
         for n in names:
             shift_times(runs[Path(n).stem], offsets[n])
         lie = down_alarm_s(params)
