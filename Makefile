@@ -57,9 +57,11 @@ bench: $(VENV)/.installed-test
 	$(PY) benchmarks/models.py
 
 # The default 3D lifter ships in the package (streampose/models/builtin/lifter_coco17, used by
-# graphs/rtsp_fall.yml). `make lifter` trains it again from ../shared/mocap (~5 min on 2 cores) in place.
+# graphs/rtsp_fall.yml): `make lifter` trains it again from ../shared/mocap (~5 min on 2 cores) into
+# build/lifter_coco17 (IR and Paddle 3) and ships its IR, float16 weights, in place.
 lifter: $(VENV)/.installed-test
-	$(PY) -m trainers.lifter.train --out streampose/models/builtin/lifter_coco17 --mocap $(SHARED)/mocap
+	$(PY) -m trainers.lifter.train --out build/lifter_coco17 --mocap $(SHARED)/mocap
+	$(PY) -m trainers.lifter.ship build/lifter_coco17 streampose/models/builtin/lifter_coco17
 
 docs: $(VENV)/.installed
 	$(PY) -m streampose schema > docs/graphs-reference.md
