@@ -105,7 +105,8 @@ class Inference:
             for item in stack.enter_context(closing(self.media.items(stop))):
                 if isinstance(item, StreamEvent):
                     for stage in self.stages:
-                        stage.on_stream_event(item)
+                        stage.stream_event(item)
+                        stage.outbox.clear()  # no sink here takes events outside frames
                     continue
                 self._process(item)
                 self.media.write(item)
@@ -122,13 +123,14 @@ class Inference:
     def _process(self, frame: Frame) -> None:
         for stage in self.stages:
             started = time.perf_counter()
-            stage.process([frame])
+            stage.run([frame])
+            stage.outbox.clear()
             # As the runtime records them, so the JSON lines carry the same timings as published messages.
             frame.timings[stage.id] = time.perf_counter() - started
 
     def _close_stages(self) -> None:
         for stage in self.stages:
-            stage.close()
+            stage.finish()
 
 
 def open_input(source: str, output_dir: Path, metrics: Metrics) -> StillImages | Video:

@@ -53,7 +53,7 @@ def feed(stage: ClipStage, source_frames, events: dict[int, str], stream: str = 
     """Pass the first `count` source frames, with an event of kind events[i] on frame i."""
     for index, (image, media_time) in enumerate(source_frames[:count]):
         kinds = [events[index]] if index in events else []
-        stage.process([make_frame(stream, index, image, media_time, *kinds)])
+        stage.run([make_frame(stream, index, image, media_time, *kinds)])
 
 
 def decode(path: Path) -> tuple[list[np.ndarray], list[float], float]:
@@ -157,7 +157,7 @@ def test_the_ring_buffer_holds_pre_s_and_never_more_than_its_byte_cap(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="streampose.stage.clips"):
         for index, (image, media_time) in enumerate(source_frames * 5):
             looped_time = index * (source_frames[1][1] - source_frames[0][1])
-            capped.process([make_frame("cam", index, image, looped_time)])
+            capped.run([make_frame("cam", index, image, looped_time)])
             peak = max(peak, capped.buffer_bytes("cam"))
     assert cap * 0.9 < peak <= cap
     span = capped.buffer_seconds("cam")
@@ -172,7 +172,7 @@ def test_the_ring_buffer_holds_pre_s_and_never_more_than_its_byte_cap(tmp_path, 
     assert gauges[("streampose_clip_buffer_seconds", "clips", "cam")] == pytest.approx(span)
 
     # A clip then gets the pre-roll that fit.
-    capped.process([make_frame("cam", index + 1, image, looped_time + 0.033, "fall_confirmed")])
+    capped.run([make_frame("cam", index + 1, image, looped_time + 0.033, "fall_confirmed")])
     capped.close()
     [clip] = clips_in(tmp_path / "capped")
     sidecar = json.loads(clip.with_suffix(".json").read_text())
@@ -184,7 +184,7 @@ def test_a_stream_gap_ends_the_clip_and_empties_the_buffer(tmp_path, source_fram
     stage = make_clips(tmp_path, streams=("cam", "door"), pre_s=0.5, post_s=5.0)
     feed(stage, source_frames, {30: "fall_confirmed"}, count=40)
     feed(stage, source_frames, {}, stream="door", count=20)
-    stage.on_stream_event(StreamEvent("cam", "lost", segment=0, detail="read timeout"))
+    stage.stream_event(StreamEvent("cam", "lost", segment=0, detail="read timeout"))
     assert stage.buffer_bytes("cam") == 0 and stage.buffer_bytes("door") > 0
     [clip] = clips_in(tmp_path)
     _, times, _ = decode(clip)
@@ -207,10 +207,10 @@ def test_clip_paths_stay_in_the_output_directory(tmp_path, source_frames):
     # A stream id of '..' cannot climb out through {stream}.
     stage = make_clips(tmp_path / "out", streams=("..",), path="{stream}/{event}.mp4", pre_s=0)
     with pytest.raises(ValueError, match="for stream '..' escapes the output directory"):
-        stage.process([make_frame("..", 0, source_frames[0][0], 0.0, "fall_confirmed")])
+        stage.run([make_frame("..", 0, source_frames[0][0], 0.0, "fall_confirmed")])
     # An event kind is made safe for a file name: it cannot add folders.
     stage = make_clips(tmp_path / "out", events=["../../up"], path="{stream}_{event}.mp4", pre_s=0, post_s=0)
-    stage.process([make_frame("cam", 0, source_frames[0][0], 0.0, "../../up")])
+    stage.run([make_frame("cam", 0, source_frames[0][0], 0.0, "../../up")])
     stage.close()
     assert [p.relative_to(tmp_path / "out").as_posix() for p in clips_in(tmp_path)] == ["cam_.._.._up.mp4"]
 
@@ -248,7 +248,7 @@ def test_a_full_disk_skips_clips_with_a_reason_and_they_come_back_after_space_is
             assert time.monotonic() < deadline, "clips did not come back"
             image, _ = source_frames[index % FRAME_COUNT]
             kinds = ["fall_confirmed"] if index % 10 == 0 else []
-            stage.process([make_frame("cam", index, image, index / 30, *kinds)])
+            stage.run([make_frame("cam", index, image, index / 30, *kinds)])
             index += 1
         stage.close()
         assert stage.pause.reason("cam") is None

@@ -33,8 +33,8 @@ def pose():
 
     def run(name: str) -> Frame:
         frame = Frame(name, 0, cv2.imread(str(IMAGES / name)), 0.0, 0.0)
-        detector.process([frame])
-        keypoints.process([frame])
+        detector.run([frame])
+        keypoints.run([frame])
         return frame
 
     yield run
@@ -116,7 +116,7 @@ def test_a_fall_in_a_real_video_is_labelled_fallen_in_the_alarm_colour():
             for index, decoded in enumerate(container.decode(video=0)):
                 frame = Frame("fall", index, decoded.to_ndarray(format="bgr24"), 0.0, float(decoded.time))
                 for stage in stages:
-                    stage.process([frame])
+                    stage.run([frame])
     finally:
         for stage in stages:
             stage.close()

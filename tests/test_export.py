@@ -245,7 +245,7 @@ def test_int8_quantisation_on_prepared_crops_keeps_the_keypoints(tmp_path, tinyp
     detector = DetectorStage("detect", schema.Detector(id="detect", type="detector",
                                                        model="picodet_s_192_lcnet_pedestrian_ov"),
                              StageContext(graph_dir=Path("."), output_dir=tmp_path, model_paths=[MODELS]))
-    detector.process([frame])
+    detector.run([frame])
     detector.close()
     image, box = frame.image, frame.persons.boxes[:1]
     results = []

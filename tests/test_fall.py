@@ -129,7 +129,7 @@ def play(shots: list[Shot], view: View = View(), params: dict | None = None,
                                       np.float32).reshape(-1, 17, 4)
         frame = Frame("cam", index, image, time.time(), shot.time, persons=persons,
                       ended_tracks=list(shot.ended))
-        stage.process([frame])
+        stage.run([frame])
         events += frame.events
         annotations.append(frame.persons.annotations)
     return events, annotations, stage
@@ -342,11 +342,16 @@ def test_a_long_lie_raises_person_down_however_the_person_got_there():
     assert events == []
 
 
-def test_a_stream_gap_ends_the_tracks_state():
-    events, _, stage = play(fall_clip(10, end=2.8))
-    assert isinstance(stage.plugin, FallDetector) and stage.live_states == 1
-    stage.on_stream_event(StreamEvent("cam", "lost", 0, "read timeout"))
-    assert stage.live_states == 0 and stage.plugin._tracks == {}
+def test_a_stream_gap_ends_the_tracks_state_and_emits_its_last_events():
+    events, _, stage = play(fall_clip(10, end=3.0))                   # 0.4 s on the floor, then the camera drops
+    assert kinds(events) == ["fall_started"]
+    assert isinstance(stage.plugin, FallDetector) and stage.live_states == 1 and stage.outbox == []
+    stage.stream_event(StreamEvent("cam", "lost", 0, "read timeout"))
+    assert stage.live_states == 0
+    # No frame carries it: it leaves on the events path (Stage.emit), stamped with the last sighting.
+    [(stream, [confirmed])] = stage.outbox
+    assert stream == "cam" and confirmed.kind == "fall_confirmed" and confirmed.media_time == pytest.approx(2.9)
+    assert confirmed.data["lost_while_down"] is True
 
 
 def test_inconsistent_hysteresis_is_a_clear_error():

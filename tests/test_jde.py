@@ -221,12 +221,12 @@ def test_new_segment_resets_tracks_silently_and_ids_keep_counting(tiny_jde):
     stage = jde_stage(tiny_jde)
     def run(index: int, time: float, segment: int = 0) -> Frame:
         frame = Frame("cam", index, render(index), time, time, segment=segment)
-        stage.process([frame])
+        stage.run([frame])
         return frame
     first = [run(i, i / FPS) for i in range(3)]
     before = set(first[-1].persons.track_ids.tolist())
     assert len(before) == 2
-    stage.on_stream_event(StreamEvent("cam", "opened", 1))
+    stage.stream_event(StreamEvent("cam", "opened", 1))
     after = [run(i, i / FPS, segment=1) for i in range(3)]
     assert all(not frame.ended_tracks for frame in first + after)
     assert min(after[-1].persons.track_ids) > max(before)

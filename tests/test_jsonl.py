@@ -33,7 +33,7 @@ def test_files_rotate_by_size_and_the_oldest_beyond_keep_files_are_deleted(tmp_p
     line_bytes = len(_one_line(tmp_path))
     stage = make_jsonl(tmp_path / "out", path="{stream}.jsonl", segment_bytes=3 * line_bytes + 10, keep_files=2)
     for index in range(20):
-        stage.process([frame(index)])
+        stage.run([frame(index)])
     stage.close()
 
     current = tmp_path / "out" / "cam.jsonl"
@@ -47,7 +47,7 @@ def test_files_rotate_by_size_and_the_oldest_beyond_keep_files_are_deleted(tmp_p
 def _one_line(tmp_path: Path) -> bytes:
     """A line as the stage writes it, newline included (the lines of frame(i) differ by a few bytes)."""
     stage = make_jsonl(tmp_path / "probe")
-    stage.process([frame(10)])
+    stage.run([frame(10)])
     stage.close()
     return (tmp_path / "probe" / "jsonl" / "cam.jsonl").read_bytes()
 
@@ -55,18 +55,18 @@ def _one_line(tmp_path: Path) -> bytes:
 def test_a_full_disk_pauses_the_lines_and_they_resume_on_a_fresh_line(tmp_path):
     with small_disk(tmp_path / "disk") as disk:
         stage = make_jsonl(disk, path="{stream}.jsonl")
-        stage.process([frame(0)])
+        stage.run([frame(0)])
         filler = fill(disk)
         index = 1
         while stage.pause.reason("cam") is None:
-            stage.process([frame(index)])
+            stage.run([frame(index)])
             index += 1
         assert "No space left on device" in stage.pause.reason("cam")
         filler.unlink()
         deadline = time.monotonic() + 30
         while stage.pause.reason("cam") is not None:
             assert time.monotonic() < deadline, "lines did not resume"
-            stage.process([frame(index)])
+            stage.run([frame(index)])
             index += 1
         stage.close()
         lines = (disk / "cam.jsonl").read_bytes().splitlines()

@@ -121,7 +121,7 @@ def lift_sequence(stage: Lift3DStage, camera_points: np.ndarray, stream: str = "
     returns kpts3d (F, 17, 4) and the frames."""
     frames = tracked_frames(camera_points, stream)
     for start in range(0, len(frames), batch):
-        stage.process(frames[start:start + batch])
+        stage.run(frames[start:start + batch])
     return np.concatenate([f.persons.kpts3d for f in frames]), frames
 
 
@@ -161,7 +161,7 @@ def test_held_out_mocap_is_lifted_within_80_mm_and_placed_within_15_percent(lift
             position[1] = height
             truth = film(world, position, centre)
             kpts3d, _ = lift_sequence(stage, truth, stream="cam")
-            stage.on_stream_event(StreamEvent("cam", "ended", 0))
+            stage.stream_event(StreamEvent("cam", "ended", 0))
             seen = in_view(truth) & (kpts3d[:, :, 3] > 0).all(1)
             assert seen.mean() > 0.8, f"{clip} from {distance, height, azimuth}: only {seen.mean():.0%} in view"
             predicted, true = kpts3d[seen, :, :3].astype(np.float64), truth[seen]
@@ -262,7 +262,7 @@ def test_knee_angle_follows_the_squats_of_a_real_video(lifter_model):
             frame = Frame(stream="squat", index=index, image=decoded.to_ndarray(format="bgr24"),
                           capture_time=float(decoded.time), media_time=float(decoded.time))
             for stage in stages:
-                stage.process([frame])
+                stage.run([frame])
             lifted = frame.persons.kpts3d
             if lifted is not None and len(lifted) and lifted[0, 0, 3] >= 0:
                 times.append(frame.media_time)
@@ -309,20 +309,20 @@ def test_track_windows_are_freed_with_tracks_and_streams(lifter_model):
         return Frame(stream=stream, index=index, image=np.zeros((720, 1280, 3), np.uint8), capture_time=0,
                      media_time=0, persons=persons, ended_tracks=list(ended))
 
-    stage.process([frame("a", 0, [1, 2]), frame("b", 0, [1]), frame("a", 1, [1, 2, -1])])
+    stage.run([frame("a", 0, [1, 2]), frame("b", 0, [1]), frame("a", 1, [1, 2, -1])])
     assert len(stage.windows) == 3                    # (a, 1), (a, 2), (b, 1); untracked keeps none
-    stage.process([frame("a", 2, [1], ended=[2])])
+    stage.run([frame("a", 2, [1], ended=[2])])
     assert len(stage.windows) == 2
-    stage.on_stream_event(StreamEvent("a", "opened", segment=0))
+    stage.stream_event(StreamEvent("a", "opened", segment=0))
     assert len(stage.windows) == 2                    # a first opening keeps state
-    stage.on_stream_event(StreamEvent("a", "opened", segment=1))
+    stage.stream_event(StreamEvent("a", "opened", segment=1))
     assert len(stage.windows) == 1
-    stage.on_stream_event(StreamEvent("b", "lost", segment=0))
+    stage.stream_event(StreamEvent("b", "lost", segment=0))
     assert len(stage.windows) == 0
     # A person with too few confident joints gets no 3D (confidence 0), others do.
     weak = frame("a", 3, [5, 6])
     weak.persons.keypoints[0, :12, 2] = 0.1
-    stage.process([weak])
+    stage.run([weak])
     assert (weak.persons.kpts3d[0] == 0).all() and (weak.persons.kpts3d[1, :, 3] > 0).all()
     stage.close()
 
@@ -376,10 +376,10 @@ def test_lifting_costs_well_under_a_millisecond_per_person(lifter_model):
         persons.keypoints = keypoints.astype(np.float32)
         frames.append(Frame(stream="s", index=index, image=np.zeros((720, 1280, 3), np.uint8), capture_time=0,
                             media_time=0, persons=persons))
-    stage.process(frames[:10])                        # compile the batch size
+    stage.run(frames[:10])                        # compile the batch size
     started = time.perf_counter()
     for frame in frames[10:]:
-        stage.process([frame])
+        stage.run([frame])
     per_person = (time.perf_counter() - started) / (50 * persons_per_frame)
     stage.close()
     print(f"lift3d: {per_person * 1e3:.3f} ms per person ({persons_per_frame} persons per frame, one frame per call)")

@@ -112,7 +112,7 @@ def installed_plugin(tmp_path, monkeypatch):
 def test_an_installed_plugin_loads_by_its_entry_point_name(installed_plugin):
     stage = plugin_stage({"speed": 2.5}, plugin="wave")
     frame = tracked_frame("cam", 0, [4])
-    stage.process([frame])
+    stage.run([frame])
     assert frame.persons.annotations[0] == {"waving": 2.5}
     with pytest.raises(ValueError, match="entry point broken is not a streampose.plugins.base.Plugin subclass"):
         load_plugin_class("broken", None)
@@ -173,7 +173,7 @@ def test_each_track_gets_its_own_state_freed_when_the_track_ends(track_log):
     frames = [tracked_frame("cam", 0, [1, 2, -1]), tracked_frame("cam", 1, [1, 2]), tracked_frame("cam", 2, [2])]
     frames[2].ended_tracks.append(1)
     for frame in frames:
-        stage.process([frame])
+        stage.run([frame])
 
     assert track_log.created == [0, 1]  # two states; the untracked person gets none
     assert [a.get("seen") for a in frames[0].persons.annotations] == [1, 1, None]
@@ -188,23 +188,23 @@ def test_each_track_gets_its_own_state_freed_when_the_track_ends(track_log):
 
     # An id seen again after it ended starts from a fresh state.
     again = tracked_frame("cam", 3, [1])
-    stage.process([again])
+    stage.run([again])
     assert again.persons.annotations[0]["seen"] == 1 and track_log.created == [0, 1, 2]
 
 
 def test_a_stream_gap_frees_that_streams_states_only(track_log):
     stage = plugin_stage(module="test_plugins:TrackLog")
-    stage.process([tracked_frame("cam", 0, [1, 2]), tracked_frame("door", 0, [1])])
+    stage.run([tracked_frame("cam", 0, [1, 2]), tracked_frame("door", 0, [1])])
     assert stage.live_states == 3
 
-    stage.on_stream_event(StreamEvent("cam", "lost", segment=0, detail="read timeout"))
+    stage.stream_event(StreamEvent("cam", "lost", segment=0, detail="read timeout"))
     assert stage.live_states == 1
     assert sorted(track_log.ended) == [(1, False), (2, False)]
 
     after = tracked_frame("door", 1, [1])
-    stage.process([after])
+    stage.run([after])
     assert after.persons.annotations[0]["seen"] == 2  # the other stream's track kept its state
-    stage.on_stream_event(StreamEvent("door", "ended", segment=0))
+    stage.stream_event(StreamEvent("door", "ended", segment=0))
     assert stage.live_states == 0
 
 
@@ -232,7 +232,7 @@ def run_video(name: str, plugin: PluginStage, start_s: float, end_s: float) -> l
                 break
             frame = Frame("cam", index, decoded.to_ndarray(format="bgr24"), time.time(), float(decoded.time))
             for stage in stages:
-                stage.process([frame])
+                stage.run([frame])
             frames.append(frame)
     for stage in stages:
         stage.close()
@@ -279,4 +279,4 @@ def test_a_man_walking_with_his_arms_down_never_raises_a_hand():
 def test_hand_raised_needs_keypoints():
     stage = plugin_stage(plugin="hand_raised")
     with pytest.raises(ValueError, match="hand_raised needs keypoints"):
-        stage.process([tracked_frame("cam", 0, [1])])
+        stage.run([tracked_frame("cam", 0, [1])])

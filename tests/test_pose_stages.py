@@ -60,8 +60,8 @@ def stages():
 
 def run(stages, *frames: Frame) -> list[Frame]:
     det, kp = stages
-    det.process(list(frames))
-    kp.process(list(frames))
+    det.run(list(frames))
+    kp.run(list(frames))
     return list(frames)
 
 
@@ -109,7 +109,7 @@ def test_every_detector_form_finds_the_people(model):
     counts = {}
     for name in ("hrnet_demo.jpg", "four_people_walking_gy_demo_7.jpg"):
         found = frame(name)
-        det.process([found])
+        det.run([found])
         counts[name] = int((found.persons.scores > 0.5).sum())
         assert (found.persons.boxes[:, 2:] > found.persons.boxes[:, :2]).all()
         assert (found.persons.boxes >= 0).all()
@@ -158,10 +158,10 @@ def test_openvino_and_paddle_engines_give_the_same_boxes_and_keypoints(stages):
     _, kp = stages
     for name in ("four_people_walking_gy_demo_7.jpg", "hrnet_demo.jpg"):
         ov_frame, pd_frame = frame(name), frame(name)
-        stages[0].process([ov_frame])
-        paddle.process([pd_frame])
-        kp.process([ov_frame])
-        kp.process([pd_frame])
+        stages[0].run([ov_frame])
+        paddle.run([pd_frame])
+        kp.run([ov_frame])
+        kp.run([pd_frame])
         assert len(ov_frame.persons) == len(pd_frame.persons) > 0
         np.testing.assert_allclose(ov_frame.persons.boxes, pd_frame.persons.boxes, atol=0.5)
         np.testing.assert_allclose(ov_frame.persons.scores, pd_frame.persons.scores, atol=1e-3)
@@ -190,7 +190,7 @@ def test_yolox_finds_the_same_people_as_picodet(stages):
     yolo = detector("yolox_nano_coco_onnx")
     (picked,) = run(stages, frame("four_people_walking_gy_demo_7.jpg"))
     found = frame("four_people_walking_gy_demo_7.jpg")
-    yolo.process([found])
+    yolo.run([found])
     confident = found.persons.boxes[found.persons.scores > 0.5]
     assert len(confident) == 4
     for box in picked.persons.boxes:
@@ -208,7 +208,7 @@ def test_flip_test_averages_both_views(stages):
     (plain,) = run(stages, frame("four_people_walking_gy_demo_7.jpg"))
     both = frame("four_people_walking_gy_demo_7.jpg")
     both.persons = plain.persons.select(np.arange(len(plain.persons)))
-    flipped.process([both])
+    flipped.run([both])
     confident = plain.persons.keypoints[..., 2] > 0.5
     shift = np.abs(both.persons.keypoints[..., :2] - plain.persons.keypoints[..., :2])[confident]
     assert 0 < shift.max() < 8 and np.median(shift) < 2
@@ -221,8 +221,8 @@ def test_low_score_and_surplus_persons_get_no_keypoints():
     kp = keypoint_stage(min_box_score=0.5, max_persons=3)
     det = detector()
     result = frame("coco_000000014439.jpg")
-    det.process([result])
-    kp.process([result])
+    det.run([result])
+    kp.run([result])
     persons = result.persons
     given = persons.pose_scores > 0
     assert given.sum() == 3
@@ -249,13 +249,13 @@ def test_every_n_frames_carries_boxes_from_keypoints_between_detections(stages):
     # The man walks across the room 1.5-1.7 s in.
     frames = video_frames("office_man_walking_1280x720.mp4", 45, 6)
     reference = video_frames("office_man_walking_1280x720.mp4", 45, 6)  # every frame detected
-    stages[0].process(reference)
+    stages[0].run(reference)
     # The detector runs ahead of the keypoint stage, as with frames in flight, and the keypoint
     # stage gets them in one batch: each carried frame still gets its previous frame's keypoints.
     for f in frames[:5]:
-        det.process([f])
+        det.run([f])
     assert [f.detected for f in frames[:5]] == [True, False, False, True, False]
-    kp.process(frames[:5])
+    kp.run(frames[:5])
     assert len(frames[0].persons) >= 1
     for i in (1, 2, 4):   # carried over; frames 0 and 3 were detected
         carried, detected = frames[i].persons, reference[i].persons
@@ -270,9 +270,9 @@ def test_every_n_frames_carries_boxes_from_keypoints_between_detections(stages):
         assert overlap / union > 0.6, i
     np.testing.assert_allclose(frames[3].persons.boxes, reference[3].persons.boxes, atol=1e-3)
     # A gap in the stream forgets the memory: the next frame is detected.
-    det.on_stream_event(StreamEvent(stream="cam", kind="lost", segment=1))
+    det.stream_event(StreamEvent(stream="cam", kind="lost", segment=1))
     again, control = frames[5], reference[5]
-    det.process([again])
+    det.run([again])
     np.testing.assert_allclose(again.persons.boxes, control.persons.boxes, atol=1e-3)
     det.close()
 

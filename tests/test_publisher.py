@@ -88,7 +88,7 @@ def wait_subscribed(stage: PublisherStage, sub: Subscriber, timeout_s: float = 5
     then drain the probes still in flight."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        stage.on_stream_event(StreamEvent(PROBE, "opened", 0, wall_time=time.time()))
+        stage.stream_event(StreamEvent(PROBE, "opened", 0, wall_time=time.time()))
         if sub.recv(0.05) is not None:
             while sub.recv(0.2) is not None:
                 pass
@@ -111,10 +111,10 @@ def test_pose_event_and_status_messages_arrive_complete_and_valid(make_publisher
     stage = make_publisher(format=fmt)
     with Subscriber(stage.endpoint, topics=("pose/", "event/", "status/")) as sub:
         wait_subscribed(stage, sub)
-        stage.on_stream_event(StreamEvent("cam1", "opened", 0, wall_time=time.time()))
+        stage.stream_event(StreamEvent("cam1", "opened", 0, wall_time=time.time()))
         for start in range(0, len(frames), 3):  # batches, as the runtime hands them
-            stage.process(frames[start:start + 3])
-        stage.on_stream_event(StreamEvent("cam1", "lost", 1, "read timeout after 5.0 s", time.time()))
+            stage.run(frames[start:start + 3])
+        stage.stream_event(StreamEvent("cam1", "lost", 1, "read timeout after 5.0 s", time.time()))
         received = receive_all(sub)
 
     topics = [topic for topic, _ in received]
@@ -171,7 +171,7 @@ def test_wire_format_is_topic_then_payload_for_any_zeromq_client(make_publisher,
         deadline = time.monotonic() + 5
         while not sub.poll(50):  # slow joiner: publish until the subscription is in place
             assert time.monotonic() < deadline, "no message reached a plain SUB socket"
-            stage.process([frame])
+            stage.run([frame])
         topic, payload = sub.recv_multipart()
     finally:
         sub.close()
@@ -186,8 +186,8 @@ def test_topic_prefix_selects_one_stream(make_publisher, image):
     stage = make_publisher()
     with Subscriber(stage.endpoint, topics=("pose/cam2", f"status/{PROBE}")) as sub:
         wait_subscribed(stage, sub)
-        stage.process(frames)
-        stage.on_stream_event(StreamEvent("cam2", "ended", 0, wall_time=time.time()))
+        stage.run(frames)
+        stage.stream_event(StreamEvent("cam2", "ended", 0, wall_time=time.time()))
         received = receive_all(sub)
     assert [msg["frame"] for topic, msg in received] == [f.index for f in frames if f.stream == "cam2"]
     assert {topic for topic, _ in received} == {"pose/cam2"}
@@ -206,7 +206,7 @@ def test_curve_only_subscribers_with_the_server_key_receive(make_publisher, imag
             Subscriber(stage.endpoint, topics=("pose/", "status/"), server_public_key=other_public) as wrong_key, \
             Subscriber(stage.endpoint, topics=("pose/", "status/")) as plain:
         wait_subscribed(stage, good)
-        stage.process(frames)
+        stage.run(frames)
         assert len(receive_all(good)) == len(frames)
         assert wrong_key.recv(0.3) is None
         assert plain.recv(0.3) is None
@@ -246,7 +246,7 @@ def test_ipc_endpoint(make_publisher, image, tmp_path):
     frames = make_frames(image, streams=("cam1",), per_stream=4)
     with Subscriber(stage.endpoint, topics=("pose/", "status/")) as sub:
         wait_subscribed(stage, sub)
-        stage.process(frames)
+        stage.run(frames)
         assert [msg["frame"] for _, msg in receive_all(sub)] == [0, 1, 2, 3]
 
 
@@ -255,7 +255,7 @@ def test_latest_only_keeps_the_newest_message_of_each_topic(make_publisher, imag
     frames = make_frames(image, per_stream=40)
     with Subscriber(stage.endpoint, topics=("pose/", "status/"), conflate=True) as sub:
         wait_subscribed(stage, sub)
-        stage.process(frames)
+        stage.run(frames)
         time.sleep(0.5)  # let them all reach the subscriber's queue
         received = receive_all(sub, quiet_s=0.3)
     assert {topic: msg["frame"] for topic, msg in received} == {"pose/cam1": 39, "pose/cam2": 39}
@@ -283,8 +283,8 @@ def test_jsonl_lines_are_flushed_per_frame_and_valid(image, tmp_path):
     params = schema.Jsonl(id="jsonl", type="jsonl", path="poses/{stream}.jsonl")
     frames = make_frames(image)
     stage = JsonlStage("jsonl", params, StageContext(tmp_path, out, streams=["cam1", "cam2"]))
-    stage.process(frames[:4])
-    stage.process(frames[4:])
+    stage.run(frames[:4])
+    stage.run(frames[4:])
     for stream in ("cam1", "cam2"):  # read before close: a killed process would leave this
         lines = (out / f"poses/{stream}.jsonl").read_text().splitlines()
         assert [json.loads(line)["frame"] for line in lines] == [f.index for f in frames if f.stream == stream]
@@ -297,7 +297,7 @@ def test_jsonl_lines_are_flushed_per_frame_and_valid(image, tmp_path):
     with open(path, "ab") as file:
         file.write(b'{"v":1,"type":"po')
     stage = JsonlStage("jsonl", params, StageContext(tmp_path, out, streams=["cam1"]))
-    stage.process(frames[:1])
+    stage.run(frames[:1])
     stage.close()
     lines = path.read_text().splitlines()
     assert lines[-2] == '{"v":1,"type":"po'
@@ -357,7 +357,7 @@ def test_subscribe_command_prints_count_messages(make_publisher, image, capsys, 
 
     def publish():  # keeps publishing until the command has its messages (slow joiner)
         while not stop.wait(0.02):
-            stage.process(frames)
+            stage.run(frames)
 
     parser = argparse.ArgumentParser()
     add_subscribe_parser(parser.add_subparsers())

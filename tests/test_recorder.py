@@ -75,7 +75,7 @@ def test_records_annotated_frames_at_real_speed(tmp_path, source_frames):
     recorder = make_recorder(tmp_path)
     sent = [person_frame("cam", i, image, t) for i, (image, t) in enumerate(source_frames)]
     for frame in sent:
-        recorder.process([frame])
+        recorder.run([frame])
     recorder.close()
 
     [path] = recordings(tmp_path)
@@ -99,7 +99,7 @@ def test_timestamps_stay_increasing_through_repeats_and_drops(tmp_path, source_f
     media_times = [0.0, 0.1, 0.1, 0.2, 0.7, 0.8, 0.75, 0.9]  # a repeat, 4 dropped frames, a small step back
     recorder = make_recorder(tmp_path, draw=False)
     for i, t in enumerate(media_times):
-        recorder.process([Frame("cam", i, source_frames[i][0], time.time(), 100.0 + t)])
+        recorder.run([Frame("cam", i, source_frames[i][0], time.time(), 100.0 + t)])
     recorder.close()
 
     [path] = recordings(tmp_path)
@@ -113,7 +113,7 @@ def test_timestamps_stay_increasing_through_repeats_and_drops(tmp_path, source_f
 def test_media_time_restarting_starts_a_new_file(tmp_path, source_frames):
     recorder = make_recorder(tmp_path, path="{stream}-{segment}.mp4", draw=False)
     for i, (image, t) in enumerate(source_frames[:20]):
-        recorder.process([Frame("cam", i, image, time.time(), (i % 10) * 0.1)])  # a file played twice
+        recorder.run([Frame("cam", i, image, time.time(), (i % 10) * 0.1)])  # a file played twice
     recorder.close()
 
     for path in (tmp_path / "cam-0.mp4", tmp_path / "cam-1.mp4"):
@@ -129,7 +129,7 @@ def test_segment_rotation_and_keep_files(tmp_path, source_frames):
     for path in foreign:
         path.write_bytes(b"not ours")
     for i, (image, t) in enumerate(source_frames):
-        recorder.process([person_frame("cam", i, image, t)])
+        recorder.run([person_frame("cam", i, image, t)])
         if i == 25:  # files 000 and 001 are closed and retention has run once; 002 is open
             assert [p.name for p in recordings(tmp_path / "rec" / "cam")] == ["000.mp4", "001.mp4", "002.mp4",
                                                                               "holiday.mp4"]
@@ -147,7 +147,7 @@ def test_segment_rotation_and_keep_files(tmp_path, source_frames):
 def test_keep_bytes_keeps_only_the_newest_when_files_are_larger(tmp_path, source_frames):
     recorder = make_recorder(tmp_path, path="{stream}_{segment}.mp4", segment_s=1.0, keep_bytes=1000)
     for i, (image, t) in enumerate(source_frames[:25]):
-        recorder.process([person_frame("cam", i, image, t)])
+        recorder.run([person_frame("cam", i, image, t)])
     recorder.close()
 
     [path] = recordings(tmp_path)
@@ -158,14 +158,14 @@ def test_keep_bytes_keeps_only_the_newest_when_files_are_larger(tmp_path, source
 def test_lost_stream_finalises_file_and_reopen_starts_another(tmp_path, source_frames):
     recorder = make_recorder(tmp_path, path="{stream}/{segment}.mp4")
     for i, (image, t) in enumerate(source_frames[:15]):
-        recorder.process([person_frame("cam", i, image, t)])
-    recorder.on_stream_event(StreamEvent("cam", "lost", 0, "read timeout after 5.0 s"))
+        recorder.run([person_frame("cam", i, image, t)])
+    recorder.stream_event(StreamEvent("cam", "lost", 0, "read timeout after 5.0 s"))
 
     first = tmp_path / "cam" / "0.mp4"
     assert len(decode(first)[0]) == 15  # playable before close()
-    recorder.on_stream_event(StreamEvent("cam", "opened", 1))
+    recorder.stream_event(StreamEvent("cam", "opened", 1))
     for i, (image, t) in enumerate(source_frames[15:], start=15):
-        recorder.process([person_frame("cam", i, image, t, segment=1)])
+        recorder.run([person_frame("cam", i, image, t, segment=1)])
     recorder.close()
 
     assert len(decode(tmp_path / "cam" / "1.mp4")[0]) == FRAME_COUNT - 15
@@ -175,7 +175,7 @@ def test_lost_stream_finalises_file_and_reopen_starts_another(tmp_path, source_f
 def test_streams_record_to_their_own_files(tmp_path, source_frames):
     recorder = make_recorder(tmp_path, streams=("a", "b"))
     for i, (image, t) in enumerate(source_frames[:12]):
-        recorder.process([person_frame("a", i, image, t), person_frame("b", i, image[:, ::-1], t)])
+        recorder.run([person_frame("a", i, image, t), person_frame("b", i, image[:, ::-1], t)])
     recorder.close()
 
     for stream in ("a", "b"):
@@ -186,9 +186,9 @@ def test_streams_record_to_their_own_files(tmp_path, source_frames):
 def test_odd_frame_size_and_size_change(tmp_path, source_frames):
     recorder = make_recorder(tmp_path, path="{stream}-{segment}.mp4")
     for i, (image, t) in enumerate(source_frames[:10]):
-        recorder.process([person_frame("cam", i, image, t)])
+        recorder.run([person_frame("cam", i, image, t)])
     for i, (image, t) in enumerate(source_frames[10:20], start=10):
-        recorder.process([person_frame("cam", i, image[:237, :315], t)])
+        recorder.run([person_frame("cam", i, image[:237, :315], t)])
     recorder.close()
 
     full, _, _ = decode(tmp_path / "cam-0.mp4")
@@ -202,7 +202,7 @@ def test_encode_error_closes_file_and_recording_resumes(tmp_path, source_frames)
     for i, (image, t) in enumerate(source_frames[:20]):
         if i == 10:
             image = image.astype(np.float64)  # the encoder takes 8-bit images only
-        recorder.process([Frame("cam", i, image, time.time(), t)])
+        recorder.run([Frame("cam", i, image, time.time(), t)])
     assert recorder.context.metrics.count("errors", stage="rec", stream="cam") == 1
     assert len(decode(tmp_path / "cam-0.mp4")[0]) == 10  # closed cleanly at the error
     recorder.close()
@@ -264,7 +264,7 @@ def test_event_banner_stays_up_for_a_few_seconds(tmp_path, source_frames):
         frame = Frame("cam", index, image, time.time(), media_time)
         if index == 5:
             frame.events.append(Event("fall_confirmed", "cam", 3, media_time, frame.capture_time))
-        recorder.process([frame])
+        recorder.run([frame])
     recorder.close()
     images, times, _ = decode(recordings(tmp_path)[0])
 
@@ -289,7 +289,7 @@ def test_a_full_disk_pauses_the_recording_and_it_resumes_when_space_returns(tmp_
             nonlocal index
             for _ in range(count):
                 image, _ = source_frames[index % FRAME_COUNT]
-                recorder.process([Frame("cam", index, image, time.time(), index * 0.1)])
+                recorder.run([Frame("cam", index, image, time.time(), index * 0.1)])
                 index += 1
 
         with caplog.at_level(logging.DEBUG, logger="streampose.stage.rec"):

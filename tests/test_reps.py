@@ -238,7 +238,7 @@ def run_sequence(stage: PluginStage, exercise: str, duration_s: float, depth, tr
     for index in range(round(duration_s * FPS) + 1):
         t = start_s + index / FPS
         frame = frame_of(t, [(track_id, figure(depth(t)))])
-        stage.process([frame])
+        stage.run([frame])
         frames.append(frame)
     return frames
 
@@ -317,7 +317,7 @@ def test_only_full_cycles_count(tmp_path):
     frames = run_sequence(stage, "squat", 2.0, lambda t: depth_at(t, reps=1, period_s=2.0))
     ended = frame_of(2.1, [])
     ended.ended_tracks.append(1)
-    stage.process([ended])
+    stage.run([ended])
     assert rep_events(frames) == [] and ended.events == [] and stage.live_states == 0
     # Keypoints lost (confidence 0) for 0.7 s around the bottom of the first of two reps:
     # the first does not count, the second does.
@@ -328,7 +328,7 @@ def test_only_full_cycles_count(tmp_path):
         kpts = keypoints(squat_joints(depth_at(t, reps=2, period_s=2.0)), 400,
                          confidence=0.0 if 1.65 < t < 2.35 else 0.9)
         frames.append(frame_of(t, [(1, kpts)]))
-        stage.process([frames[-1]])
+        stage.run([frames[-1]])
     events = rep_events(frames)
     assert len(events) == 1 and events[0].data["bottom_time"] == pytest.approx(4.0, abs=0.05)
 
@@ -343,7 +343,7 @@ def test_two_people_side_by_side_keep_their_own_counts(tmp_path):
         people = [(7, keypoints(squat_joints(depth_at(t, 3, 2.0)), 300)),
                   (9, keypoints(squat_joints(depth_at(t, 2, 3.0, start_s=1.5)), 900))]
         frames.append(frame_of(t, people[::-1] if index % 2 else people))
-        stage.process([frames[-1]])
+        stage.run([frames[-1]])
     events = rep_events(frames)
     assert [e.data["count"] for e in events if e.track_id == 7] == [1, 2, 3]
     assert [e.data["count"] for e in events if e.track_id == 9] == [1, 2]
@@ -357,14 +357,14 @@ def test_track_state_is_freed_when_the_track_or_stream_ends(tmp_path):
     stage = plugin_stage(tmp_path)
     for index in range(10):
         standing = keypoints(squat_joints(0), 300)
-        stage.process([frame_of(index / FPS, [(1, standing), (2, standing)]),
+        stage.run([frame_of(index / FPS, [(1, standing), (2, standing)]),
                        frame_of(index / FPS, [(5, standing)], stream="other")])
     assert stage.live_states == 3
     ended = frame_of(0.4, [(2, keypoints(squat_joints(0), 900))])
     ended.ended_tracks.append(1)
-    stage.process([ended])
+    stage.run([ended])
     assert stage.live_states == 2
-    stage.on_stream_event(StreamEvent("other", "ended", 0))
+    stage.stream_event(StreamEvent("other", "ended", 0))
     assert stage.live_states == 1
 
 
@@ -395,7 +395,7 @@ def test_bad_params_and_missing_keypoints_are_named(tmp_path):
     frame = frame_of(0.0, [(1, keypoints(squat_joints(0), 300))])
     frame.persons.keypoints = None
     with pytest.raises(ValueError, match="needs keypoints"):
-        stage.process([frame])
+        stage.run([frame])
     assert RepCounter.Params().exercise == "auto"
 
 

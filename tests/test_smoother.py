@@ -56,7 +56,7 @@ def make_frame(time: float, centres: dict[int, np.ndarray], noise: dict[int, np.
 
 def run(stage: SmootherStage, frames: list[Frame]) -> list[Frame]:
     for frame in frames:
-        stage.process([frame])
+        stage.run([frame])
     return frames
 
 
@@ -302,12 +302,12 @@ def test_state_freed_on_ended_tracks_and_stream_events():
     for kind, segment in (("lost", 0), ("ended", 0), ("opened", 1)):
         for _ in range(3):
             moved_to(here)
-        stage.on_stream_event(StreamEvent("other", kind, segment))      # another stream: no effect
+        stage.stream_event(StreamEvent("other", kind, segment))      # another stream: no effect
         assert moved_to(here + [20, 0])[2] < -1
-        stage.on_stream_event(StreamEvent("s", kind, segment))
+        stage.stream_event(StreamEvent("s", kind, segment))
         assert "s" not in stage._streams
         assert all(v == pytest.approx(0, abs=1e-4) for v in moved_to(here).values())
-    stage.on_stream_event(StreamEvent("s", "opened", 0))                # first opening: nothing to reset
+    stage.stream_event(StreamEvent("s", "opened", 0))                # first opening: nothing to reset
     assert moved_to(here + [20, 0])[2] < -1
 
 
@@ -374,11 +374,11 @@ def test_real_keypoints_jitter_falls():
                 break
             frame = Frame("squat", index, decoded.to_ndarray(format="bgr24"), 0.0, float(decoded.time))
             for pose_stage in (detector, keypoints, tracker):
-                pose_stage.process([frame])
+                pose_stage.run([frame])
             if index >= 10:                                # the track is confirmed by then
                 assert list(frame.persons.track_ids) == [1]
                 raw.append(frame.persons.keypoints[0].copy())
-            stage.process([frame])
+            stage.run([frame])
             if index >= 10:
                 smoothed.append(frame.persons.keypoints[0])
     detector.close()

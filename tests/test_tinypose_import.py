@@ -41,7 +41,7 @@ def person_boxes() -> list[tuple[np.ndarray, np.ndarray]]:
                                                          model="picodet_s_192_pedestrian"), context)
     frames = [Frame(stream="s", index=i, image=cv2.imread(str(IMAGES / name)), capture_time=0.0, media_time=0.0)
               for i, name in enumerate(IMAGE_NAMES)]
-    detector.process(frames)
+    detector.run(frames)
     detector.close()
     found = [(f.image, f.persons.boxes[f.persons.scores >= 0.3]) for f in frames]
     assert sum(len(boxes) for _, boxes in found) >= 4

@@ -57,7 +57,7 @@ def make_frame(t: float, boxes, scores=None, keypoints=None, stream: str = "s", 
 
 def track_frames(stage: TrackerStage, frames: list[Frame]) -> list[Frame]:
     for frame in frames:
-        stage.process([frame])
+        stage.run([frame])
     return frames
 
 
@@ -81,8 +81,8 @@ def detect_clip(video: str, detector_model: str) -> list[tuple[int, float, Perso
         for index, decoded in enumerate(container.decode(video=0)):
             frame = Frame(stream="cam", index=index, image=decoded.to_ndarray(format="bgr24"),
                           capture_time=0.0, media_time=float(decoded.time))
-            det.process([frame])
-            pose.process([frame])
+            det.run([frame])
+            pose.run([frame])
             found.append((index, frame.media_time, frame.persons))
     det.close()
     pose.close()
@@ -158,10 +158,10 @@ def test_tracking_before_or_after_keypoints_gives_the_same_ids(two_persons):
         for (index, _, _), decoded, expected in zip(two_persons[:20], container.decode(video=0), after):
             frame = Frame(stream="cam", index=index, image=decoded.to_ndarray(format="bgr24"),
                           capture_time=0.0, media_time=float(decoded.time))
-            det.process([frame])
-            track.process([frame])
+            det.run([frame])
+            track.run([frame])
             assert frame.persons.keypoints is None
-            pose.process([frame])
+            pose.run([frame])
             assert ids_of(frame) == ids_of(expected)
             np.testing.assert_allclose(frame.persons.boxes, expected.persons.boxes)
             np.testing.assert_allclose(frame.persons.keypoints, expected.persons.keypoints, atol=1e-3)
@@ -362,7 +362,7 @@ def test_streams_are_tracked_apart_and_reset_on_stream_events():
     a = track_frames(stage, [make_frame(0.0, [box_at(300, 300)], stream="a"),
                              make_frame(0.0, [box_at(300, 300), box_at(700, 300)], stream="b")])
     assert ids_of(a[0]) == [1] and ids_of(a[1]) == [1, 2]
-    stage.on_stream_event(StreamEvent(stream="a", kind="lost", segment=0))
+    stage.stream_event(StreamEvent(stream="a", kind="lost", segment=0))
     after_loss = track_frames(stage, [make_frame(0.1, [box_at(300, 300)], stream="a", segment=1),
                                       make_frame(0.1, [box_at(300, 300), box_at(700, 300)], stream="b")])
     # Stream a's tracks were freed silently; ids are never reused within a stream.
@@ -411,7 +411,7 @@ def test_people_coming_and_going_keep_state_bounded_and_every_id_ends(algorithm)
         walking = [k for k, s in enumerate(starts) if s <= t < s + walk_s]
         boxes = [box_at(50 + 150 * (t - starts[k]), 100 + 200 * (k % 4)) for k in walking]
         frame = make_frame(float(t), boxes, index=i)
-        stage.process([frame])
+        stage.run([frame])
         for track_id in ids_of(frame):
             last_seen[track_id] = t
         for track_id in frame.ended_tracks:

@@ -184,17 +184,19 @@ def replay(cached: list[CachedClip], stages: list[Stage]) -> Iterator[Frame]:
 
 def replay_frames(stream: str, frames: Iterable[Frame], stages: list[Stage]) -> Iterator[Frame]:
     """One stream's frames through `stages` in order, as a graph passes them (one frame a batch,
-    the stream opened before its frames and ended after them); yields the finished frames."""
+    the stream opened before its frames and ended after them); yields the finished frames.
+    Events raised outside frames (Stage.emit) are dropped: the evaluation judges frames."""
     opened = StreamEvent(stream, "opened", 0)
     for stage in stages:
-        stage.on_stream_event(opened)
+        stage.stream_event(opened)
     for frame in frames:
         for stage in stages:
-            stage.process([frame])
+            stage.run([frame])
         yield frame
     ended = StreamEvent(stream, "ended", 0)
     for stage in stages:
-        stage.on_stream_event(ended)
+        stage.stream_event(ended)
+        stage.outbox.clear()
 
 
 def build_stages(graph_text: str, graph_dir: Path, model_paths: list[Path]) -> list[Stage]:

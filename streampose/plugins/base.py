@@ -7,7 +7,8 @@ person of every frame with that person's state. It writes per-person results
 into `frame.persons.annotations[i]` (published in pose messages, drawn by the
 recorder) and returns events (published on `event/<stream>`, logged, drawn).
 The plugin stage creates and frees the states: `end_track()` is called when the
-tracker removes the track or the stream has a gap, then the state is dropped.
+tracker removes the track, the stream has a gap or the graph stops, then the state is
+dropped; its events are published like any other.
 
     class HandRaised(Plugin):
         class Params(PluginParams):
@@ -52,6 +53,13 @@ class Plugin:
     def on_person(self, frame: Frame, i: int, state: Any) -> list[Event]:
         """Row `i` of `frame.persons` (a tracked person) in this frame, with its state."""
         raise NotImplementedError
+
+    def continues(self, frame: Frame, i: int, lost: dict[int, Any]) -> int | None:
+        """Row `i` of `frame.persons` is a track seen for the first time: the id of the track
+        among `lost` (this stream's tracks with a state that are not in this frame: id ->
+        state, to read) that it continues, whose state it then takes over; None for a new state
+        from `new_track`. Optional."""
+        return None
 
     def end_track(self, frame: Frame | None, track_id: int, state: Any) -> list[Event]:
         """The track ended (at `frame`, or None at a stream gap); last events, if any."""

@@ -52,14 +52,14 @@ detections and timestamp gaps neither fake nor lose lying time.
 Tracks break in falls: the box changes shape fast, and at a low frame rate the tracker may
 lose the person and start a new id for the body on the floor. A new track whose box overlaps
 the last box of a track of the same stream that was not seen for at most `handover_s`
-continues that track's history and state (the old track is retired). A track that ends while
+continues that track's history and state (Plugin.continues: the plugin stage moves the state
+to the new id; the old id has none left). A track that ends while
 falling and down (slid out of view, hidden on the floor) is confirmed at its end when
 `confirm_when_lost` is set.
 """
 
 from __future__ import annotations
 
-import copy
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -265,7 +265,6 @@ class FallTrack:
 
     stream: str = ""
     state: str = "upright"
-    retired: bool = False          # its history was handed over to a newer track
     first_seen: float | None = None
     last_seen: float | None = None
     last_capture: float = 0.0      # capture time of the last sighting, seconds since the epoch
@@ -363,12 +362,6 @@ class FallDetector(Plugin):
 
     params: Params
 
-    def __init__(self, params: Params):
-        super().__init__(params)
-        # Every live track's state by (stream, track id), to hand history over across track breaks;
-        # entries leave with end_track, which the plugin stage calls for every track it created.
-        self._tracks: dict[tuple[str, int], FallTrack] = {}
-
     def new_track(self) -> FallTrack:
         return FallTrack()
 
@@ -377,11 +370,6 @@ class FallDetector(Plugin):
         if persons.keypoints is None:
             raise ValueError("fall needs keypoints: put a keypoints stage before this plugin")
         p, now, box = self.params, frame.media_time, persons.boxes[i].astype(np.float64)
-        if state.retired:   # seen again after its history went to another track: start afresh
-            state.__dict__.update(FallTrack().__dict__)
-        if state.first_seen is None:
-            self._take_over(frame, box, state)
-            self._tracks[frame.stream, int(persons.track_ids[i])] = state
 
         obs = observe(persons.keypoints[i], box, frame.width, frame.height, p.min_confidence, p.edge_margin)
         body3d = (observe_3d(persons.kpts3d[i], p.min_confidence)
@@ -608,25 +596,21 @@ class FallDetector(Plugin):
 
     # ------------------------------------------------------------------ track life
 
-    def _take_over(self, frame: Frame, box: np.ndarray, state: FallTrack) -> None:
-        """Continue the history of the lost track (same stream, unseen for at most
-        handover_s, not in this frame) whose last box overlaps `box` most, if any."""
-        present = set(frame.persons.track_ids.tolist())
+    def continues(self, frame: Frame, i: int, lost: dict[int, FallTrack]) -> int | None:
+        """The lost track (unseen for at most handover_s) whose last box overlaps this person's
+        most, if any: a track break (occlusion, a fall the tracker lost) keeps its history."""
+        box = frame.persons.boxes[i].astype(np.float64)
         best, best_overlap = None, 0.0
-        for (stream, track_id), old in self._tracks.items():
-            if (stream != frame.stream or track_id in present or old.retired or old.last_box is None
-                    or frame.media_time - old.last_seen > self.params.handover_s):
+        for track_id, old in lost.items():
+            if old.last_box is None or frame.media_time - old.last_seen > self.params.handover_s:
                 continue
             overlap = _overlap(old.last_box, box)
             if overlap > best_overlap:
-                best, best_overlap = old, overlap
-        if best is not None:
-            state.__dict__.update(copy.deepcopy(best.__dict__))
-            best.retired = True
+                best, best_overlap = track_id, overlap
+        return best
 
     def end_track(self, frame: Frame | None, track_id: int, state: FallTrack) -> list[Event]:
-        self._tracks.pop((state.stream, track_id), None)
-        if state.retired or not (self.params.confirm_when_lost and state.state == "falling" and state.down):
+        if not (self.params.confirm_when_lost and state.state == "falling" and state.down):
             return []
         data = {"lost_while_down": True, "last_seen": round(state.last_seen, 3),
                 "down_s": round(state.down_s, 3), **_rounded(state.features)}

@@ -1,5 +1,7 @@
-"""The `plugin` stage: runs one plugin over each frame's tracked persons and owns
-their per-track states, created on a track's first appearance and freed with it."""
+"""The `plugin` stage: runs one plugin over each frame's tracked persons. Their per-track
+states live in the stage's store (runtime/state.py): created on a track's first appearance,
+freed with it (`end_track`, whose events go out with the frame that ended the track, or on
+their own path when no frame did: a stream gap, eviction, shutdown)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,9 @@ import importlib.machinery
 import importlib.util
 import os
 from importlib.metadata import entry_points
-from typing import Any
-
 from pydantic import ValidationError
 
-from streampose.frame import Frame, StreamEvent
+from streampose.frame import Event, Frame
 from streampose.graph import schema
 from streampose.plugins.base import Plugin
 from streampose.runtime.stage import Stage, StageContext
@@ -28,6 +28,9 @@ ENTRY_POINT_GROUP = "streampose.plugins"
 # `module:` imports whatever module a graph file names; an operator who runs graph files
 # from others sets this to 0 so that only shipped and installed (entry point) plugins load.
 ALLOW_MODULES_ENV = "STREAMPOSE_ALLOW_MODULES"
+# Most track states per stream; beyond it the least recently seen track's state is ended. A
+# tracker ends its tracks, so this only bounds memory when something upstream never does.
+MAX_TRACKS = 1024
 
 
 def modules_allowed() -> bool:
@@ -108,36 +111,38 @@ class PluginStage(Stage):
                                  for e in error.errors())
             raise ValueError(f"plugin {cls.__name__}: {problems}") from None
         self.plugin = cls(plugin_params)
-        self.states: dict[tuple[str, int], Any] = {}
+        self.states = self.per_track(self.plugin.new_track, MAX_TRACKS, on_drop=self._end)
 
     def process(self, frames: list[Frame]) -> None:
         for frame in frames:
-            for track_id in frame.ended_tracks:
-                self._end(frame.stream, track_id, frame)
             for i, track_id in enumerate(frame.persons.track_ids.tolist()):
                 if track_id < 0:
                     continue
-                key = (frame.stream, track_id)
-                if key not in self.states:
-                    self.states[key] = self.plugin.new_track()
-                self._emit(frame, self.plugin.on_person(frame, i, self.states[key]))
+                if self.states.peek(frame.stream, track_id) is None:
+                    self._continue(frame, i, track_id)
+                self._emit(frame, self.plugin.on_person(frame, i, self.states.get(frame, track_id)))
 
-    def _end(self, stream: str, track_id: int, frame: Frame | None) -> None:
-        state = self.states.pop((stream, track_id), None)
-        if state is not None:
-            self._emit(frame, self.plugin.end_track(frame, track_id, state))
+    def _continue(self, frame: Frame, i: int, track_id: int) -> None:
+        """A new track: the plugin may name a lost track it continues, whose state it takes."""
+        self.states.follow(frame)
+        present = set(frame.persons.track_ids.tolist())
+        lost = {key: state for key, state in self.states.live(frame.stream).items() if key not in present}
+        old = self.plugin.continues(frame, i, lost) if lost else None
+        if old is not None:
+            self.states.move(frame, old, track_id)
 
-    def _emit(self, frame: Frame | None, events) -> None:
+    def _end(self, stream: str, track_id: int, state, frame: Frame | None) -> None:
+        self._emit(frame, self.plugin.end_track(frame, track_id, state), stream)
+
+    def _emit(self, frame: Frame | None, events: list[Event], stream: str = "") -> None:
         for event in events:
             self.context.metrics.inc("events", kind=event.kind, stream=event.stream)
             self.log.info("%s %s track %d at %.2f s, score %.2f %s", event.stream, event.kind, event.track_id,
                           event.media_time, event.score, event.data)
-            if frame is not None:
-                frame.events.append(event)
-
-    def on_stream_event(self, event: StreamEvent) -> None:
-        for stream, track_id in [key for key in self.states if key[0] == event.stream]:
-            self._end(stream, track_id, None)
+        if frame is not None:
+            frame.events.extend(events)
+        else:
+            self.emit(stream, events)
 
     def close(self) -> None:
         self.plugin.close()

@@ -9,8 +9,9 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
-from streampose.frame import Frame, StreamEvent
+from streampose.frame import Event, Frame, StreamEvent
 from streampose.graph import schema
 from streampose.runtime.metrics import Metrics
 from streampose.runtime.stage import Stage
@@ -18,6 +19,13 @@ from streampose.runtime.stage import Stage
 log = logging.getLogger("streampose.runtime")
 
 STOP = object()  # sentinel: one upstream has finished
+
+
+class Emitted(NamedTuple):
+    """Events a stage raised outside any frame (Stage.emit), on their way downstream."""
+
+    stream: str
+    events: list[Event]
 
 # A stage failing on every frame would log a traceback per frame (gigabytes a minute): an
 # error is logged in full once, then the same error (stage, type, message) only as a count
@@ -67,7 +75,8 @@ class ErrorLog:
 class StageRunner:
     """Runs `stage` in a thread between `inbox` and the inboxes of its downstream stages.
 
-    Frames and stream events leave in the order they came, per stream. The runner
+    Frames, stream events and emitted events leave in the order they came, per stream; what
+    the stage emits goes out before the frames or stream event it was handling. The runner
     stops after every upstream has sent STOP, then closes the stage and sends STOP on.
     `on_leaf(frame)` is called for every frame it finished when it has no downstream.
     """
@@ -140,11 +149,17 @@ class StageRunner:
             if item is STOP:
                 stops += 1
             elif isinstance(item, StreamEvent):
-                self._call(lambda: self.stage.on_stream_event(item), f"stream event {item.kind}", item.stream)
+                self._call(lambda: self.stage.stream_event(item), f"stream event {item.kind}", item.stream)
+                self._send_emitted()
+                self._send(item)
+            elif isinstance(item, Emitted):
+                self._call(lambda: self.stage.on_events(item.stream, item.events), "events", item.stream)
+                self._send_emitted()
                 self._send(item)
             else:
                 self._process(self._collect(item))
-        self._call(self.stage.close, "close", "-")
+        self._call(self.stage.finish, "close", "-")
+        self._send_emitted()
         self.errors.close()
         self._send(STOP)
         self.done = True
@@ -157,11 +172,15 @@ class StageRunner:
                 self._finish(frame)
             return
         start = self.busy_since = time.monotonic()
+        added = [(len(frame.events), len(frame.ended_tracks)) for frame in batch]
         try:
-            self.stage.process(batch)
+            self.stage.run(batch)
         except Exception as error:
-            # Retry one by one so a single bad frame does not fail its neighbours.
+            # Retry one by one so a single bad frame does not fail its neighbours; Stage.run put
+            # the stage's state back, and the frames lose what the failed batch added to them.
             if len(batch) > 1:
+                for frame, (events, ended) in zip(batch, added):
+                    del frame.events[events:], frame.ended_tracks[ended:]
                 for frame in batch:
                     self._process_one(frame)
             else:
@@ -169,13 +188,14 @@ class StageRunner:
         elapsed = time.monotonic() - start
         self.busy_since = None
         self.metrics.observe("stage_latency", elapsed, stage=self.stage.id)
+        self._send_emitted()
         for frame in batch:
             frame.timings[self.stage.id] = elapsed
             self._finish(frame)
 
     def _process_one(self, frame: Frame) -> None:
         try:
-            self.stage.process([frame])
+            self.stage.run([frame])
         except Exception as error:
             self._failed(frame, error)
 
@@ -197,6 +217,11 @@ class StageRunner:
         except Exception as error:
             self.errors.failed(f"{what} (stream {stream})", error)
             self.metrics.inc("errors", stage=self.stage.id, stream=stream)
+
+    def _send_emitted(self) -> None:
+        outbox, self.stage.outbox = self.stage.outbox, []
+        for stream, events in outbox:
+            self._send(Emitted(stream, events))
 
     def _send(self, item) -> None:
         for outbox in self.outboxes:

@@ -1,10 +1,20 @@
 """The stage interface: what every box in a graph implements.
 
-The runtime gives each stage its own thread. It hands `process` a batch of
-frames (one frame unless the stage's `batch` parameters allow more; frames of
-several streams may share a batch, each stream's frames in order). The stage
-fills the frames in place; the runtime then passes them downstream. A stage that
-raises is logged and counted, and its frames go on without its results.
+The runtime gives each stage its own thread and calls, in each stream's order:
+
+- `run(frames)` for a batch (one frame unless the stage's `batch` parameters allow more;
+  frames of several streams may share a batch, each stream's frames in order): it calls the
+  stage's `process`, which fills the frames in place, inside a transaction of the stage's
+  state stores (runtime/state.py). A batch that raises is retried frame by frame; a frame
+  that still raises is logged, counted and passed on without the stage's results.
+- `stream_event(event)` when a stream opens, is lost or ends: the stores reset, then the
+  stage's `on_stream_event`.
+- `on_events(stream, events)` for events that ride on no frame (a plugin's last events at a
+  stream gap or at shutdown). Events raised on a frame are in `frame.events`, read in `process`.
+- `finish()` when the graph stops: the stores drop their states, then the stage's `close`.
+
+Events a stage raises outside a frame go out with `emit(stream, events)`; the runtime passes
+them to every stage downstream (`on_events`) before the frames and stream events that follow.
 """
 
 from __future__ import annotations
@@ -15,8 +25,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from streampose.frame import Frame, StreamEvent
+from streampose.frame import Event, Frame, StreamEvent
 from streampose.runtime.metrics import Metrics
+from streampose.runtime.state import StreamStates
 
 
 @dataclass
@@ -47,6 +58,54 @@ class Stage:
         self.params = params
         self.context = context
         self.log = logging.getLogger(f"streampose.stage.{stage_id}")
+        self.stores: list[StreamStates] = []
+        self.outbox: list[tuple[str, list[Event]]] = []  # emitted, not yet sent downstream
+
+    # ------------------------------------------------------------------ state
+
+    def per_stream(self, factory, on_drop=None) -> StreamStates:
+        """A store of one state per stream (runtime/state.py), made by `factory()`."""
+        return self.per_track(factory, capacity=1, on_drop=on_drop)
+
+    def per_track(self, factory, capacity: int, on_drop=None) -> StreamStates:
+        """A store of one state per (stream, track id), at most `capacity` per stream."""
+        store = StreamStates(factory, capacity, self.log, on_drop)
+        self.stores.append(store)
+        return store
+
+    def emit(self, stream: str, events: list[Event]) -> None:
+        """Send `events`, raised outside any frame, to the stages downstream."""
+        if events:
+            self.outbox.append((stream, list(events)))
+
+    # ------------------------------------------------------------------ what the runtime calls
+
+    def run(self, frames: list[Frame]) -> None:
+        """`process` with the stores in a transaction: a batch that raises leaves them as they were."""
+        undo_length = len(self.outbox)
+        for store in self.stores:
+            store.begin(undo=len(frames) > 1)
+        try:
+            self.process(frames)
+            for store in self.stores:
+                store.end_frames(frames)
+        except BaseException:
+            for store in self.stores:
+                store.rollback()
+            del self.outbox[undo_length:]
+            raise
+        for store in self.stores:
+            store.commit()
+
+    def stream_event(self, event: StreamEvent) -> None:
+        for store in self.stores:
+            store.on_stream_event(event)
+        self.on_stream_event(event)
+
+    def finish(self) -> None:
+        for store in self.stores:
+            store.close()
+        self.close()
 
     def load_model(self, max_batch: int):
         """(ModelFolder, Engine) of a network-running stage's `model`, `engine`, `device`...
@@ -66,7 +125,10 @@ class Stage:
         raise NotImplementedError
 
     def on_stream_event(self, event: StreamEvent) -> None:
-        """A stream had a gap or ended; stages with per-stream state reset it."""
+        """A stream opened, had a gap or ended (its stores have reset already)."""
+
+    def on_events(self, stream: str, events: list[Event]) -> None:
+        """Events of `stream` that ride on no frame (a sink publishes, logs or draws them)."""
 
     def paused_reason(self, stream: str) -> str | None:
         """Why this stage has stopped doing its work for `stream` for now (a sink whose disk is
