@@ -80,10 +80,11 @@ class PoseMessage:
 
 @dataclass
 class EventMessage:
-    """Something a plugin noticed on frame `frame` (e.g. kind "fall_confirmed")."""
+    """Something a plugin noticed on frame `frame` (e.g. kind "fall_confirmed"); frame None:
+    raised outside any frame (a track ended at a stream gap or at shutdown)."""
 
     stream: str
-    frame: int
+    frame: int | None
     capture_time: float
     media_time: float
     latency: float
@@ -346,7 +347,8 @@ def summary(msg: Message) -> str:
         return (f"pose   {msg.stream}  frame {msg.frame}  persons {len(msg.boxes)}{with_kpts}  "
                 f"latency {msg.latency * 1000:.1f} ms")
     if isinstance(msg, EventMessage):
-        return (f"event  {msg.stream}  frame {msg.frame}  {msg.kind}  track {msg.track_id}  "
+        where = "no frame" if msg.frame is None else f"frame {msg.frame}"
+        return (f"event  {msg.stream}  {where}  {msg.kind}  track {msg.track_id}  "
                 f"score {msg.score:.2f}  latency {msg.latency * 1000:.1f} ms")
     detail = f"  {msg.detail}" if msg.detail else ""
     return f"status {msg.stream}  {msg.kind}  segment {msg.segment}{detail}"

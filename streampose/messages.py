@@ -85,14 +85,15 @@ def pose_message(frame: Frame, now: float | None = None) -> dict:
     }
 
 
-def event_message(event: Event, frame_index: int, now: float | None = None) -> dict:
-    """The message of `event`, raised on frame `frame_index` of its stream."""
+def event_message(event: Event, frame_index: int | None, now: float | None = None) -> dict:
+    """The message of `event`, raised on frame `frame_index` of its stream (None: raised outside
+    any frame, e.g. a track ended at a stream gap)."""
     now = time.time() if now is None else now
     return {
         "v": SCHEMA_VERSION,
         "type": "event",
         "stream": event.stream,
-        "frame": int(frame_index),
+        "frame": None if frame_index is None else int(frame_index),
         "capture_time": round(float(event.capture_time), SECOND_DECIMALS),
         "media_time": round(float(event.media_time), SECOND_DECIMALS),
         "latency": round(now - float(event.capture_time), SECOND_DECIMALS),

@@ -21,7 +21,7 @@ import zmq
 import zmq.auth
 
 from streampose import messages
-from streampose.frame import Frame, StreamEvent
+from streampose.frame import Event, Frame, StreamEvent
 from streampose.graph import schema
 from streampose.runtime.stage import Stage, StageContext
 
@@ -79,8 +79,14 @@ class PublisherStage(Stage):
     def process(self, frames: list[Frame]) -> None:
         for frame in frames:
             self._send("pose", frame.stream, messages.pose_message(frame))
-            for event in frame.events:
-                self._send("event", frame.stream, messages.event_message(event, frame.index))
+            self._send_events(frame.events, frame.index)
+
+    def on_events(self, stream: str, events: list[Event]) -> None:
+        self._send_events(events, None)
+
+    def _send_events(self, events: list[Event], frame_index: int | None) -> None:
+        for event in events:
+            self._send("event", event.stream, messages.event_message(event, frame_index))
 
     def on_stream_event(self, event: StreamEvent) -> None:
         self._send("status", event.stream, messages.status_message(event))
