@@ -34,7 +34,7 @@ from streampose.messages import pose_message
 from streampose.models.folder import cache_root
 from streampose.runtime.stage import StageContext
 from streampose.sinks.inset3d import draw_inset
-from streampose.stages.lift3d import MAX_TRACK_WINDOWS, LifterConfigError, Lift3DStage, TrackWindows
+from streampose.stages.lift3d import MAX_TRACK_WINDOWS, LifterConfigError, Lift3DStage, _Window
 
 # trainers/ is a folder of the repository, not part of the installed package.
 sys.path.insert(0, str(REPO))
@@ -326,18 +326,11 @@ def test_track_windows_are_freed_with_tracks_and_streams(lifter_model):
     assert (weak.persons.kpts3d[0] == 0).all() and (weak.persons.kpts3d[1, :, 3] > 0).all()
     stage.close()
 
-    windows = TrackWindows(window=4, capacity=3)
-    pose = np.zeros((17, 3), np.float32)
-    staged = {}
-    for track in range(5):
-        windows.extended("s", track, pose + track, staged)
-    assert len(windows) == 0                          # nothing kept before the commit
-    windows.commit(staged)
-    assert len(windows) == 3 and MAX_TRACK_WINDOWS >= 1024
-    staged = {}
-    windows.extended("s", 4, pose + 8, staged)
-    window = windows.extended("s", 4, pose + 9, staged)  # a later frame of the batch
-    np.testing.assert_array_equal(window[:, 0, 0], [4, 4, 8, 9])
+    window, pose = _Window(), np.zeros((17, 3), np.float32)
+    for value in (4, 8, 9):
+        poses = window.extended(pose + value, 4)
+    np.testing.assert_array_equal(poses[:, 0, 0], [4, 4, 8, 9])   # a new track's first pose fills its window
+    assert MAX_TRACK_WINDOWS >= 1024
 
 
 def test_a_batch_retried_after_an_engine_fault_leaves_the_windows_as_one_run_would(lifter_model):

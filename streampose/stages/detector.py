@@ -8,12 +8,12 @@ them to the previous frame's keypoints (streampose.stages.keypoints).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from streampose.engines import Engine
-from streampose.frame import Frame, Persons, StreamEvent
+from streampose.frame import Frame, Persons
 from streampose.graph import schema
 from streampose.models.folder import ModelFolder
 from streampose.runtime.stage import Stage, StageContext
@@ -31,10 +31,11 @@ class DetectorConfigError(ValueError):
 
 
 @dataclass
-class _StreamMemory:
-    segment: int
-    detected_index: int   # frame index of the stream's last detection
-    persons: Persons      # the stream's last boxes, carried over until the next detection
+class _Carry:
+    """What a stream's frames between detections carry over (every_n_frames)."""
+
+    detected_index: int = -1                                 # frame index of the last detection; -1: none
+    persons: Persons = field(default_factory=Persons.empty)  # its boxes
 
 
 class PersonDetector:
@@ -118,7 +119,7 @@ class DetectorStage(Stage):
         self.detector = PersonDetector(folder, engine, params)
         self.log.info("%s, %s outputs, person class %d", engine.describe(), self.detector.form,
                       self.detector.person_class)
-        self._memory: dict[str, _StreamMemory] = {}
+        self.carried = self.per_stream(_Carry)
 
     def process(self, frames: list[Frame]) -> None:
         to_detect = self._plan(frames)
@@ -129,28 +130,24 @@ class DetectorStage(Stage):
             for i, found in zip(chunk, self.detector.detect([frames[i].image for i in chunk])):
                 detected[i] = found
         for i, frame in enumerate(frames):
-            memory = self._memory[frame.stream]
+            carry = self.carried.get(frame)
             if i in detected:
                 frame.persons = Persons.from_boxes(detected[i].boxes, detected[i].scores)
-                memory.persons = frame.persons
+                carry.persons = frame.persons
             else:
-                frame.persons = Persons.from_boxes(memory.persons.boxes.copy(), memory.persons.scores.copy())
+                frame.persons = Persons.from_boxes(carry.persons.boxes.copy(), carry.persons.scores.copy())
                 frame.detected = False
 
     def _plan(self, frames: list[Frame]) -> list[int]:
-        """Indices of the frames to run the network on; updates each stream's memory."""
+        """Indices of the frames to run the network on; marks them in their stream's carry."""
         every = self.params.every_n_frames
         chosen = []
         for i, frame in enumerate(frames):
-            memory = self._memory.get(frame.stream)
-            if (memory is None or memory.segment != frame.segment
-                    or not 0 < frame.index - memory.detected_index < every):
-                self._memory[frame.stream] = _StreamMemory(frame.segment, frame.index, Persons.empty())
+            carry = self.carried.get(frame)
+            if carry.detected_index < 0 or not 0 < frame.index - carry.detected_index < every:
+                carry.detected_index, carry.persons = frame.index, Persons.empty()
                 chosen.append(i)
         return chosen
-
-    def on_stream_event(self, event: StreamEvent) -> None:
-        self._memory.pop(event.stream, None)
 
     def close(self) -> None:
         self.detector.engine.close()

@@ -11,8 +11,7 @@ appended to `ended_tracks` (the size filter only hides boxes: a track whose boxe
 published still has an id, and its end is announced too).
 
 Streams reset as after the tracker stage: a stream's tracks are dropped without announcement
-on StreamEvent "lost" or "ended" and on a frame of a new segment; media time running backwards
-within a segment ends them (announced) and starts afresh; ids keep counting across resets.
+at a timeline break (runtime/state.py); ids keep counting across resets.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from streampose.engines import Engine
-from streampose.frame import Frame, Persons, StreamEvent
+from streampose.frame import Frame, Persons
 from streampose.graph import schema
 from streampose.models.folder import ModelFolder
 from streampose.runtime.stage import Stage, StageContext
@@ -79,7 +78,7 @@ class JdeStage(Stage):
             engine.close()
             raise
         self.log.info("%s, person class %d, %s", engine.describe(), self.network.person_class, self.settings)
-        self.trackers = StreamTrackers(lambda first_id: JdeTracker(self.settings, first_id), self.log)
+        self.trackers = StreamTrackers(self, lambda first_id: JdeTracker(self.settings, first_id), self.log)
 
     def process(self, frames: list[Frame]) -> None:
         # Every network run before any tracker update: when one raises, the runner retries the
@@ -93,9 +92,6 @@ class JdeStage(Stage):
             persons.track_ids = update.track_ids[shown]
             frame.persons = persons
             frame.ended_tracks.extend(update.ended)
-
-    def on_stream_event(self, event: StreamEvent) -> None:
-        self.trackers.on_stream_event(event)
 
     def close(self) -> None:
         self.network.engine.close()

@@ -11,10 +11,12 @@ estimated in two or more waves).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from streampose.engines import Engine
-from streampose.frame import NUM_KEYPOINTS, Frame, Persons, StreamEvent
+from streampose.frame import NUM_KEYPOINTS, Frame, Persons
 from streampose.graph import schema
 from streampose.models.folder import ModelFolder
 from streampose.runtime.stage import Stage, StageContext
@@ -35,6 +37,13 @@ MAX_CROPS_PER_RUN = 32
 KEYPOINT_CONFIDENCE = 0.3
 MIN_JOINTS = 3
 BOX_MARGIN = np.array([0.2, 0.1], np.float32)
+
+
+@dataclass
+class _Previous:
+    """A stream's last frame's persons, to refit a skipped frame's boxes to (every_n_frames)."""
+
+    persons: Persons | None = None
 
 
 class KeypointConfigError(ValueError):
@@ -142,7 +151,7 @@ class KeypointStage(Stage):
         folder, engine = self.load_model(max_batch=crops * (2 if params.flip_test else 1))
         self.estimator = PoseEstimator(folder, engine, params.expand_ratio, params.use_dark, params.flip_test)
         self.log.info("%s, crops of %dx%d", engine.describe(), *self.estimator.input_size)
-        self._previous: dict[str, Persons] = {}  # per stream, its last frame's persons
+        self.previous = self.per_stream(_Previous)
 
     def process(self, frames: list[Frame]) -> None:
         wave: list[Frame] = []
@@ -151,7 +160,7 @@ class KeypointStage(Stage):
                 if any(f.stream == frame.stream for f in wave):
                     self._estimate(wave)  # the previous frame's keypoints first
                     wave = []
-                previous = self._previous.get(frame.stream)
+                previous = self.previous.get(frame).persons
                 if previous is not None:
                     frame.persons = boxes_from_keypoints(previous, frame.width, frame.height)
             wave.append(frame)
@@ -174,10 +183,7 @@ class KeypointStage(Stage):
                 frame_scores[picked] = scores[start:end]
             persons.pose_scores = frame_scores
             persons.keypoints = frame_keypoints
-            self._previous[frame.stream] = persons
-
-    def on_stream_event(self, event: StreamEvent) -> None:
-        self._previous.pop(event.stream, None)
+            self.previous.get(frame).persons = persons
 
     def close(self) -> None:
         self.estimator.engine.close()

@@ -4,21 +4,20 @@ Per frame, every person with enough confident joints gets a window of its track'
 normalised 2D poses (streampose.geometry.lifting); the windows of all persons of all frames in
 the batch run through the lifter network in one engine call; the root-relative skeletons it
 returns are scaled to the assumed height and placed in front of the camera (or on the floor).
-Windows are per (stream, track) and freed when the track ends, when the stream is lost, ends or
-reopens, and beyond MAX_TRACK_WINDOWS (least recently seen first). Untracked persons are lifted
+Windows are per (stream, track) in the stage's state store (runtime/state.py: freed with the
+track, at timeline breaks and beyond MAX_TRACK_WINDOWS per stream). Untracked persons are lifted
 from their current pose alone.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from streampose.engines import Engine
-from streampose.frame import COCO_KEYPOINTS, NUM_KEYPOINTS, UNTRACKED, Frame, StreamEvent
+from streampose.frame import COCO_KEYPOINTS, NUM_KEYPOINTS, UNTRACKED, Frame
 from streampose.geometry.camera import Camera, CalibError, assumed_camera, load_camera
 from streampose.geometry.lifting import normalise_pose2d, place_by_height, place_on_ground, to_camera
 from streampose.graph import schema
@@ -28,8 +27,8 @@ from streampose.runtime.stage import Stage, StageContext
 # Most windows in one engine run. Runs are padded to a power of two, so an engine that compiles
 # per batch size compiles at most seven.
 MAX_PERSONS_PER_RUN = 64
-# Most track windows kept over all streams (each T x 17 x 3 float32: 1.8 kB at T = 9).
-MAX_TRACK_WINDOWS = 4096
+# Most track windows kept per stream (each T x 17 x 3 float32: 1.8 kB at T = 9).
+MAX_TRACK_WINDOWS = 1024
 # A placed root nearer than this to the lens (metres) is a failed solution, not a person.
 MIN_DEPTH_M = 0.1
 
@@ -38,48 +37,17 @@ class LifterConfigError(ValueError):
     """The model cannot serve as a lifter."""
 
 
-class TrackWindows:
-    """The last `window` poses (17, 3) of each (stream, track), oldest first."""
+@dataclass
+class _Window:
+    """A track's last T poses (T, 17, 3), oldest first; None before its first."""
 
-    def __init__(self, window: int, capacity: int = MAX_TRACK_WINDOWS):
-        self.window = window
-        self.capacity = capacity
-        self._windows: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+    poses: np.ndarray | None = None
 
-    def __len__(self) -> int:
-        return len(self._windows)
-
-    def extended(self, stream: str, track_id: int, pose: np.ndarray,
-                 staged: dict[tuple[str, int], np.ndarray]) -> np.ndarray:
-        """The track's window (T, 17, 3) with `pose` appended (a new track's: `pose` repeated),
-        held in `staged` until `commit(staged)`: a batch that fails before it commits leaves the
-        windows as they were, so its frame-by-frame retry does not append the poses twice. An
-        untracked pose is not kept."""
-        if track_id == UNTRACKED:
-            return np.broadcast_to(pose, (self.window, *pose.shape))
-        key = (stream, track_id)
-        previous = staged.get(key)
-        if previous is None:
-            previous = self._windows.get(key)
-        window = np.repeat(pose[None], self.window, axis=0) if previous is None \
-            else np.concatenate([previous[1:], pose[None]])
-        staged[key] = window
-        return window
-
-    def commit(self, staged: dict[tuple[str, int], np.ndarray]) -> None:
-        for key, window in staged.items():
-            self._windows[key] = window
-            self._windows.move_to_end(key)
-        while len(self._windows) > self.capacity:
-            self._windows.popitem(last=False)
-
-    def end(self, stream: str, track_ids: list[int]) -> None:
-        for track_id in track_ids:
-            self._windows.pop((stream, track_id), None)
-
-    def drop_stream(self, stream: str) -> None:
-        for key in [k for k in self._windows if k[0] == stream]:
-            del self._windows[key]
+    def extended(self, pose: np.ndarray, length: int) -> np.ndarray:
+        """The window with `pose` appended (a new track's: `pose` repeated), kept."""
+        self.poses = (np.repeat(pose[None], length, axis=0) if self.poses is None
+                      else np.concatenate([self.poses[1:], pose[None]]))
+        return self.poses
 
 
 class Cameras:
@@ -206,13 +174,12 @@ class Lift3DStage(Stage):
         except Exception:
             engine.close()
             raise
-        self.windows = TrackWindows(self.lifter.window)
+        self.windows = self.per_track(_Window, MAX_TRACK_WINDOWS)
         self.log.info("%s, window of %d poses, persons %.2f m tall", engine.describe(), self.lifter.window,
                       params.person_height_m)
 
     def process(self, frames: list[Frame]) -> None:
-        staged: dict[tuple[str, int], np.ndarray] = {}
-        gathered = [self._gather(frame, staged) for frame in frames]
+        gathered = [self._gather(frame) for frame in frames]
         windows = [found.windows for found in gathered if found]
         relative = self.lifter.lift(np.concatenate(windows)) if windows else None
         start = 0
@@ -223,11 +190,13 @@ class Lift3DStage(Stage):
                 self._place(kpts3d, found, relative[start:end], frame.persons.keypoints[found.persons, :, 2])
                 start = end
             frame.persons.kpts3d = kpts3d
-        self.windows.commit(staged)
-        for frame in frames:
-            self.windows.end(frame.stream, frame.ended_tracks)
 
-    def _gather(self, frame: Frame, staged: dict[tuple[str, int], np.ndarray]) -> _ToLift | None:
+    def _window(self, frame: Frame, track_id: int, pose: np.ndarray) -> np.ndarray:
+        if track_id == UNTRACKED:
+            return np.broadcast_to(pose, (self.lifter.window, *pose.shape))
+        return self.windows.get(frame, track_id).extended(pose, self.lifter.window)
+
+    def _gather(self, frame: Frame) -> _ToLift | None:
         persons = frame.persons
         if persons.keypoints is None or not len(persons):
             return None
@@ -239,8 +208,7 @@ class Lift3DStage(Stage):
         camera = self.cameras.get(frame.stream, frame.width, frame.height)
         rays = camera.rays(persons.keypoints[lifted, :, :2])
         poses, rotations = normalise_pose2d(rays, confidence[lifted])
-        windows = np.stack([self.windows.extended(frame.stream, int(persons.track_ids[i]), pose, staged)
-                            for i, pose in zip(lifted, poses)])
+        windows = np.stack([self._window(frame, int(persons.track_ids[i]), pose) for i, pose in zip(lifted, poses)])
         weights = np.where(confident[lifted], confidence[lifted], 0.0)
         return _ToLift(lifted, windows, rotations, camera, rays, weights)
 
@@ -257,10 +225,6 @@ class Lift3DStage(Stage):
         rows = found.persons[placed]
         kpts3d[rows, :, :3] = skeleton[placed] + roots[placed, None, :]
         kpts3d[rows, :, 3] = confidence[placed]
-
-    def on_stream_event(self, event: StreamEvent) -> None:
-        if event.restarts_stream:
-            self.windows.drop_stream(event.stream)
 
     def close(self) -> None:
         self.lifter.engine.close()

@@ -7,15 +7,19 @@ follow. Boxes, scores and keypoints stay the detector's and pose model's (the Ka
 filters only guide matching; smoothing is the smoother stage's job). Removed tracks' ids
 are appended to the frame's `ended_tracks`.
 
-Streams restart their tracks at gaps, when media time runs backwards
-(streampose.tracking.streams) and at a hard cut to another scene (streampose.tracking.cuts;
+Streams restart their tracks at timeline breaks (runtime/state.py; silently: every stage after
+this one resets on the same rule) and at a hard cut to another scene (streampose.tracking.cuts;
 `cut_threshold`): the tracks end on the cut's frame (in `ended_tracks`, so the stages after
 this one drop their per-track state) and new ids start there.
 """
 
 from __future__ import annotations
 
-from streampose.frame import Frame, StreamEvent
+from dataclasses import dataclass
+
+import numpy as np
+
+from streampose.frame import Frame
 from streampose.graph import schema
 from streampose.runtime.stage import Stage, StageContext
 from streampose.tracking.bytetrack import ByteTracker
@@ -23,6 +27,13 @@ from streampose.tracking.cuts import CutDetector
 from streampose.tracking.ocsort import OcSortTracker
 from streampose.tracking.streams import StreamTrackers
 from streampose.tracking.track import Detections, Tracker
+
+@dataclass
+class _LastLook:
+    """A stream's previous frame as the cut detector compares it (CutDetector.look)."""
+
+    look: tuple[np.ndarray, np.ndarray] | None = None
+
 
 ALGORITHMS: dict[str, type[Tracker]] = {"bytetrack": ByteTracker, "ocsort": OcSortTracker}
 
@@ -32,13 +43,18 @@ class TrackerStage(Stage):
 
     def __init__(self, stage_id: str, params: schema.Tracker, context: StageContext):
         super().__init__(stage_id, params, context)
-        self.trackers = StreamTrackers(lambda first_id: ALGORITHMS[params.algorithm](params, first_id), self.log)
+        self.trackers = StreamTrackers(self, lambda first_id: ALGORITHMS[params.algorithm](params, first_id),
+                                       self.log)
         self.cuts = CutDetector(params.cut_threshold) if params.cut_threshold > -1 else None
+        self.looks = self.per_stream(_LastLook)
 
     def process(self, frames: list[Frame]) -> None:
         for frame in frames:
-            if self.cuts is not None and self.cuts.is_cut(frame.stream, frame.image):
-                self.trackers.restart(frame, "a hard cut")
+            if self.cuts is not None:
+                last, now = self.looks.get(frame), self.cuts.look(frame.image)
+                if self.cuts.is_cut(last.look, now):
+                    self.trackers.restart(frame, "a hard cut")
+                last.look = now
             tracker = self.trackers.for_frame(frame)
             persons = frame.persons
             update = tracker.update(Detections(persons.boxes, persons.scores, persons.keypoints), frame.media_time)
@@ -47,7 +63,3 @@ class TrackerStage(Stage):
             frame.persons = kept
             frame.ended_tracks.extend(update.ended)
 
-    def on_stream_event(self, event: StreamEvent) -> None:
-        self.trackers.on_stream_event(event)
-        if event.restarts_stream and self.cuts is not None:
-            self.cuts.forget(event.stream)

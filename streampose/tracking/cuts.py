@@ -44,19 +44,19 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class CutDetector:
-    """Per stream: whether a frame is a hard cut from the stream's previous frame: both its
-    colour histogram and its layout correlate less than `threshold` with that frame's."""
+    """Whether a frame is a hard cut from its stream's previous frame: both its colour histogram
+    and its layout correlate less than `threshold` with that frame's. The caller keeps each
+    stream's last `look` (the tracker stage, in its state store)."""
 
     def __init__(self, threshold: float):
         self.threshold = threshold
-        self._last: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def is_cut(self, stream: str, image: np.ndarray) -> bool:
+    @staticmethod
+    def look(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What a frame is compared by: its thumbnail's colour histogram and grey pixels."""
         thumb = thumbnail(image)
-        now = (histogram(thumb), cv2.cvtColor(thumb, cv2.COLOR_BGR2GRAY).ravel().astype(np.float64))
-        last, self._last[stream] = self._last.get(stream), now
+        return histogram(thumb), cv2.cvtColor(thumb, cv2.COLOR_BGR2GRAY).ravel().astype(np.float64)
+
+    def is_cut(self, last: tuple[np.ndarray, np.ndarray] | None, now: tuple[np.ndarray, np.ndarray]) -> bool:
         return (last is not None and similarity(last[0], now[0]) < self.threshold
                 and similarity(last[1], now[1]) < self.threshold)
-
-    def forget(self, stream: str) -> None:
-        self._last.pop(stream, None)
