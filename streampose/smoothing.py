@@ -1,9 +1,10 @@
 """Temporal smoothing of joints: OneEuro and EMA filters per track and joint, driven by
 media timestamps.
 
-A `TrackFilters` holds the filter state of up to `capacity` tracks of one stream for one
-kind of coordinate (2D pixels or 3D metres) in arrays of shape (capacity, J, C): J joints,
-C coordinates. `update` filters N persons at once, all joints and coordinates together.
+A `JointsState` is one track's filter state for one kind of coordinate (2D pixels or 3D
+metres): arrays of J joints x C coordinates, kept in the smoother stage's state store
+(runtime/state.py). `Filters.update` filters N tracks at once, all joints and coordinates
+together, on their states stacked into (N, J, C) arrays.
 
 Every joint keeps the media time of its last confident observation, so:
 - the time step is the joint's own (dropped frames and variable frame rates just give a
@@ -27,7 +28,6 @@ filter is exactly scale-invariant. For metres the scale is 1 (beta in Hz per m/s
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,31 +92,43 @@ class Hold:
     reset_gap_s: float
 
 
-class TrackFilters:
-    """Filter state of `capacity` tracks x `joints` joints x `coords` coordinates."""
+@dataclass
+class JointsState:
+    """One track's filter state: J joints x C coordinates.
 
-    def __init__(self, capacity: int, joints: int, coords: int, kind: OneEuro | Ema, hold: Hold):
-        self.joints, self.coords = joints, coords
+    x:          (J, C) filtered position.
+    dx:         (J, C) filtered velocity, per second.
+    time:       (J,) media time of each joint's last update, seconds; -inf before the first.
+    confidence: (J,) confidence of that update, 0..1.
+    """
+
+    x: np.ndarray
+    dx: np.ndarray
+    time: np.ndarray
+    confidence: np.ndarray
+
+    @classmethod
+    def fresh(cls, joints: int, coords: int) -> JointsState:
+        return cls(np.zeros((joints, coords)), np.zeros((joints, coords)), np.full(joints, -np.inf),
+                   np.zeros(joints))
+
+
+class Filters:
+    """A filter kind with its hold rules, applied to tracks' JointsStates."""
+
+    def __init__(self, kind: OneEuro | Ema, hold: Hold):
         self.kind, self.hold = kind, hold
-        self._x = np.zeros((capacity, joints, coords))           # filtered position
-        self._dx = np.zeros((capacity, joints, coords))          # filtered velocity, per second
-        self._time = np.full((capacity, joints), -np.inf)        # media time of the last update
-        self._confidence = np.zeros((capacity, joints))          # confidence of the last update
 
-    def clear(self, rows: np.ndarray) -> None:
-        """Forget the tracks at `rows`: their next observation starts afresh."""
-        self._time[rows] = -np.inf
-
-    def update(self, rows: np.ndarray, values: np.ndarray, confidence: np.ndarray, time: float,
+    def update(self, states: list[JointsState], values: np.ndarray, confidence: np.ndarray, time: float,
                scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Filter the observations of the tracks at `rows` ((N,) distinct ints).
+        """Filter one observation of each of N tracks (their `states`, updated in place).
 
         values: (N, J, C) coordinates; confidence: (N, J) 0..1; time: media time, seconds;
         scale: (N,) > 0, the size speed is measured in (see the module doc).
         Returns the smoothed values (N, J, C) and their confidence (N, J), float32.
         """
-        x_hat, dx_hat = self._x[rows], self._dx[rows]
-        last_time, last_confidence = self._time[rows], self._confidence[rows]
+        x_hat, dx_hat = np.stack([s.x for s in states]), np.stack([s.dx for s in states])
+        last_time, last_confidence = np.stack([s.time for s in states]), np.stack([s.confidence for s in states])
         dt = time - last_time                                    # inf for joints never seen
         confident = (confidence >= self.hold.min_confidence) & np.isfinite(values).all(axis=2)
         continuing = (dt > 0) & (dt <= self.hold.reset_gap_s)
@@ -132,50 +144,8 @@ class TrackFilters:
         out_values = np.where((confident | held)[..., None], x_hat, values).astype(np.float32)
         out_confidence = np.where(held, held_confidence, confidence).astype(np.float32)
 
-        self._x[rows], self._dx[rows] = x_hat, dx_hat
-        self._time[rows] = np.where(confident, time, last_time)
-        self._confidence[rows] = np.where(confident, confidence, last_confidence)
+        new_time = np.where(confident, time, last_time)
+        new_confidence = np.where(confident, confidence, last_confidence)
+        for n, state in enumerate(states):
+            state.x, state.dx, state.time, state.confidence = x_hat[n], dx_hat[n], new_time[n], new_confidence[n]
         return out_values, out_confidence
-
-
-class TrackSlots:
-    """Which row of a stream's TrackFilters each track id owns; when all `capacity` rows are
-    taken, the least recently seen track loses its row."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._rows: OrderedDict[int, int] = OrderedDict()        # track id -> row, least recent first
-        self._free = list(range(capacity - 1, -1, -1))
-        self.evictions = 0
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def assign(self, track_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of `track_ids` (distinct, at most `capacity`), and which of them are new to
-        their track (their filter state must be cleared)."""
-        if len(track_ids) > self.capacity:
-            raise ValueError(f"{len(track_ids)} tracks in one frame, more than the capacity {self.capacity}")
-        for track_id in track_ids:
-            if track_id in self._rows:
-                self._rows.move_to_end(track_id)
-        rows, new = np.empty(len(track_ids), np.intp), np.zeros(len(track_ids), bool)
-        for i, track_id in enumerate(track_ids):
-            row = self._rows.get(track_id)
-            if row is None:
-                if not self._free:
-                    # The front was seen before every id of this frame, which were all moved
-                    # behind it, so it is never one of them.
-                    self._free.append(self._rows.popitem(last=False)[1])
-                    self.evictions += 1
-                row = self._rows[track_id] = self._free.pop()
-                new[i] = True
-            rows[i] = row
-        return rows, new
-
-    def release(self, track_ids: list[int]) -> None:
-        """Free the rows of these track ids (ids without a row are ignored)."""
-        for track_id in track_ids:
-            row = self._rows.pop(track_id, None)
-            if row is not None:
-                self._free.append(row)

@@ -295,7 +295,7 @@ def test_state_freed_on_ended_tracks_and_stream_events():
     frame = make_frame(next(clock), {2: here + [0, 50]})
     frame.ended_tracks = [1]
     run(stage, [frame])
-    assert len(stage._streams["s"].slots) == 1
+    assert len(stage.tracks.live("s")) == 1
     shift = moved_to(here + [20, 0])
     assert shift[1] == pytest.approx(0, abs=1e-4)           # ended: starts afresh at the observation
     assert shift[2] < -1                                     # continuing: smoothed
@@ -305,7 +305,7 @@ def test_state_freed_on_ended_tracks_and_stream_events():
         stage.stream_event(StreamEvent("other", kind, segment))      # another stream: no effect
         assert moved_to(here + [20, 0])[2] < -1
         stage.stream_event(StreamEvent("s", kind, segment))
-        assert "s" not in stage._streams
+        assert stage.tracks.live("s") == {}
         assert all(v == pytest.approx(0, abs=1e-4) for v in moved_to(here).values())
     stage.stream_event(StreamEvent("s", "opened", 0))                # first opening: nothing to reset
     assert moved_to(here + [20, 0])[2] < -1
@@ -318,10 +318,7 @@ def test_state_is_bounded_and_keeps_the_recent_tracks():
     for k in range(2000):
         centres = {0: np.array([300.0, 200.0]), 1000 + k: np.array([100.0, 100.0])}
         run(stage, [make_frame(k / FPS, centres, {i: rng.normal(0, 3, (NUM_KEYPOINTS, 2)) for i in centres})])
-    state = stage._streams["s"]
-    assert len(state.slots) == 8
-    assert state.slots.evictions == 2000 - 7
-    assert state.filters["pixels"]._x.shape[0] == 8
+    assert len(stage.tracks.live("s")) == 8 and stage.tracks.peek("s", 0) is not None
     # The long track kept its state through all the evictions: still smoothed, not restarted.
     frame = make_frame(2000 / FPS, {0: np.array([300.0, 200.0])}, {0: np.full((NUM_KEYPOINTS, 2), 9.0)})
     observed = frame.persons.keypoints[0, :, :2].copy()
@@ -333,7 +330,7 @@ def test_state_is_bounded_and_keeps_the_recent_tracks():
     raw = frame.persons.keypoints.copy()
     run(stage, [frame])
     np.testing.assert_array_equal(frame.persons.keypoints[8:], raw[8:])
-    assert len(state.slots) == 8
+    assert len(stage.tracks.live("s")) == 8
 
 
 def test_persons_without_keypoints_or_tracks_pass_through():

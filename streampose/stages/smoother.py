@@ -1,14 +1,15 @@
 """The smoother stage: temporal filtering of each tracked person's joints (streampose.smoothing).
 
-State is kept per (stream, track id): 2D keypoints always, 3D joints once a frame carries
+State is kept per (stream, track id) in the stage's state store (runtime/state.py: freed with
+the track, at timeline breaks, and beyond `max_tracks` per stream, least recently seen first,
+in case a tracker never ends its tracks): 2D keypoints always, 3D joints once a frame carries
 them. Persons without a track id (UNTRACKED) pass through unsmoothed: with no identity
-over time, filtering them would blend different people. A track's state is freed when its
-id is in `frame.ended_tracks`, a stream's on a stream event, and at most `max_tracks` are
-kept per stream (least recently seen dropped first) in case a tracker never ends its tracks.
+over time, filtering them would blend different people.
 
 The smoothed arrays replace `persons.keypoints` / `persons.kpts3d` (new arrays, so a stage
-still holding the previous ones, such as the detector carrying boxes over, never sees a
-half-written one); `pose_scores` becomes the mean of the smoothed confidences.
+still holding the previous ones, such as the keypoints stage keeping its stream's last
+persons to refit skipped frames' boxes, never sees a half-written one); `pose_scores` becomes
+the mean of the smoothed confidences.
 
 The person size that makes the pixel filter scale-aware is the box diagonal: it changes
 little when a person bends, sits or lies down, unlike the box height.
@@ -24,23 +25,23 @@ min_cutoff_hz smooths more but follows steps later; smaller steps take longer (2
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from streampose.frame import UNTRACKED, Frame, StreamEvent
+from streampose.frame import UNTRACKED, Frame
 from streampose.graph import schema
 from streampose.runtime.stage import Stage, StageContext
-from streampose.smoothing import Ema, Hold, OneEuro, TrackFilters, TrackSlots
+from streampose.smoothing import Ema, Filters, Hold, JointsState, OneEuro
 
 UNIT_SCALE = 1.0   # metres: speed needs no normalising
 MIN_PERSON_SIZE_PX = 1.0
 
 
 @dataclass
-class _StreamState:
-    slots: TrackSlots
-    filters: dict[str, TrackFilters] = field(default_factory=dict)   # "pixels" / "metres"
+class _Track:
+    pixels: JointsState | None = None   # 2D keypoints
+    metres: JointsState | None = None   # 3D joints
 
 
 def _filter_kind(kind: str, params: schema.SmoothingPixels | schema.SmoothingMetres) -> OneEuro | Ema:
@@ -60,58 +61,45 @@ class SmootherStage(Stage):
 
     def __init__(self, stage_id: str, params: schema.Smoother, context: StageContext):
         super().__init__(stage_id, params, context)
-        self.kinds = {"pixels": _filter_kind(params.filter, params.pixels),
-                      "metres": _filter_kind(params.filter, params.metres)}
-        self.hold = Hold(params.min_confidence, params.hold_half_life_s, params.reset_gap_s)
-        self._streams: dict[str, _StreamState] = {}
-        self._warned_full = False
+        hold = Hold(params.min_confidence, params.hold_half_life_s, params.reset_gap_s)
+        self.filters = {"pixels": Filters(_filter_kind(params.filter, params.pixels), hold),
+                        "metres": Filters(_filter_kind(params.filter, params.metres), hold)}
+        self.tracks = self.per_track(_Track, params.max_tracks)
 
     def process(self, frames: list[Frame]) -> None:
         for frame in frames:
-            state = self._streams.get(frame.stream)
-            if state is None:
-                state = self._streams[frame.stream] = _StreamState(TrackSlots(self.params.max_tracks))
-            self._smooth(state, frame)
-            state.slots.release(frame.ended_tracks)
+            self._smooth(frame)
 
-    def _smooth(self, state: _StreamState, frame: Frame) -> None:
+    def _smooth(self, frame: Frame) -> None:
         persons = frame.persons
         # The first row of each id (a tracker gives distinct ids; anything else passes through).
         ids, first = np.unique(persons.track_ids, return_index=True)
         chosen = first[ids != UNTRACKED][:self.params.max_tracks]
         if not len(chosen) or (persons.keypoints is None and persons.kpts3d is None):
             return
-        evictions = state.slots.evictions
-        rows, new = state.slots.assign(persons.track_ids[chosen].tolist())
-        if state.slots.evictions > evictions and not self._warned_full:
-            self._warned_full = True
-            self.log.warning("stream %s: more than max_tracks=%d tracks with state; dropping the least "
-                             "recently seen (logged once)", frame.stream, self.params.max_tracks)
-        for filters in state.filters.values():
-            filters.clear(rows[new])
+        tracks = [self.tracks.get(frame, track_id) for track_id in persons.track_ids[chosen].tolist()]
         if persons.keypoints is not None:
-            persons.keypoints = self._smoothed(state, "pixels", persons.keypoints, 2, chosen, rows,
-                                               frame.media_time, person_sizes(persons.boxes[chosen]))
+            persons.keypoints = self._smoothed(tracks, "pixels", persons.keypoints, 2, chosen, frame.media_time,
+                                               person_sizes(persons.boxes[chosen]))
             persons.pose_scores = persons.keypoints[..., 2].mean(axis=1)
         if persons.kpts3d is not None:
-            persons.kpts3d = self._smoothed(state, "metres", persons.kpts3d, 3, chosen, rows,
-                                            frame.media_time, np.full(len(chosen), UNIT_SCALE))
+            persons.kpts3d = self._smoothed(tracks, "metres", persons.kpts3d, 3, chosen, frame.media_time,
+                                            np.full(len(chosen), UNIT_SCALE))
 
-    def _smoothed(self, state: _StreamState, unit: str, joints: np.ndarray, coords: int, chosen: np.ndarray,
-                  rows: np.ndarray, media_time: float, scale: np.ndarray) -> np.ndarray:
+    def _smoothed(self, tracks: list[_Track], unit: str, joints: np.ndarray, coords: int, chosen: np.ndarray,
+                  media_time: float, scale: np.ndarray) -> np.ndarray:
         """A copy of `joints` ((N, K, coords + 1), last column confidence) with the chosen
         persons' joints smoothed."""
-        filters = state.filters.get(unit)
-        if filters is None or filters.joints != joints.shape[1]:
-            filters = state.filters[unit] = TrackFilters(self.params.max_tracks, joints.shape[1], coords,
-                                                         self.kinds[unit], self.hold)
-        values, confidence = filters.update(rows, joints[chosen, :, :coords], joints[chosen, :, coords],
-                                            media_time, scale)
+        states = []
+        for track in tracks:
+            state = getattr(track, unit)
+            if state is None or state.x.shape[0] != joints.shape[1]:
+                state = JointsState.fresh(joints.shape[1], coords)
+                setattr(track, unit, state)
+            states.append(state)
+        values, confidence = self.filters[unit].update(states, joints[chosen, :, :coords], joints[chosen, :, coords],
+                                                       media_time, scale)
         out = joints.copy()
         out[chosen, :, :coords] = values
         out[chosen, :, coords] = confidence
         return out
-
-    def on_stream_event(self, event: StreamEvent) -> None:
-        if event.restarts_stream:
-            self._streams.pop(event.stream, None)
