@@ -79,7 +79,7 @@ def test_a_clip_holds_pre_and_post_roll_around_the_event_with_a_sidecar(tmp_path
     pre_s, post_s, event_index = 1.0, 0.5, 60
     stage = make_clips(tmp_path, pre_s=pre_s, post_s=post_s, draw=False)
     feed(stage, source_frames, {event_index: "fall_confirmed"})
-    stage.close()
+    stage.finish()
 
     [clip] = clips_in(tmp_path)
     assert clip.parent == tmp_path / "clips" / "cam" and clip.name.endswith("_fall_confirmed.mp4")
@@ -109,7 +109,7 @@ def test_a_clip_holds_pre_and_post_roll_around_the_event_with_a_sidecar(tmp_path
 def test_clips_are_annotated(tmp_path, source_frames):
     stage = make_clips(tmp_path, pre_s=0.2, post_s=0.2)
     feed(stage, source_frames, {30: "fall_confirmed"}, count=45)
-    stage.close()
+    stage.finish()
     images, _, _ = decode(clips_in(tmp_path)[0])
     plain, event_time = source_frames[30]
     event_frame = images[sum(1 for _, t in source_frames if event_time - 0.2 <= t < event_time)]
@@ -122,7 +122,7 @@ def test_overlapping_events_extend_one_clip_and_a_later_event_makes_another(tmp_
     stage = make_clips(tmp_path, events=["fall_confirmed", "hand_raised"], pre_s=0.5, post_s=0.5)
     # 40 and 50 overlap (0.33 s apart); 52 is not chosen; 100 comes after the extended clip ended.
     feed(stage, source_frames, {40: "fall_confirmed", 50: "hand_raised", 52: "rep", 100: "fall_confirmed"})
-    stage.close()
+    stage.finish()
 
     first, second = sorted(clips_in(tmp_path), key=lambda p: json.loads(p.with_suffix(".json").read_text())
                            ["start_media_time"])
@@ -139,7 +139,7 @@ def test_overlapping_events_extend_one_clip_and_a_later_event_makes_another(tmp_
 def test_no_clip_without_a_chosen_event(tmp_path, source_frames):
     stage = make_clips(tmp_path, pre_s=0.5, post_s=0.5)
     feed(stage, source_frames, {10: "rep", 20: "hand_raised"}, count=40)
-    stage.close()
+    stage.finish()
     assert clips_in(tmp_path) == [] and list(tmp_path.rglob("*.json")) == []
 
 
@@ -173,7 +173,7 @@ def test_the_ring_buffer_holds_pre_s_and_never_more_than_its_byte_cap(tmp_path, 
 
     # A clip then gets the pre-roll that fit.
     capped.run([make_frame("cam", index + 1, image, looped_time + 0.033, "fall_confirmed")])
-    capped.close()
+    capped.finish()
     [clip] = clips_in(tmp_path / "capped")
     sidecar = json.loads(clip.with_suffix(".json").read_text())
     assert sidecar["duration_s"] == pytest.approx(span, abs=0.1)
@@ -190,7 +190,7 @@ def test_a_stream_gap_ends_the_clip_and_empties_the_buffer(tmp_path, source_fram
     _, times, _ = decode(clip)
     # What had come: the pre-roll, the event frame and the frames after it.
     assert len(times) == sum(1 for _, t in source_frames[:40] if t >= source_frames[30][1] - 0.5)
-    stage.close()
+    stage.finish()
 
 
 def test_clip_paths_stay_in_the_output_directory(tmp_path, source_frames):
@@ -211,7 +211,7 @@ def test_clip_paths_stay_in_the_output_directory(tmp_path, source_frames):
     # An event kind is made safe for a file name: it cannot add folders.
     stage = make_clips(tmp_path / "out", events=["../../up"], path="{stream}_{event}.mp4", pre_s=0, post_s=0)
     stage.run([make_frame("cam", 0, source_frames[0][0], 0.0, "../../up")])
-    stage.close()
+    stage.finish()
     assert [p.relative_to(tmp_path / "out").as_posix() for p in clips_in(tmp_path)] == ["cam_.._.._up.mp4"]
 
 
@@ -250,7 +250,7 @@ def test_a_full_disk_skips_clips_with_a_reason_and_they_come_back_after_space_is
             kinds = ["fall_confirmed"] if index % 10 == 0 else []
             stage.run([make_frame("cam", index, image, index / 30, *kinds)])
             index += 1
-        stage.close()
+        stage.finish()
         assert stage.pause.reason("cam") is None
         for clip in clips_in(disk):
             assert len(decode(clip)[0]) >= 9 and clip.with_suffix(".json").exists()

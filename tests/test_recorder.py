@@ -76,7 +76,7 @@ def test_records_annotated_frames_at_real_speed(tmp_path, source_frames):
     sent = [person_frame("cam", i, image, t) for i, (image, t) in enumerate(source_frames)]
     for frame in sent:
         recorder.run([frame])
-    recorder.close()
+    recorder.finish()
 
     [path] = recordings(tmp_path)
     assert path.parent == tmp_path / "recordings" / "cam"
@@ -100,7 +100,7 @@ def test_timestamps_stay_increasing_through_repeats_and_drops(tmp_path, source_f
     recorder = make_recorder(tmp_path, draw=False)
     for i, t in enumerate(media_times):
         recorder.run([Frame("cam", i, source_frames[i][0], time.time(), 100.0 + t)])
-    recorder.close()
+    recorder.finish()
 
     [path] = recordings(tmp_path)
     _, times, duration = decode(path)
@@ -114,7 +114,7 @@ def test_media_time_restarting_starts_a_new_file(tmp_path, source_frames):
     recorder = make_recorder(tmp_path, path="{stream}-{segment}.mp4", draw=False)
     for i, (image, t) in enumerate(source_frames[:20]):
         recorder.run([Frame("cam", i, image, time.time(), (i % 10) * 0.1)])  # a file played twice
-    recorder.close()
+    recorder.finish()
 
     for path in (tmp_path / "cam-0.mp4", tmp_path / "cam-1.mp4"):
         images, _, duration = decode(path)
@@ -133,7 +133,7 @@ def test_segment_rotation_and_keep_files(tmp_path, source_frames):
         if i == 25:  # files 000 and 001 are closed and retention has run once; 002 is open
             assert [p.name for p in recordings(tmp_path / "rec" / "cam")] == ["000.mp4", "001.mp4", "002.mp4",
                                                                               "holiday.mp4"]
-    recorder.close()
+    recorder.finish()
 
     kept = recordings(tmp_path / "rec" / "cam")
     assert [p.name for p in kept] == ["002.mp4", "003.mp4", "holiday.mp4"]
@@ -148,7 +148,7 @@ def test_keep_bytes_keeps_only_the_newest_when_files_are_larger(tmp_path, source
     recorder = make_recorder(tmp_path, path="{stream}_{segment}.mp4", segment_s=1.0, keep_bytes=1000)
     for i, (image, t) in enumerate(source_frames[:25]):
         recorder.run([person_frame("cam", i, image, t)])
-    recorder.close()
+    recorder.finish()
 
     [path] = recordings(tmp_path)
     assert path.name == "cam_2.mp4"
@@ -166,7 +166,7 @@ def test_lost_stream_finalises_file_and_reopen_starts_another(tmp_path, source_f
     recorder.stream_event(StreamEvent("cam", "opened", 1))
     for i, (image, t) in enumerate(source_frames[15:], start=15):
         recorder.run([person_frame("cam", i, image, t, segment=1)])
-    recorder.close()
+    recorder.finish()
 
     assert len(decode(tmp_path / "cam" / "1.mp4")[0]) == FRAME_COUNT - 15
     assert len(decode(first)[0]) == 15
@@ -176,7 +176,7 @@ def test_streams_record_to_their_own_files(tmp_path, source_frames):
     recorder = make_recorder(tmp_path, streams=("a", "b"))
     for i, (image, t) in enumerate(source_frames[:12]):
         recorder.run([person_frame("a", i, image, t), person_frame("b", i, image[:, ::-1], t)])
-    recorder.close()
+    recorder.finish()
 
     for stream in ("a", "b"):
         [path] = recordings(tmp_path / "recordings" / stream)
@@ -189,7 +189,7 @@ def test_odd_frame_size_and_size_change(tmp_path, source_frames):
         recorder.run([person_frame("cam", i, image, t)])
     for i, (image, t) in enumerate(source_frames[10:20], start=10):
         recorder.run([person_frame("cam", i, image[:237, :315], t)])
-    recorder.close()
+    recorder.finish()
 
     full, _, _ = decode(tmp_path / "cam-0.mp4")
     odd, _, _ = decode(tmp_path / "cam-1.mp4")
@@ -205,7 +205,7 @@ def test_encode_error_closes_file_and_recording_resumes(tmp_path, source_frames)
         recorder.run([Frame("cam", i, image, time.time(), t)])
     assert recorder.context.metrics.count("errors", stage="rec", stream="cam") == 1
     assert len(decode(tmp_path / "cam-0.mp4")[0]) == 10  # closed cleanly at the error
-    recorder.close()
+    recorder.finish()
     assert len(decode(tmp_path / "cam-1.mp4")[0]) == 9
 
 
@@ -265,7 +265,7 @@ def test_event_banner_stays_up_for_a_few_seconds(tmp_path, source_frames):
         if index == 5:
             frame.events.append(Event("fall_confirmed", "cam", 3, media_time, frame.capture_time))
         recorder.run([frame])
-    recorder.close()
+    recorder.finish()
     images, times, _ = decode(recordings(tmp_path)[0])
 
     def banner_drawn(i):  # the banner's top-left corner against the raw frame
@@ -318,7 +318,7 @@ def test_a_full_disk_pauses_the_recording_and_it_resumes_when_space_returns(tmp_
                 assert time.monotonic() < deadline, "recording did not resume"
                 feed(1)
             assert "writing resumed after" in caplog.text
-        recorder.close()
+        recorder.finish()
         resumed = sorted(disk.glob("cam-*.mp4"))[-1]
         assert resumed != first and len(decode(resumed)[0]) >= 5
 

@@ -85,7 +85,7 @@ class Counter(Stage):
     """Counts the frames of each track (state from the runtime's store); fails on chosen frames."""
 
     def __init__(self, fail_on: set[int] = frozenset()):
-        super().__init__("count", None, CONTEXT)
+        super().__init__("count", schema.Noop(id="count", type="noop", batch={"max_size": 4}), CONTEXT)
         self.fail_on = set(fail_on)
         self.tracks = self.per_track(lambda: {"frames": 0}, capacity=2)
         self.dropped: list[tuple[str, int, int, bool]] = []  # (stream, track, frames, with a frame)

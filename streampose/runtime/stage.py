@@ -58,6 +58,9 @@ class Stage:
         self.params = params
         self.context = context
         self.log = logging.getLogger(f"streampose.stage.{stage_id}")
+        batch = getattr(params, "batch", None)
+        # Only a stage whose batches can hold several frames has them retried frame by frame.
+        self.batched = batch is not None and batch.max_size > 1
         self.stores: list[StreamStates] = []
         self.outbox: list[tuple[str, list[Event]]] = []  # emitted, not yet sent downstream
 
@@ -84,7 +87,7 @@ class Stage:
         """`process` with the stores in a transaction: a batch that raises leaves them as they were."""
         undo_length = len(self.outbox)
         for store in self.stores:
-            store.begin(undo=len(frames) > 1)
+            store.begin(undo=self.batched and len(frames) > 1)
         try:
             self.process(frames)
             for store in self.stores:

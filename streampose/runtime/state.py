@@ -12,10 +12,11 @@ not the stage, decides when a state ends:
 - **Ended tracks** (`frame.ended_tracks`) are freed after the batch.
 - **Capacity**: at most `capacity` keys per stream; beyond it the least recently used is
   dropped (logged once per store).
-- **Retries**: `Stage.run` opens a transaction around a batch of several frames. Each key
-  touched is copied first (copy.deepcopy), so when the batch fails and the runner retries its
-  frames one by one, the copies are put back and no frame's state is applied twice. A batch of
-  one frame is never retried and copies nothing.
+- **Retries**: `Stage.run` opens a transaction around a batch of several frames of a stage with
+  `batch.max_size` > 1. Each key touched is copied first (copy.deepcopy), so when the batch
+  fails and the runner retries its frames one by one, the copies are put back and no frame's
+  state is applied twice. A batch of one frame is never retried and copies nothing, so the
+  states of stages without batches (sinks holding open files) are never copied.
 
 Every dropped state goes to `on_drop(stream, key, state, frame)`, `frame` being the frame that
 ended the track or None (a timeline break, eviction, close): a plugin's last events.

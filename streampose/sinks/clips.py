@@ -5,7 +5,10 @@ which keeps the last `pre_s` seconds of media time but never more than
 `max_buffer_bytes`. When a frame carries an event of a chosen kind, a clip opens
 with the buffered frames from `pre_s` before it and runs until `post_s` after it;
 another chosen event before the end extends the clip, so an incident is one
-clip, not several overlapping ones. On close, a sidecar (the clip's path ending in
+clip, not several overlapping ones. An event that rides on no frame (a track ended at a stream
+gap) opens a clip too, from the buffered frames; the gap then closes it. The ring and the open
+clip are the stream's state in the stage's store (runtime/state.py): a timeline break closes
+the clip and empties the ring. On close, a sidecar (the clip's path ending in
 .json) lists the events as published on `event/<stream>`, and the clip's times.
 Clips are fragmented MP4 (recorder.Mp4Writer): a killed daemon leaves the open clip
 playable up to its last fragment. A storage error (a full disk) ends the clip, keeping
@@ -37,12 +40,12 @@ import cv2
 import numpy as np
 
 from streampose import messages
-from streampose.frame import Event, Frame, StreamEvent
+from streampose.frame import Event, Frame
 from streampose.graph import schema
 from streampose.runtime.stage import Stage, StageContext
 from streampose.sinks.draw import draw_frame
 from streampose.sinks.pause import StoragePause
-from streampose.sinks.recorder import MAX_MEDIA_TIME_STEP_BACK_S, Mp4Writer, PathTemplate
+from streampose.sinks.recorder import Mp4Writer, PathTemplate
 
 # Buffered frames written per incoming frame while a clip's pre-roll is behind.
 CATCH_UP_FRAMES = 2
@@ -70,17 +73,16 @@ class _Clip:
 
     writer: Mp4Writer
     end_time: float  # media time, seconds
-    events: list[tuple[Event, int]]  # (event, index of the frame that carried it)
+    events: list[tuple[Event, int | None]]  # (event, index of the frame that carried it; None: no frame)
     pending: int = 0  # the newest frames of the ring not written yet
     lost_frames: int = 0  # frames dropped from the ring (byte cap) before they were written
 
 
 @dataclass
-class _StreamClips:
+class _Clips:
     """A stream's ring buffer of recent frames and its open clip."""
 
-    segment: int
-    size: tuple[int, int]  # width, height of the buffered frames
+    size: tuple[int, int] | None = None  # width, height of the buffered frames
     ring: deque[_Buffered] = field(default_factory=deque)
     nbytes: int = 0  # JPEG bytes in the ring
     clip: _Clip | None = None
@@ -106,7 +108,7 @@ class ClipStage(Stage):
         self.paths = ClipPathTemplate(params.path, context.output_dir, context.streams)
         self.kinds = frozenset(params.events)
         self.pause = StoragePause(self)
-        self._streams: dict[str, _StreamClips] = {}
+        self.buffers = self.per_stream(_Clips, on_drop=lambda stream, _, clips, __: self._finish(stream, clips))
         for stream in context.streams:
             context.metrics.gauge("clip_buffer_bytes", lambda s=stream: self.buffer_bytes(s), stage=stage_id,
                                   stream=stream)
@@ -115,36 +117,31 @@ class ClipStage(Stage):
 
     def buffer_bytes(self, stream: str) -> int:
         """JPEG bytes in the stream's ring buffer."""
-        clips = self._streams.get(stream)
+        clips = self.buffers.peek(stream)
         return clips.nbytes if clips else 0
 
     def buffer_seconds(self, stream: str) -> float:
         """Media time the stream's ring buffer covers, seconds: the pre-roll a clip opened now would get."""
-        clips = self._streams.get(stream)
+        clips = self.buffers.peek(stream)
         return clips.span_s if clips else 0.0
 
     def process(self, frames: list[Frame]) -> None:
         for frame in frames:
             self._take(frame)
 
-    def on_stream_event(self, event: StreamEvent) -> None:
-        clips = self._streams.get(event.stream)
-        if clips is not None and (event.kind in ("lost", "ended") or event.segment != clips.segment):
-            self._finish(event.stream, clips)
-            del self._streams[event.stream]
+    def on_events(self, stream: str, events: list[Event]) -> None:
+        clips = self.buffers.peek(stream)
+        triggers = [event for event in events if event.kind in self.kinds]
+        if clips is not None and clips.ring and triggers:
+            self._trigger(stream, clips, triggers, max(e.media_time for e in triggers), None)
 
     def paused_reason(self, stream: str) -> str | None:
         return self.pause.reason(stream)
 
-    def close(self) -> None:
-        for stream, clips in self._streams.items():
-            self._finish(stream, clips)
-        self._streams.clear()
-
     # ------------------------------------------------------------------ per frame
 
     def _take(self, frame: Frame) -> None:
-        clips = self._streams_for(frame)
+        clips = self._buffer_for(frame)
         if clips.clip is not None and frame.media_time > clips.clip.end_time:
             self._finish(frame.stream, clips)
         image = draw_frame(frame) if self.params.draw else frame.image
@@ -157,52 +154,52 @@ class ClipStage(Stage):
             clips.clip.pending += 1
         triggers = [event for event in frame.events if event.kind in self.kinds]
         if triggers:
-            self._trigger(frame, clips, triggers)
+            self._trigger(frame.stream, clips, triggers, frame.media_time, frame.index)
         if clips.clip is not None:
             self._write(frame.stream, clips, CATCH_UP_FRAMES)
         self._trim(frame, clips)
 
-    def _streams_for(self, frame: Frame) -> _StreamClips:
-        """The stream's buffer, restarted when its frames can no longer join the buffered ones."""
-        clips = self._streams.get(frame.stream)
-        if clips is not None and (frame.segment != clips.segment or (frame.width, frame.height) != clips.size
-                                  or (clips.ring and frame.media_time
-                                      < clips.ring[-1].media_time - MAX_MEDIA_TIME_STEP_BACK_S)):
+    def _buffer_for(self, frame: Frame) -> _Clips:
+        """The stream's buffer, started afresh when the frame size changes."""
+        clips = self.buffers.get(frame)
+        if clips.size is not None and (frame.width, frame.height) != clips.size:
             self._finish(frame.stream, clips)
-            clips = None
-        if clips is None:
-            clips = self._streams[frame.stream] = _StreamClips(frame.segment, (frame.width, frame.height))
+            clips.ring.clear()
+            clips.nbytes = 0
+        clips.size = (frame.width, frame.height)
         return clips
 
-    def _trigger(self, frame: Frame, clips: _StreamClips, events: list[Event]) -> None:
-        end_time = frame.media_time + self.params.post_s
+    def _trigger(self, stream: str, clips: _Clips, events: list[Event], media_time: float,
+                 index: int | None) -> None:
+        """Open a clip (or extend the open one) for `events`, raised at `media_time` on frame
+        `index` (None: on no frame; the ring's newest frame is the last one before them)."""
+        end_time = media_time + self.params.post_s
         if clips.clip is not None:
             clips.clip.end_time = max(clips.clip.end_time, end_time)
-            clips.clip.events.extend((event, frame.index) for event in events)
-            self.log.info("stream %s: %s extends clip %s to %.2f s", frame.stream,
+            clips.clip.events.extend((event, index) for event in events)
+            self.log.info("stream %s: %s extends clip %s to %.2f s", stream,
                           ", ".join(e.kind for e in events), clips.clip.writer.path.name, clips.clip.end_time)
             return
         first = events[0]
-        if self.pause.skip(frame.stream):
-            self.log.warning("stream %s: no clip for %s at %.2f s: %s", frame.stream, first.kind, frame.media_time,
-                             self.pause.reason(frame.stream))
+        if self.pause.skip(stream):
+            self.log.warning("stream %s: no clip for %s at %.2f s: %s", stream, first.kind, media_time,
+                             self.pause.reason(stream))
             return
-        path = self.paths.resolve(frame.stream, first.capture_time, event=_file_safe(first.kind),
-                                  track=first.track_id)
-        start_time = frame.media_time - self.params.pre_s
+        path = self.paths.resolve(stream, first.capture_time, event=_file_safe(first.kind), track=first.track_id)
+        start_time = media_time - self.params.pre_s
         pending = sum(1 for buffered in clips.ring if buffered.media_time >= start_time)
         try:
-            writer = Mp4Writer(path, frame.width, frame.height, self.params.crf, self.params.preset,
-                               self.params.flush_s)
+            writer = Mp4Writer(path, *clips.size, self.params.crf, self.params.preset, self.params.flush_s)
         except OSError as error:
-            self.pause.failed(frame.stream, f"clip {path}", error)
+            self.pause.failed(stream, f"clip {path}", error)
             return
-        clips.clip = _Clip(writer, end_time, [(event, frame.index) for event in events], pending)
+        clips.clip = _Clip(writer, end_time, [(event, index) for event in events], pending)
         self.log.info("stream %s: %s at %.2f s; clip %s with %.2f s of pre-roll (%d frames, buffer %.1f MiB)",
-                      frame.stream, first.kind, frame.media_time, path,
-                      frame.media_time - clips.ring[-pending].media_time, pending, clips.nbytes / 2**20)
+                      stream, first.kind, media_time, path,
+                      media_time - clips.ring[-pending].media_time if pending else 0.0, pending,
+                      clips.nbytes / 2**20)
 
-    def _write(self, stream: str, clips: _StreamClips, most: int) -> None:
+    def _write(self, stream: str, clips: _Clips, most: int) -> None:
         """Write up to `most` of the open clip's pending frames, oldest first."""
         clip = clips.clip
         try:
@@ -222,7 +219,7 @@ class ClipStage(Stage):
             clips.clip = None
             self._close(stream, clip)
 
-    def _trim(self, frame: Frame, clips: _StreamClips) -> None:
+    def _trim(self, frame: Frame, clips: _Clips) -> None:
         """Drop the oldest frames beyond the pre-roll (unless the open clip still needs them) or
         beyond the byte cap."""
         oldest_kept = frame.media_time - self.params.pre_s
@@ -240,7 +237,7 @@ class ClipStage(Stage):
                 clips.clip.pending -= 1
                 clips.clip.lost_frames += 1
 
-    def _finish(self, stream: str, clips: _StreamClips) -> None:
+    def _finish(self, stream: str, clips: _Clips) -> None:
         """Write the open clip's pending frames, then close it."""
         if clips.clip is not None:
             self._write(stream, clips, clips.clip.pending)

@@ -1,9 +1,9 @@
 """Annotated H.264 MP4 recordings, a series of files per stream.
 
-Each stream has at most one open file. A file ends when its media time exceeds
-`segment_s`, when the stream is lost, ends or reopens, when the frame size changes,
-when media time jumps back, or when encoding a frame fails; the next frame starts a
-new one. After a file is closed the oldest files of that stream beyond
+Each stream has at most one open file, in the stage's state store (runtime/state.py). A
+file ends at a timeline break (the stream is lost, ends or reopens, media time jumps back),
+when its media time exceeds `segment_s`, when the frame size changes, or when encoding a
+frame fails; the next frame starts a new one. After a file is closed the oldest files of that stream beyond
 `keep_files` / `keep_bytes` are deleted.
 
 Files are fragmented MP4 (Mp4Writer), synced every `flush_s` of media time, so a
@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 from av.video.frame import PictureType
 
-from streampose.frame import Event, Frame, StreamEvent
+from streampose.frame import Event, Frame
 from streampose.graph import schema
 from streampose.runtime.stage import Stage, StageContext
 from streampose.sinks.draw import draw_frame
@@ -46,9 +46,6 @@ from streampose.sinks.retention import apply_retention, make_room
 TIME_BASE = Fraction(1, 90000)
 # x264 needs a frame rate for its rate control; the timestamps carry the real timing.
 NOMINAL_RATE = 30
-# Media time may step back a little (rounding, jitter) and is then nudged forward;
-# a bigger step back is a new timeline (a looped file) and starts a new file.
-MAX_MEDIA_TIME_STEP_BACK_S = 0.5
 # A killed process leaves a playable file up to its last fragment: an empty moov up front,
 # then a fragment (moof + mdat) from each keyframe, each written out as it ends. Measured
 # against a plain MP4 with the same keyframes: 0.05% larger (squat_side_view, 960x544).
@@ -281,18 +278,17 @@ def _fields(template: str) -> set[str]:
 
 
 @dataclass
-class _StreamRecording:
+class _Recording:
     """A stream's open file and the measurements shown in its overlay."""
 
     writer: Mp4Writer | None = None
-    segment: int = 0  # the source segment the open file belongs to
-    files_opened: int = 0
     failing: bool = False  # the last write failed; further failures are logged quietly
     media_times: deque = field(default_factory=lambda: deque(maxlen=FPS_WINDOW))
     recent_events: deque = field(default_factory=lambda: deque(maxlen=8))
 
     def banners_for(self, frame: Frame) -> list[Event]:
-        """The newest event of each kind and track from the last BANNER_S seconds."""
+        """The newest event of each kind and track from the last BANNER_S seconds (the frame's
+        own, and those that reached the stage outside frames)."""
         self.recent_events.extend(frame.events)
         recent = [e for e in self.recent_events if 0 <= frame.media_time - e.media_time <= BANNER_S]
         # One banner per kind and track: the newest (a rep counter's latest count).
@@ -319,30 +315,25 @@ class RecorderStage(Stage):
         super().__init__(stage_id, params, context)
         self.paths = PathTemplate(params.path, context.output_dir, context.streams)
         self.pause = StoragePause(self)
-        self._streams: dict[str, _StreamRecording] = {}
+        self.recordings = self.per_stream(_Recording, on_drop=lambda stream, _, recording, __:
+                                          self._finish(stream, recording))
+        self._files_opened: dict[str, int] = {}  # per stream since the stage started: {segment} in paths
 
     def process(self, frames: list[Frame]) -> None:
         for frame in frames:
             self._record(frame)
 
-    def on_stream_event(self, event: StreamEvent) -> None:
-        recording = self._streams.get(event.stream)
-        if recording is None:
-            return
-        recording.media_times.clear()
-        recording.recent_events.clear()
-        if event.kind in ("lost", "ended") or event.segment != recording.segment:
-            self._finish(event.stream, recording)
+    def on_events(self, stream: str, events: list[Event]) -> None:
+        """Events outside frames get their banners on the stream's next frames."""
+        recording = self.recordings.peek(stream)
+        if recording is not None:
+            recording.recent_events.extend(events)
 
     def paused_reason(self, stream: str) -> str | None:
         return self.pause.reason(stream)
 
-    def close(self) -> None:
-        for stream, recording in self._streams.items():
-            self._finish(stream, recording)
-
     def _record(self, frame: Frame) -> None:
-        recording = self._streams.setdefault(frame.stream, _StreamRecording())
+        recording = self.recordings.get(frame)
         if recording.writer is not None and self._needs_new_file(recording, frame):
             self._finish(frame.stream, recording)
         if self.pause.skip(frame.stream):
@@ -365,21 +356,19 @@ class RecorderStage(Stage):
             if recording.writer.fragments:  # only a fragment on disk shows the storage works again
                 self.pause.succeeded(frame.stream)
 
-    def _needs_new_file(self, recording: _StreamRecording, frame: Frame) -> bool:
+    def _needs_new_file(self, recording: _Recording, frame: Frame) -> bool:
         writer = recording.writer
-        return (frame.segment != recording.segment
-                or writer.source_size != (frame.width, frame.height)
-                or frame.media_time < writer.last_media_time - MAX_MEDIA_TIME_STEP_BACK_S
+        return (writer.source_size != (frame.width, frame.height)
                 or 0 < self.params.segment_s <= frame.media_time - writer.start_time)
 
-    def _open(self, frame: Frame, recording: _StreamRecording) -> Mp4Writer:
-        path = self.paths.resolve(frame.stream, frame.capture_time, recording.files_opened)
-        recording.files_opened += 1
-        recording.segment = frame.segment
+    def _open(self, frame: Frame, recording: _Recording) -> Mp4Writer:
+        opened = self._files_opened.get(frame.stream, 0)
+        path = self.paths.resolve(frame.stream, frame.capture_time, opened)
+        self._files_opened[frame.stream] = opened + 1
         self.log.info("recording stream %s to %s", frame.stream, path)
         return Mp4Writer(path, frame.width, frame.height, self.params.crf, self.params.preset, self.params.flush_s)
 
-    def _count_error(self, stream: str, recording: _StreamRecording, error: Exception) -> None:
+    def _count_error(self, stream: str, recording: _Recording, error: Exception) -> None:
         self.context.metrics.inc("errors", stage=self.id, stream=stream)
         path = recording.writer.path if recording.writer else "a new file"
         if recording.failing:  # the same trouble as the frame before: don't flood the log
@@ -395,7 +384,7 @@ class RecorderStage(Stage):
             make_room(self._finished_files(stream), self.log, stream)
         self.pause.failed(stream, f"recording {path}", error)
 
-    def _finish(self, stream: str, recording: _StreamRecording) -> None:
+    def _finish(self, stream: str, recording: _Recording) -> None:
         """Close the stream's open file (if any), then apply retention."""
         writer, recording.writer = recording.writer, None
         if writer is None:
@@ -418,7 +407,8 @@ class RecorderStage(Stage):
 
     def _finished_files(self, stream: str) -> list[Path]:
         """The stream's recordings that are not open, oldest first."""
-        open_files = {r.writer.path for r in self._streams.values() if r.writer is not None}
+        recording = self.recordings.peek(stream)
+        open_files = {recording.writer.path} if recording is not None and recording.writer is not None else set()
         return [p for p in self.paths.recordings(stream) if p not in open_files]
 
     def _apply_retention(self, stream: str, newest: Path) -> None:
