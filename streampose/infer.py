@@ -39,9 +39,9 @@ from streampose.stages import STAGE_CLASSES
 # Packaged beside this module, so that it is found from any folder and in a pip install, where
 # the repository's graphs/ folder is not.
 DEFAULT_GRAPH = "infer_graph.yml"
-SINK_TYPES = {"publisher", "recorder", "jsonl", "clips"}
+SINK_TYPES = {name for name, params in schema.STAGE_TYPES.items() if params.ROLE == "sink"}
 # Still images have no time: only the stages that work on one frame alone run on them.
-IMAGE_TYPES = {"detector", "keypoints"}
+IMAGE_TYPES = {name for name, params in schema.STAGE_TYPES.items() if params.STILL_IMAGES}
 INPUT_KINDS = (f"an image, a folder of images, a video file, a stream URL "
                f"({', '.join(scheme + '://' for scheme in NETWORK_SCHEMES)}) or a webcam ({WEBCAM_PREFIX}0, or 0)")
 

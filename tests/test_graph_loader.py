@@ -18,6 +18,20 @@ stages:
     type: publisher
 """
 
+DIAMOND = """\
+sources:
+  - id: cam1
+    uri: clip.mp4
+stages:
+  - id: a
+    type: noop
+  - {id: left, type: noop, inputs: [a]}
+  - {id: right, type: noop, inputs: [a]}
+  - id: log
+    type: jsonl
+    inputs: [left, right]
+"""
+
 # (name, graph text, expected error lines) -- line:col point at the offending key or value.
 MALFORMED = [
     ("typo in a stage key", GOOD.replace("batch:", "bacth:"),
@@ -42,6 +56,18 @@ MALFORMED = [
     ("source feeding nothing", GOOD.replace("    batch: {max_size: 4}\n", "    inputs: [publish2]\n")
      .replace("id: publish", "id: publish2"),
      ["{f}:2:9: source 'cam1': feeds no stage (name it in a stage's inputs)"]),
+    # Branches share each frame: a diamond would hand jsonl every frame twice (it wrote 10 lines
+    # for 5 frames) while left and right change the same frame in two threads.
+    ("diamond", DIAMOND,
+     ["{f}:11:13: stage 'log': frames of 'cam1' reach it by 2 paths (through left and right): it would take "
+      "each frame 2 times; give it one of them as input (a graph is a chain of stages that fill in frames, "
+      "with sinks branching off it)",
+      "{f}:8:37: stage 'right': 'a' feeds 2 branches that change frames (left, right), but branches share each "
+      "frame; chain them (a -> left -> right) and branch off only sinks (publisher, recorder, jsonl, clips)"]),
+    ("two sinks feeding one", GOOD + "  - {id: log, type: jsonl, inputs: [detect, publish]}\n",
+     ["{f}:10:36: stage 'log': frames of 'cam1' reach it by 2 paths (through detect and publish): it would "
+      "take each frame 2 times; give it one of them as input (a graph is a chain of stages that fill in "
+      "frames, with sinks branching off it)"]),
     ("unset environment variable", GOOD.replace("clip.mp4", "${STREAMPOSE_TEST_UNSET_VAR}"),
      ["{f}:3:10: source 'cam1': environment variable STREAMPOSE_TEST_UNSET_VAR is not set "
       "(set it, or write ${STREAMPOSE_TEST_UNSET_VAR:-default})"]),

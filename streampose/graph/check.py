@@ -27,13 +27,9 @@ from streampose.graph.loader import GraphError, LoadedGraph
 from streampose.sources.capture import NETWORK_SCHEMES, WEBCAM_PREFIX
 
 # Stage type -> (the task its model folder must do, as InferConfig.task names it; that task
-# for people), as each stage checks it when it loads its model.
-MODEL_TASKS = {
-    "detector": ("detector", "a detector"),
-    "keypoints": ("keypoints", "a keypoint model"),
-    "lift3d": ("lifter", "a 2D->3D lifter"),
-    "jde": ("jde", "a joint detection-embedding (FairMOT or JDE) export"),
-}
+# for people), as each stage checks it when it loads its model (schema.ModelStage.MODEL_TASK).
+MODEL_TASKS = {name: params.MODEL_TASK for name, params in schema.STAGE_TYPES.items()
+               if issubclass(params, schema.ModelStage)}
 
 
 class _Report:

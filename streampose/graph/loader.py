@@ -382,7 +382,51 @@ def _check_topology(spec: schema.Graph, where: _Locations) -> tuple[dict[str, li
             index = stage_ids.index(cycle[0])
             problems.append(f"{where.where(('stages', index, 'inputs'))}: stage '{cycle[0]}': inputs form a cycle: "
                             f"{' -> '.join(cycle + [cycle[0]])}")
+    if not problems:
+        problems += _check_branches(spec, inputs, where)
     return inputs, problems
+
+
+def _check_branches(spec: schema.Graph, inputs: dict[str, list[str]], where: _Locations) -> list[str]:
+    """A graph passes each frame on as one object, shared by every branch: it must reach each
+    stage by one path, and where the graph branches, only one branch may hold stages that
+    change frames (processors); the others hold sinks, which only read them."""
+    problems: list[str] = []
+    stage_ids = [st.id for st in spec.stages]
+    roles = {st.id: st.ROLE for st in spec.stages}
+    downstream: dict[str, list[str]] = {}
+    for stage_id in stage_ids:
+        for name in inputs[stage_id]:
+            downstream.setdefault(name, []).append(stage_id)
+    paths: dict[str, dict[str, list[str]]] = {}  # stage -> source -> the inputs its frames come through
+
+    def reach(node: str) -> dict[str, list[str]]:
+        if node not in paths:
+            paths[node] = {}
+            for name in inputs[node]:
+                for source in (reach(name) if name in inputs else {name: [name]}):
+                    paths[node].setdefault(source, []).append(name)
+        return paths[node]
+
+    def changes_frames(node: str) -> bool:
+        return roles[node] == "processor" or any(changes_frames(d) for d in downstream.get(node, []))
+
+    for index, stage_id in enumerate(stage_ids):
+        for source, through in reach(stage_id).items():
+            if len(through) > 1:
+                problems.append(f"{where.where(('stages', index, 'inputs'))}: stage '{stage_id}': frames of "
+                                f"'{source}' reach it by {len(through)} paths (through {' and '.join(through)}): "
+                                f"it would take each frame {len(through)} times; give it one of them as input "
+                                f"(a graph is a chain of stages that fill in frames, with sinks branching off it)")
+    for node, children in downstream.items():
+        changing = [child for child in children if changes_frames(child)]
+        if len(changing) > 1:
+            index = stage_ids.index(changing[1])
+            problems.append(f"{where.where(('stages', index, 'inputs'))}: stage '{changing[1]}': '{node}' feeds "
+                            f"{len(changing)} branches that change frames ({', '.join(changing)}), but branches "
+                            f"share each frame; chain them ({' -> '.join([node, *changing])}) and branch off "
+                            f"only sinks ({', '.join(n for n, p in schema.STAGE_TYPES.items() if p.ROLE == 'sink')})")
+    return problems
 
 
 def _find_cycle(inputs: dict[str, list[str]], sources: set[str]) -> list[str] | None:

@@ -1,15 +1,20 @@
 """The graph schema: every key a graph file may hold, its type, default, unit and range.
 
-This module is the single source of truth for graph parameters; docs/graphs.md is
-generated from it (`streampose schema --markdown`). Every model forbids unknown
+This module is the single source of truth for graph parameters; docs/graphs-reference.md is
+generated from it (`streampose schema`, `make docs`). Every model forbids unknown
 keys, so a typo is an error, never silently ignored.
+
+Each stage type is declared once, by its parameter class here (a StageBase subclass whose
+`type` is a Literal): defining the class registers it in STAGE_TYPES, the StageSpec union, the
+stage table (streampose.stages), `streampose infer`'s choice of stages and the model checks of
+`streampose validate`. See docs/graphs.md#adding-a-stage-type.
 """
 
 from __future__ import annotations
 
 import re
 import string
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -131,8 +136,21 @@ class Runtime(Strict):
 
 # --------------------------------------------------------------------------- stages
 
+# Stage type name -> its parameter class, in the order they are defined below: filled by
+# StageBase.__pydantic_init_subclass__ as each class is defined.
+STAGE_TYPES: dict[str, type[StageBase]] = {}
+
+
 class StageBase(Strict):
     """Keys every stage has."""
+
+    # What the runtime knows of a stage type besides its keys, declared on its parameter class:
+    # IMPLEMENTATION: "package.module:Class" of the Stage, imported only when a graph runs.
+    # ROLE: "processor" (fills in frames) or "sink" (only reads them: files, sockets).
+    # STILL_IMAGES: works on each frame alone, so `streampose infer` runs it on still images.
+    IMPLEMENTATION: ClassVar[str] = ""
+    ROLE: ClassVar[Literal["processor", "sink"]] = "processor"
+    STILL_IMAGES: ClassVar[bool] = False
 
     id: str = Field(description=f"Stage id, unique in the graph: {ID_RULE}.")
     type: str = Field(description="Stage type (see below).")
@@ -140,6 +158,13 @@ class StageBase(Strict):
                                      "once; default: the previous stage (the first stage: all sources).")
 
     _id = field_validator("id")(_safe_id)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        names = get_args(cls.model_fields["type"].annotation)  # ("detector",) for Literal["detector"]
+        if names:
+            STAGE_TYPES[names[0]] = cls
 
 
 class Batch(Strict):
@@ -151,6 +176,8 @@ class Batch(Strict):
 class Noop(StageBase):
     """Passes frames on unchanged, after an optional delay (for tests and benchmarks)."""
 
+    IMPLEMENTATION = "streampose.stages.noop:NoopStage"
+
     type: Literal["noop"]
     delay_ms: float = Field(0.0, ge=0, le=60000, description="Time to spend on each batch, milliseconds.")
     batch: Batch = Field(default_factory=Batch, description="Batching.")
@@ -158,6 +185,9 @@ class Noop(StageBase):
 
 class Publisher(StageBase):
     """Publishes pose, event and status messages on a ZeroMQ PUB socket."""
+
+    IMPLEMENTATION = "streampose.sinks.publisher:PublisherStage"
+    ROLE = "sink"
 
     type: Literal["publisher"]
     bind: str = Field("tcp://127.0.0.1:5555",
@@ -182,6 +212,9 @@ class Publisher(StageBase):
 
 class Recorder(StageBase):
     """Records annotated H.264 MP4 files, one series per stream."""
+
+    IMPLEMENTATION = "streampose.sinks.recorder:RecorderStage"
+    ROLE = "sink"
 
     type: Literal["recorder"]
     path: str = Field("recordings/{stream}/{date}_{time}.mp4", description="File path template under the output "
@@ -211,6 +244,9 @@ class Recorder(StageBase):
 class Jsonl(StageBase):
     """Writes one JSON line per frame (the pose message) for offline analysis."""
 
+    IMPLEMENTATION = "streampose.sinks.jsonl:JsonlStage"
+    ROLE = "sink"
+
     type: Literal["jsonl"]
     path: str = Field("jsonl/{stream}.jsonl", description="File path template under the output directory; "
                       "field {stream}. This is the file being written; a finished one is renamed with the local "
@@ -232,6 +268,9 @@ class Clips(StageBase):
     """Saves a short annotated MP4 around each chosen event, with a JSON sidecar: `pre_s` of
     pre-roll from a per-stream ring buffer of JPEG frames, and `post_s` after the event. An event
     that comes while its stream's clip is still being recorded extends that clip."""
+
+    IMPLEMENTATION = "streampose.sinks.clips:ClipStage"
+    ROLE = "sink"
 
     type: Literal["clips"]
     events: list[str] = Field(min_length=1, description="Event kinds that save a clip, e.g. [fall_confirmed].")
@@ -262,6 +301,9 @@ class Clips(StageBase):
 class ModelStage(StageBase):
     """Keys shared by stages that run a neural network."""
 
+    # The task its model folder must do (InferConfig.task), and that task for people.
+    MODEL_TASK: ClassVar[tuple[str, str]]
+
     model: str = Field(description="Model folder: a name looked up on the model search path, or a path.")
     engine: Literal["auto", "openvino", "paddle", "onnxruntime"] = Field(
         "auto", description="Inference engine; auto picks the fastest available for the device.")
@@ -276,6 +318,10 @@ class ModelStage(StageBase):
 class Detector(ModelStage):
     """Finds persons: PP-PicoDet (any export form) or YOLOX, keeping the person class."""
 
+    IMPLEMENTATION = "streampose.stages.detector:DetectorStage"
+    STILL_IMAGES = True
+    MODEL_TASK = ("detector", "a detector")
+
     type: Literal["detector"]
     score_threshold: float | None = Field(None, ge=0, le=1, description="Keep boxes above this score; "
                                           "default: the model's infer_cfg.yml.")
@@ -288,6 +334,10 @@ class Detector(ModelStage):
 
 class Keypoints(ModelStage):
     """Top-down keypoints: crops each person and runs a heatmap model (PP-TinyPose, HRNet)."""
+
+    IMPLEMENTATION = "streampose.stages.keypoints:KeypointStage"
+    STILL_IMAGES = True
+    MODEL_TASK = ("keypoints", "a keypoint model")
 
     type: Literal["keypoints"]
     use_dark: bool = Field(True, description="DARK sub-pixel refinement of heatmap peaks.")
@@ -303,6 +353,8 @@ class Tracker(StageBase):
     downstream, ordered by id; the others are dropped. Ids start at 1 and are never reused in a
     stream; a removed track's id is listed in the frame's `ended_tracks`. Runs before or after
     the keypoint stage (OKS needs it before)."""
+
+    IMPLEMENTATION = "streampose.stages.tracker:TrackerStage"
 
     type: Literal["tracker"]
     algorithm: Literal["bytetrack", "ocsort"] = Field("bytetrack", description="Association method: bytetrack "
@@ -370,6 +422,8 @@ class Smoother(StageBase):
     through unsmoothed. A joint's filter restarts after a gap; a low-confidence joint is held at
     its last smoothed position with a decaying confidence instead of moving the filter."""
 
+    IMPLEMENTATION = "streampose.stages.smoother:SmootherStage"
+
     type: Literal["smoother"]
     filter: Literal["one_euro", "ema"] = Field("one_euro", description="Filter kind: one_euro (smooths more at "
                                                "rest, less in fast motion) or ema (fixed smoothing).")
@@ -392,6 +446,9 @@ class Lift3D(ModelStage):
     z forward): a network maps a window of each track's recent 2D poses to a root-relative 3D
     skeleton, which is placed in front of the camera from the person's assumed height (or on the
     floor, when the camera's calibration gives one)."""
+
+    IMPLEMENTATION = "streampose.stages.lift3d:Lift3DStage"
+    MODEL_TASK = ("lifter", "a 2D->3D lifter")
 
     type: Literal["lift3d"]
     model: str = Field("lifter_coco17", description="Lifter model folder (train one with `python -m "
@@ -426,6 +483,9 @@ class JdeDetector(ModelStage):
     removed track's id is listed in the frame's `ended_tracks`. These networks take one frame at a time:
     a batch of frames runs through the network frame by frame."""
 
+    IMPLEMENTATION = "streampose.stages.jde:JdeStage"
+    MODEL_TASK = ("jde", "a joint detection-embedding (FairMOT or JDE) export")
+
     type: Literal["jde"]
     min_hits: int = Field(2, ge=1, le=100, description="Matches (the first detection included) before a track "
                           "is confirmed, gets its id and is published; a tentative track that misses a frame is "
@@ -440,6 +500,8 @@ class JdeDetector(ModelStage):
 class Plugin(StageBase):
     """Runs a plugin (fall detection, repetition counting, your own) on each frame's tracked persons."""
 
+    IMPLEMENTATION = "streampose.plugins.stage:PluginStage"
+
     type: Literal["plugin"]
     plugin: str | None = Field(None, description="A shipped plugin by name (fall, reps, hand_raised) or an "
                                "entry point in the `streampose.plugins` group.")
@@ -447,26 +509,7 @@ class Plugin(StageBase):
     params: dict = Field(default_factory=dict, description="The plugin's own parameters, validated by its schema.")
 
 
-STAGE_TYPES: dict[str, type[StageBase]] = {
-    "noop": Noop,
-    "publisher": Publisher,
-    "recorder": Recorder,
-    "jsonl": Jsonl,
-    "clips": Clips,
-    "detector": Detector,
-    "keypoints": Keypoints,
-    "tracker": Tracker,
-    "smoother": Smoother,
-    "lift3d": Lift3D,
-    "jde": JdeDetector,
-    "plugin": Plugin,
-}
-
-StageSpec = Annotated[
-    Noop | Publisher | Recorder | Jsonl | Clips | Detector | Keypoints | Tracker | Smoother | Lift3D | JdeDetector
-    | Plugin,
-    Field(discriminator="type"),
-]
+StageSpec = Annotated[Union[tuple(STAGE_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
 
 
 class Graph(Strict):

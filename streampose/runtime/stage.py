@@ -49,9 +49,8 @@ class StageContext:
 
 
 class Stage:
-    """Base class of all stages. Subclasses set `Params` and override `process`."""
-
-    Params: type[BaseModel]
+    """Base class of all stages. Subclasses override `process`; their parameters are the graph
+    schema class that names them (graph/schema.py, IMPLEMENTATION)."""
 
     def __init__(self, stage_id: str, params: BaseModel, context: StageContext):
         self.id = stage_id

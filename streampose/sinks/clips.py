@@ -100,7 +100,6 @@ class _Clips:
 class ClipStage(Stage):
     """Saves a clip around each chosen event of each stream."""
 
-    Params = schema.Clips
     params: schema.Clips
 
     def __init__(self, stage_id: str, params: schema.Clips, context: StageContext):

@@ -45,7 +45,6 @@ class _OpenFile:
 
 
 class JsonlStage(Stage):
-    Params = schema.Jsonl
     params: schema.Jsonl
 
     def __init__(self, stage_id: str, params: schema.Jsonl, context: StageContext):

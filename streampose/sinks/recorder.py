@@ -308,7 +308,6 @@ class _Recording:
 class RecorderStage(Stage):
     """Writes each stream's frames, annotated, to rotating MP4 files."""
 
-    Params = schema.Recorder
     params: schema.Recorder
 
     def __init__(self, stage_id: str, params: schema.Recorder, context: StageContext):

@@ -64,7 +64,6 @@ class JdeNetwork:
 
 
 class JdeStage(Stage):
-    Params = schema.JdeDetector
 
     def __init__(self, stage_id: str, params: schema.JdeDetector, context: StageContext):
         super().__init__(stage_id, params, context)

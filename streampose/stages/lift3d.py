@@ -162,7 +162,6 @@ class _ToLift:
 
 
 class Lift3DStage(Stage):
-    Params = schema.Lift3D
 
     def __init__(self, stage_id: str, params: schema.Lift3D, context: StageContext):
         super().__init__(stage_id, params, context)

@@ -9,7 +9,6 @@ from streampose.runtime.stage import Stage
 
 
 class NoopStage(Stage):
-    Params = schema.Noop
 
     def process(self, frames: list[Frame]) -> None:
         if self.params.delay_ms:

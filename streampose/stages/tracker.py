@@ -39,7 +39,6 @@ ALGORITHMS: dict[str, type[Tracker]] = {"bytetrack": ByteTracker, "ocsort": OcSo
 
 
 class TrackerStage(Stage):
-    Params = schema.Tracker
 
     def __init__(self, stage_id: str, params: schema.Tracker, context: StageContext):
         super().__init__(stage_id, params, context)
