@@ -70,3 +70,11 @@ def run_in_runner(stage, frames: list):
     runner.thread.join(60)
     assert not runner.thread.is_alive()
     return metrics
+
+
+def use_stage(monkeypatch, type_name: str, cls) -> None:
+    """Graphs built in this test run `cls` for stages of `type_name`."""
+    from streampose.runtime import stage
+
+    original = stage.stage_class
+    monkeypatch.setattr(stage, "stage_class", lambda params: cls if params.type == type_name else original(params))

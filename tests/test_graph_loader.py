@@ -57,17 +57,23 @@ MALFORMED = [
      .replace("id: publish", "id: publish2"),
      ["{f}:2:9: source 'cam1': feeds no stage (name it in a stage's inputs)"]),
     # Branches share each frame: a diamond would hand jsonl every frame twice (it wrote 10 lines
-    # for 5 frames) while left and right change the same frame in two threads.
+    # for 5 frames) while left and right change the same frame in two threads. Sinks may branch
+    # off after the last stage that changes frames (GOOD plus a sink is fine).
     ("diamond", DIAMOND,
      ["{f}:11:13: stage 'log': frames of 'cam1' reach it by 2 paths (through left and right): it would take "
       "each frame 2 times; give it one of them as input (a graph is a chain of stages that fill in frames, "
       "with sinks branching off it)",
-      "{f}:8:37: stage 'right': 'a' feeds 2 branches that change frames (left, right), but branches share each "
-      "frame; chain them (a -> left -> right) and branch off only sinks (publisher, recorder, jsonl, clips)"]),
+      "{f}:7:36: stage 'left': 'a' hands each frame to it and to 'right' at once, and it changes the frame the "
+      "branches share; chain the stages that change frames and branch off only sinks (publisher, recorder, "
+      "jsonl, clips) after the last of them"]),
     ("two sinks feeding one", GOOD + "  - {id: log, type: jsonl, inputs: [detect, publish]}\n",
      ["{f}:10:36: stage 'log': frames of 'cam1' reach it by 2 paths (through detect and publish): it would "
       "take each frame 2 times; give it one of them as input (a graph is a chain of stages that fill in "
       "frames, with sinks branching off it)"]),
+    ("a processor beside a sink", GOOD + "  - {id: more, type: noop, inputs: [detect]}\n",
+     ["{f}:10:36: stage 'more': 'detect' hands each frame to it and to 'publish' at once, and it changes the "
+      "frame the branches share; chain the stages that change frames and branch off only sinks (publisher, "
+      "recorder, jsonl, clips) after the last of them"]),
     ("unset environment variable", GOOD.replace("clip.mp4", "${STREAMPOSE_TEST_UNSET_VAR}"),
      ["{f}:3:10: source 'cam1': environment variable STREAMPOSE_TEST_UNSET_VAR is not set "
       "(set it, or write ${STREAMPOSE_TEST_UNSET_VAR:-default})"]),

@@ -16,12 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import MODELS, REPO, VIDEOS
+from conftest import MODELS, REPO, VIDEOS, use_stage
 from prometheus_client.parser import text_string_to_metric_families
 from rtsp_server import free_port
 
 from streampose.graph.loader import load_graph
-from streampose.runtime import pipeline as pipeline_module
 from streampose.runtime.metrics import COUNTERS, GAUGES, HISTOGRAMS, LATENCY_BUCKETS
 from streampose.runtime.monitor import MonitorServer
 from streampose.runtime.pipeline import Pipeline
@@ -265,7 +264,7 @@ def test_dead_stage_thread_fails_liveness(tmp_path, monkeypatch):
         def process(self, frames):
             raise SystemExit  # not an Exception: the runner does not catch it, its thread ends
 
-    monkeypatch.setitem(pipeline_module.STAGE_CLASSES, "noop", Crashes)
+    use_stage(monkeypatch, "noop", Crashes)
     graph = write_graph(tmp_path, f"""
         sources: [{{id: cam, uri: {CHAIR}, options: {{realtime: true, loop: true}}}}]
         stages: [{{id: fragile, type: noop}}]

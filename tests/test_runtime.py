@@ -17,14 +17,13 @@ from pathlib import Path
 
 import av
 import jsonschema
-from conftest import REPO, VIDEOS
+from conftest import REPO, VIDEOS, use_stage
 from rtsp_server import free_port
 
 from streampose import messages
 from streampose.client import PoseMessage, StatusMessage, Subscriber
 from streampose.graph.loader import load_graph
 from streampose.runtime import health
-from streampose.runtime import pipeline as pipeline_module
 from streampose.runtime.pipeline import Pipeline
 from streampose.stages.noop import NoopStage
 
@@ -84,7 +83,7 @@ class FlakyStage(NoopStage):
 
 
 def test_stage_failure_is_counted_and_stream_goes_on(tmp_path, monkeypatch):
-    monkeypatch.setitem(pipeline_module.STAGE_CLASSES, "noop", FlakyStage)
+    use_stage(monkeypatch, "noop", FlakyStage)
     graph = write_graph(tmp_path, f"""
         sources:
           - {{id: chair, uri: {CHAIR}}}
@@ -110,7 +109,7 @@ def test_repeated_failures_mark_stream_degraded(tmp_path, monkeypatch):
         def process(self, frames):
             raise RuntimeError("model crashed")
 
-    monkeypatch.setitem(pipeline_module.STAGE_CLASSES, "noop", AlwaysFails)
+    use_stage(monkeypatch, "noop", AlwaysFails)
     graph = write_graph(tmp_path, f"""
         sources: [{{id: chair, uri: {CHAIR}, options: {{realtime: true}}}}]
         stages: [{{id: broken, type: noop}}]
@@ -131,7 +130,7 @@ def test_failing_first_stage_degrades_stream_although_later_stage_succeeds(tmp_p
         def process(self, frames):
             raise RuntimeError("detector crashed")
 
-    monkeypatch.setitem(pipeline_module.STAGE_CLASSES, "noop", AlwaysFails)
+    use_stage(monkeypatch, "noop", AlwaysFails)
     graph = write_graph(tmp_path, f"""
         sources: [{{id: chair, uri: {CHAIR}, options: {{realtime: true}}}}]
         stages:

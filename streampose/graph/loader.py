@@ -389,8 +389,8 @@ def _check_topology(spec: schema.Graph, where: _Locations) -> tuple[dict[str, li
 
 def _check_branches(spec: schema.Graph, inputs: dict[str, list[str]], where: _Locations) -> list[str]:
     """A graph passes each frame on as one object, shared by every branch: it must reach each
-    stage by one path, and where the graph branches, only one branch may hold stages that
-    change frames (processors); the others hold sinks, which only read them."""
+    stage by one path, and where the graph branches, every branch holds only sinks, which read
+    frames; the stages that change them (processors) form a chain before."""
     problems: list[str] = []
     stage_ids = [st.id for st in spec.stages]
     roles = {st.id: st.ROLE for st in spec.stages}
@@ -418,14 +418,17 @@ def _check_branches(spec: schema.Graph, inputs: dict[str, list[str]], where: _Lo
                                 f"'{source}' reach it by {len(through)} paths (through {' and '.join(through)}): "
                                 f"it would take each frame {len(through)} times; give it one of them as input "
                                 f"(a graph is a chain of stages that fill in frames, with sinks branching off it)")
+    sinks = ", ".join(name for name, params in schema.STAGE_TYPES.items() if params.ROLE == "sink")
     for node, children in downstream.items():
-        changing = [child for child in children if changes_frames(child)]
-        if len(changing) > 1:
-            index = stage_ids.index(changing[1])
-            problems.append(f"{where.where(('stages', index, 'inputs'))}: stage '{changing[1]}': '{node}' feeds "
-                            f"{len(changing)} branches that change frames ({', '.join(changing)}), but branches "
-                            f"share each frame; chain them ({' -> '.join([node, *changing])}) and branch off "
-                            f"only sinks ({', '.join(n for n, p in schema.STAGE_TYPES.items() if p.ROLE == 'sink')})")
+        changing = [child for child in children if changes_frames(child)] if len(children) > 1 else []
+        if changing:
+            index = stage_ids.index(changing[0])
+            others = ", ".join(repr(child) for child in children if child != changing[0])
+            who = "it" if roles[changing[0]] == "processor" else "a stage after it"
+            problems.append(f"{where.where(('stages', index, 'inputs'))}: stage '{changing[0]}': '{node}' hands "
+                            f"each frame to it and to {others} at once, and {who} changes the frame the branches "
+                            f"share; chain the stages that change frames and branch off only sinks ({sinks}) "
+                            f"after the last of them")
     return problems
 
 

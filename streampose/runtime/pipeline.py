@@ -23,9 +23,9 @@ from streampose.runtime.disk_budget import DiskBudget
 from streampose.runtime.health import StreamLoad
 from streampose.runtime.metrics import Metrics
 from streampose.runtime.runner import STOP, StageRunner
+from streampose.runtime import stage as stage_module
 from streampose.runtime.stage import StageContext
 from streampose.sources.capture import Capture
-from streampose.stages import STAGE_CLASSES
 
 log = logging.getLogger("streampose.runtime")
 
@@ -98,7 +98,7 @@ class Pipeline:
                                    model_paths=list(model_paths or []),
                                    streams=self._streams_reaching(st.id), metrics=self.metrics)
             try:
-                stage = STAGE_CLASSES[st.type](st.id, st, context)
+                stage = stage_module.stage_class(st)(st.id, st, context)
             except Exception as error:
                 raise StageBuildError(f"stage '{st.id}' ({st.type}): {error}") from error
             self.runners[st.id] = StageRunner(stage, self.inboxes[st.id], upstreams=len(graph.inputs[st.id]),

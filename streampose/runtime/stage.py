@@ -19,6 +19,7 @@ them to every stage downstream (`on_events`) before the frames and stream events
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,3 +140,9 @@ class Stage:
 
     def close(self) -> None:
         """The graph is stopping: flush and release everything."""
+
+
+def stage_class(params: BaseModel) -> type[Stage]:
+    """The Stage class a stage's parameters name (graph/schema.py: IMPLEMENTATION), imported now."""
+    module, _, name = params.IMPLEMENTATION.partition(":")
+    return getattr(importlib.import_module(module), name)

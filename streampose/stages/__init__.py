@@ -5,14 +5,7 @@ names its implementation (`IMPLEMENTATION = "package.module:Class"`). Model-runn
 their engines in `__init__`, so importing this module stays cheap.
 """
 
-import importlib
-
 from streampose.graph import schema
+from streampose.runtime.stage import stage_class
 
-
-def _implementation(params: type[schema.StageBase]) -> type:
-    module, _, name = params.IMPLEMENTATION.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-STAGE_CLASSES = {type_name: _implementation(params) for type_name, params in schema.STAGE_TYPES.items()}
+STAGE_CLASSES = {type_name: stage_class(params) for type_name, params in schema.STAGE_TYPES.items()}
