@@ -194,7 +194,8 @@ class Video:
         self.name = self.stream = stream_id(uri)
         self.streams = [self.stream]
         # Relative paths resolve against the working directory, as a user typing them expects.
-        self.capture = Capture(schema.Source(id=self.stream, uri=uri), Path.cwd(), metrics)
+        self.capture = Capture(schema.Source(id=self.stream, uri=uri), Path.cwd(),
+                               lambda name: metrics.inc(name, stream=self.stream))
         self.total = None if self.capture.live else _frame_count(Path(uri))
         self._path = output_dir / f"{self.stream}_pose.mp4"
         self._video: Mp4Writer | None = None

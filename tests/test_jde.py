@@ -34,7 +34,7 @@ from streampose.tracking.association import iou_matrix
 from streampose.tracking.jde import (EMBEDDING_WEIGHT, JdeConfigError, JdeSettings, JdeTracker, embedding_distance,
                                      publishable, unit)
 from streampose.tracking.kalman import GATE_CHI2_95
-from streampose.tracking.track import Detections
+from streampose.tracking.track import Observations
 from streampose.vision.preprocess import prepare_images
 
 _spec = importlib.util.spec_from_file_location("make_tiny_jde", REPO / "scripts" / "make_tiny_jde.py")
@@ -343,13 +343,13 @@ def box_at(cx: float, cy: float = 200.0, w: float = 60.0, h: float = 160.0) -> l
     return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
 
 
-def detections(*items: tuple[list[float], int], score: float = 0.9) -> Detections:
-    """Detections from (box, appearance index) pairs."""
+def detections(*items: tuple[list[float], int], score: float = 0.9) -> Observations:
+    """Observations from (box, appearance index) pairs."""
     boxes = np.array([box for box, _ in items], np.float64).reshape(-1, 4)
-    return Detections(boxes, np.full(len(items), score), embeddings=EMBEDDINGS[[a for _, a in items]])
+    return Observations(boxes, np.full(len(items), score), embeddings=EMBEDDINGS[[a for _, a in items]])
 
 
-def ids_by_appearance(tracker: JdeTracker, found: Detections, time: float) -> dict[int, int]:
+def ids_by_appearance(tracker: JdeTracker, found: Observations, time: float) -> dict[int, int]:
     update = tracker.update(found, time)
     return {int(np.argmax(found.embeddings[row])): int(track_id)
             for row, track_id in zip(update.rows, update.track_ids)}

@@ -253,7 +253,7 @@ def test_knee_angle_follows_the_squats_of_a_real_video(lifter_model):
                                              threads=2), context),
         KeypointStage("pose", schema.Keypoints(id="pose", type="keypoints", model="tinypose_256x192_ov",
                                                threads=2), context),
-        TrackerStage("track", schema.Tracker(id="track", type="tracker"), context),
+        TrackerStage("track", schema.TrackerParams(id="track", type="tracker"), context),
         lift_stage(lifter_model),
     ]
     times, angles, depths = [], [], []

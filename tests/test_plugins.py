@@ -215,7 +215,7 @@ def pose_stages():
     return [
         DetectorStage("detect", schema.Detector(id="detect", type="detector", model="picodet_s_192_pedestrian"),
                       context),
-        TrackerStage("track", schema.Tracker(id="track", type="tracker"), context),
+        TrackerStage("track", schema.TrackerParams(id="track", type="tracker"), context),
         KeypointStage("pose", schema.Keypoints(id="pose", type="keypoints", model="tinypose_128x96_ov"), context),
     ]
 

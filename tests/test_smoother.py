@@ -362,7 +362,7 @@ def test_real_keypoints_jitter_falls():
     context = StageContext(graph_dir=Path("."), output_dir=Path("."), model_paths=[MODELS])
     detector = DetectorStage("d", schema.Detector(id="d", type="detector", model="picodet_s_192_pedestrian"), context)
     keypoints = KeypointStage("k", schema.Keypoints(id="k", type="keypoints", model="tinypose_128x96_ov"), context)
-    tracker = TrackerStage("t", schema.Tracker(id="t", type="tracker"), context)
+    tracker = TrackerStage("t", schema.TrackerParams(id="t", type="tracker"), context)
     stage = smoother()
     raw, smoothed = [], []
     with av.open(str(VIDEOS / "squat_side_view.mp4")) as container:

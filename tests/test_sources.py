@@ -31,7 +31,7 @@ QUICK_RECONNECT = {"open_timeout_s": 5, "read_timeout_s": 1,
 def make_capture(uri, graph_dir: Path = Path("."), stream: str = "s", **options) -> tuple[Capture, Metrics]:
     metrics = Metrics()
     spec = schema.Source(id=stream, uri=str(uri), options=options)
-    return Capture(spec, graph_dir, metrics), metrics
+    return Capture(spec, graph_dir, lambda name: metrics.inc(name, stream=spec.id)), metrics
 
 
 def run_to_end(capture: Capture) -> tuple[list[Frame], list[StreamEvent]]:

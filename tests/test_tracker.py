@@ -27,7 +27,7 @@ from streampose.tracking import kalman
 from streampose.tracking.association import iou_matrix, match, oks_matrix
 from streampose.tracking.kalman import BoxKalman
 from streampose.tracking.ocsort import HISTORY, OcSortTracker
-from streampose.tracking.track import Detections
+from streampose.tracking.track import Observations
 
 ALGORITHMS = ("bytetrack", "ocsort")
 TWO_PERSONS = "mmaction2_demo_skeleton_2persons.mp4"   # 72 frames, 1920x1080, pts gap 2.20 -> 2.40 s
@@ -37,7 +37,7 @@ CONTEXT = StageContext(graph_dir=Path("."), output_dir=Path("."), model_paths=[M
 
 
 def tracker(**params) -> TrackerStage:
-    return TrackerStage("track", schema.Tracker(id="track", type="tracker", **params), CONTEXT)
+    return TrackerStage("track", schema.TrackerParams(id="track", type="tracker", **params), CONTEXT)
 
 
 def box_at(cx: float, cy: float, w: float = 60, h: float = 160) -> list[float]:
@@ -317,12 +317,12 @@ def test_ocsort_recovers_a_person_who_stopped_while_hidden():
 
 
 def test_ocsort_momentum_favours_detections_ahead_of_a_track():
-    track = OcSortTracker(schema.Tracker(id="t", type="tracker", algorithm="ocsort", inertia=0.2))
+    track = OcSortTracker(schema.TrackerParams(id="t", type="tracker", algorithm="ocsort", inertia=0.2))
     for t in np.arange(0, 0.5, 1 / 30):   # walking right at 200 px/s
-        track.update(Detections(np.array([box_at(100 + 200 * t, 300)]), np.array([0.9])), t)
+        track.update(Observations(np.array([box_at(100 + 200 * t, 300)]), np.array([0.9])), t)
     ahead, behind, aside = box_at(215, 300), box_at(150, 300), box_at(185, 360)
     scores = np.array([0.9, 0.9, 0.9])
-    bonus = track._momentum(np.arange(3), Detections(np.array([ahead, behind, aside]), scores), 0.5)
+    bonus = track._momentum(np.arange(3), Observations(np.array([ahead, behind, aside]), scores), 0.5)
     assert bonus.shape == (1, 3)
     assert 0.05 < bonus[0, 0] <= 0.1 * 0.9 and bonus[0, 1] < -0.05 and abs(bonus[0, 2]) < bonus[0, 0]
 

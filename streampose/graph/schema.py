@@ -96,7 +96,7 @@ class Source(Strict):
 
 # --------------------------------------------------------------------------- runtime
 
-class Metrics(Strict):
+class MetricsParams(Strict):
     bind: str | None = Field("127.0.0.1:9100", description="host:port serving /metrics, /health, /livez and "
                              "/readyz (docs/operations.md); null disables.")
     log_interval_s: float = Field(10.0, ge=0, le=86400, description="Period of the one-line metrics log, seconds; "
@@ -129,7 +129,7 @@ class Runtime(Strict):
                                   "the oldest finished files go first when it is over (checked every 10 s; files "
                                   "written in the last 120 s are never deleted). 0 = no budget.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
-    metrics: Metrics = Field(default_factory=Metrics, description="Metrics and health endpoint.")
+    metrics: MetricsParams = Field(default_factory=MetricsParams, description="Metrics and health endpoint.")
     health: Health = Field(default_factory=Health, description="Overload and stuck-stage thresholds of the "
                            "health endpoints.")
 
@@ -347,7 +347,7 @@ class Keypoints(ModelStage):
     max_persons: int = Field(32, ge=1, le=1000, description="Most persons per frame given keypoints (largest first).")
 
 
-class Tracker(StageBase):
+class TrackerParams(StageBase):
     """Gives each person a stable integer id per stream (ByteTrack or OC-SORT), with a Kalman
     filter per person stepped by the frames' media time. Only persons of confirmed tracks go on
     downstream, ordered by id; the others are dropped. Ids start at 1 and are never reused in a

@@ -88,7 +88,8 @@ class Pipeline:
         self._paths_to_leaves = {s.id: self._count_paths(s.id, downstream) for s in spec.sources}
         self._declare_metrics()
 
-        self.captures = {s.id: Capture(s, graph.path.parent, self.metrics) for s in spec.sources}
+        self.captures = {s.id: Capture(s, graph.path.parent, lambda name, sid=s.id: self.metrics.inc(name, stream=sid))
+                         for s in spec.sources}
         self.gates = {sid: EntranceGate(spec.runtime.in_flight, cap.live) for sid, cap in self.captures.items()}
         self.loads = {sid: StreamLoad(spec.runtime.health.window_s) for sid, cap in self.captures.items() if cap.live}
         self.inboxes = {st.id: queue.Queue(spec.runtime.queue_size) for st in spec.stages}

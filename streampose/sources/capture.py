@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Protocol
@@ -20,7 +20,6 @@ import numpy as np
 
 from streampose.frame import Frame, StreamEvent
 from streampose.graph import schema
-from streampose.runtime.metrics import Metrics
 from streampose.sources.images import ImageReader, is_image_pattern
 from streampose.sources.urls import mask_credentials
 from streampose.sources.video import STREAM_ERRORS, VideoReader
@@ -75,10 +74,11 @@ class Capture:
     streams run.
     """
 
-    def __init__(self, spec: schema.Source, graph_dir: Path, metrics: Metrics):
+    def __init__(self, spec: schema.Source, graph_dir: Path, count: Callable[[str], None]):
+        """`count(name)` counts what happens to the stream: frames_captured, reconnects, decode_errors."""
         self.stream = spec.id
         self.options = spec.options
-        self._metrics = metrics
+        self._count = count
         self._index = 0
         self._reader, self._reconnects = self._make_reader(spec.uri, graph_dir)
         self.live = self._reconnects or self.options.realtime
@@ -153,7 +153,7 @@ class Capture:
             else:
                 segment += 1
                 if segment > 0:
-                    self._metrics.inc("reconnects", stream=self.stream)
+                    self._count("reconnects")
                 yield self._event("opened", segment, playback.detail)
                 told_lost = False
                 with closing(playback):
@@ -198,7 +198,7 @@ class Capture:
                     if stop.is_set():
                         break
                 span = (span[0] if span else media_time, media_time)
-                self._metrics.inc("frames_captured", stream=self.stream)
+                self._count("frames_captured")
                 yield Frame(self.stream, self._index, image, time.time(), media_time, segment)
                 self._index += 1
         except STREAM_ERRORS as error:
@@ -210,4 +210,4 @@ class Capture:
         return StreamEvent(self.stream, kind, segment, mask_credentials(detail), time.time(), failed)
 
     def _count_decode_error(self) -> None:
-        self._metrics.inc("decode_errors", stream=self.stream)
+        self._count("decode_errors")

@@ -26,7 +26,7 @@ from streampose.runtime.stage import Stage, StageContext
 from streampose.stages.detector import person_class
 from streampose.tracking.jde import JdeConfigError, JdeSettings, JdeTracker, publishable
 from streampose.tracking.streams import StreamTrackers
-from streampose.tracking.track import Detections
+from streampose.tracking.track import Observations
 from streampose.vision.detections import clip_boxes
 from streampose.vision.preprocess import LETTERBOX_OPS, ImagePreprocessor, PreprocessError, check_ops, image_input
 
@@ -52,7 +52,7 @@ class JdeNetwork:
         self.detections_output, self.embeddings_output = outputs[0].name, outputs[1].name
         self.person_class = person_class(folder, config.label_list, JdeConfigError)
 
-    def detect(self, image: np.ndarray) -> Detections:
+    def detect(self, image: np.ndarray) -> Observations:
         """The persons of one (H, W, 3) uint8 BGR image, boxes in its pixels, with embeddings."""
         results = self.engine.run(self.preprocessor.prepare([image]).feed(self.network_input))
         detections, embeddings = results[self.detections_output], results[self.embeddings_output]
@@ -60,7 +60,7 @@ class JdeNetwork:
             raise ValueError(f"the network gave {len(detections)} detections but {len(embeddings)} embeddings")
         persons = detections[:, 0] == self.person_class
         boxes = clip_boxes(detections[persons, 2:6].astype(np.float32), image.shape[1], image.shape[0])
-        return Detections(boxes, detections[persons, 1].astype(np.float32), embeddings=embeddings[persons])
+        return Observations(boxes, detections[persons, 1].astype(np.float32), embeddings=embeddings[persons])
 
 
 class JdeStage(Stage):

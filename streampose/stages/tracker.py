@@ -26,7 +26,7 @@ from streampose.tracking.bytetrack import ByteTracker
 from streampose.tracking.cuts import CutDetector
 from streampose.tracking.ocsort import OcSortTracker
 from streampose.tracking.streams import StreamTrackers
-from streampose.tracking.track import Detections, Tracker
+from streampose.tracking.track import Observations, Tracker
 
 @dataclass
 class _LastLook:
@@ -40,7 +40,7 @@ ALGORITHMS: dict[str, type[Tracker]] = {"bytetrack": ByteTracker, "ocsort": OcSo
 
 class TrackerStage(Stage):
 
-    def __init__(self, stage_id: str, params: schema.Tracker, context: StageContext):
+    def __init__(self, stage_id: str, params: schema.TrackerParams, context: StageContext):
         super().__init__(stage_id, params, context)
         self.trackers = StreamTrackers(self, lambda first_id: ALGORITHMS[params.algorithm](params, first_id),
                                        self.log)
@@ -56,7 +56,7 @@ class TrackerStage(Stage):
                 last.look = now
             tracker = self.trackers.for_frame(frame)
             persons = frame.persons
-            update = tracker.update(Detections(persons.boxes, persons.scores, persons.keypoints), frame.media_time)
+            update = tracker.update(Observations(persons.boxes, persons.scores, persons.keypoints), frame.media_time)
             kept = persons.select(update.rows)
             kept.track_ids = update.track_ids
             frame.persons = kept

@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from streampose.tracking.association import iou_matrix, match
-from streampose.tracking.track import Detections, Tracker
+from streampose.tracking.track import Observations, Tracker
 
 
 class ByteTracker(Tracker):
-    def _associate(self, detections: Detections, time: float) -> np.ndarray:
+    def _associate(self, detections: Observations, time: float) -> np.ndarray:
         params = self.params
         strong = np.flatnonzero(detections.scores >= params.high_threshold)
         weak = np.flatnonzero((detections.scores >= params.low_threshold)

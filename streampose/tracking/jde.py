@@ -34,7 +34,7 @@ import numpy as np
 
 from streampose.tracking.association import Matches, iou_matrix, match
 from streampose.tracking.kalman import GATE_CHI2_95
-from streampose.tracking.track import Detections, Track, Tracker
+from streampose.tracking.track import Observations, Track, Tracker
 
 # Weight of the embedding distance against the Kalman distance in the first matching.
 EMBEDDING_WEIGHT = 0.98
@@ -181,7 +181,7 @@ class JdeTracker(Tracker):
     params: JdeSettings
     tracks: list[JdeTrack]
 
-    def _associate(self, detections: Detections, time: float) -> np.ndarray:
+    def _associate(self, detections: Observations, time: float) -> np.ndarray:
         settings = self.params
         candidates = np.flatnonzero(detections.scores > settings.conf_thres)
         confirmed = np.array([i for i, t in enumerate(self.tracks) if t.confirmed], np.int64)
@@ -203,7 +203,7 @@ class JdeTracker(Tracker):
         return np.concatenate(pairs)
 
     def _appearance_cost(self, tracks: np.ndarray, rows: np.ndarray,
-                         detections: Detections) -> tuple[np.ndarray, np.ndarray]:
+                         detections: Observations) -> tuple[np.ndarray, np.ndarray]:
         """(cost, gated), each (len(tracks), len(rows)): the fused embedding and Kalman cost, and
         whether the pair lies beyond the Kalman gate."""
         if not len(tracks) or not len(rows):
@@ -215,17 +215,17 @@ class JdeTracker(Tracker):
         cost = EMBEDDING_WEIGHT * distance + (1 - EMBEDDING_WEIGHT) * kalman
         return cost, kalman > GATE_CHI2_95
 
-    def _overlap_match(self, tracks: np.ndarray, rows: np.ndarray, detections: Detections, limit: float) -> Matches:
+    def _overlap_match(self, tracks: np.ndarray, rows: np.ndarray, detections: Observations, limit: float) -> Matches:
         """Tracks to detections by the IoU of their predicted boxes, IoU distance below `limit`."""
         boxes = np.array([self.tracks[i].kalman.box for i in tracks]).reshape(-1, 4)
         iou = iou_matrix(boxes, detections.boxes[rows])
         return match(iou, 1.0 - iou < limit)
 
-    def _observe(self, track: JdeTrack, detections: Detections, row: int, time: float) -> None:
+    def _observe(self, track: JdeTrack, detections: Observations, row: int, time: float) -> None:
         super()._observe(track, detections, row, time)
         track.observe_appearance(detections.embeddings[row])
 
-    def _start(self, detections: Detections, unclaimed: np.ndarray, time: float) -> list[tuple[Track, int]]:
+    def _start(self, detections: Observations, unclaimed: np.ndarray, time: float) -> list[tuple[Track, int]]:
         settings = self.params
         eligible = unclaimed & (detections.scores > settings.conf_thres) & (detections.scores >= settings.det_thresh)
         born = []

@@ -22,7 +22,7 @@ from collections import deque
 import numpy as np
 
 from streampose.tracking.association import iou_matrix, match
-from streampose.tracking.track import Detections, Track, Tracker, centre
+from streampose.tracking.track import Observations, Track, Tracker, centre
 
 # Observations (and missed frames) kept per track: enough for the momentum window and the
 # re-update at any frame rate this project meets; older ones are dropped.
@@ -79,7 +79,7 @@ class OcSortTracker(Tracker):
     def _new_track(self, box: np.ndarray, keypoints: np.ndarray | None, time: float) -> OcSortTrack:
         return OcSortTrack(box, keypoints, time, self.params.momentum_window_s)
 
-    def _associate(self, detections: Detections, time: float) -> np.ndarray:
+    def _associate(self, detections: Observations, time: float) -> np.ndarray:
         params = self.params
         strong = np.flatnonzero(detections.scores >= params.high_threshold)
         weak = np.flatnonzero((detections.scores >= params.low_threshold)
@@ -103,7 +103,7 @@ class OcSortTracker(Tracker):
         pairs.append(np.stack([lost[third.pairs[:, 0]], left[third.pairs[:, 1]]], axis=1))
         return np.concatenate(pairs)
 
-    def _momentum(self, rows: np.ndarray, detections: Detections, time: float) -> np.ndarray:
+    def _momentum(self, rows: np.ndarray, detections: Observations, time: float) -> np.ndarray:
         """(tracks, rows) bonus for detections in line with each track's travel."""
         tracks: list[OcSortTrack] = self.tracks  # type: ignore[assignment]
         moving = np.array([t.direction is not None for t in tracks], bool)

@@ -11,17 +11,34 @@ matched to tracks (`Tracker._associate`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from streampose.frame import UNTRACKED
-from streampose.graph import schema
 from streampose.tracking.association import iou_matrix, oks_matrix
 from streampose.tracking.kalman import BoxKalman
 
 
+class TrackerSettings(Protocol):
+    """What trackers read of their settings (the tracker stage passes its graph parameters,
+    graph/schema.py TrackerParams, where every one is described with its unit)."""
+
+    high_threshold: float
+    low_threshold: float
+    new_track_threshold: float
+    match_iou: float
+    low_match_iou: float
+    use_oks: bool
+    oks_weight: float
+    min_hits: int
+    max_age_s: float
+    inertia: float
+    momentum_window_s: float
+
+
 @dataclass
-class Detections:
+class Observations:
     """One frame's persons as the tracker sees them.
 
     boxes:      (N, 4) float, x1, y1, x2, y2 in pixels.
@@ -94,12 +111,12 @@ class Track:
 class Tracker:
     """The tracks of one stream. `update` takes each frame's detections in media-time order."""
 
-    def __init__(self, params: schema.Tracker, first_id: int = 1):
+    def __init__(self, params: TrackerSettings, first_id: int = 1):
         self.params = params
         self.tracks: list[Track] = []
         self.next_id = first_id
 
-    def update(self, detections: Detections, time: float) -> TrackUpdate:
+    def update(self, detections: Observations, time: float) -> TrackUpdate:
         """Match `detections` at media `time` (seconds) to the tracks, start and end tracks."""
         for track in self.tracks:
             track.kalman.predict(time)
@@ -127,18 +144,18 @@ class Tracker:
         self.tracks = []
         return ended
 
-    def _associate(self, detections: Detections, time: float) -> np.ndarray:
+    def _associate(self, detections: Observations, time: float) -> np.ndarray:
         """(M, 2) int64 pairs (track index, detection row), each track and row at most once."""
         raise NotImplementedError
 
-    def _observe(self, track: Track, detections: Detections, row: int, time: float) -> None:
+    def _observe(self, track: Track, detections: Observations, row: int, time: float) -> None:
         """Detection `row` matched `track` at `time`."""
         track.observe(detections.boxes[row], _row(detections.keypoints, row), time)
 
     def _new_track(self, box: np.ndarray, keypoints: np.ndarray | None, time: float) -> Track:
         return Track(box, keypoints, time)
 
-    def _similarity(self, tracks: np.ndarray, rows: np.ndarray, detections: Detections,
+    def _similarity(self, tracks: np.ndarray, rows: np.ndarray, detections: Observations,
                    boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Gains and allowed pairs for tracks[tracks] x detections[rows].
 
@@ -179,7 +196,7 @@ class Tracker:
         self.tracks = kept
         return ended
 
-    def _start(self, detections: Detections, unclaimed: np.ndarray, time: float) -> list[tuple[Track, int]]:
+    def _start(self, detections: Observations, unclaimed: np.ndarray, time: float) -> list[tuple[Track, int]]:
         eligible = unclaimed & (detections.scores >= max(self.params.new_track_threshold,
                                                          self.params.high_threshold))
         born = []
