@@ -123,6 +123,9 @@ class Frame:
     failed_stages: ids of stages that raised on this frame, or discarded it unprocessed at shutdown.
     ended_tracks: track ids that ended at this frame; stages holding per-track
                   state free it.
+    encoded:      format -> the pose message as sinks encoded it (messages.encoded_pose), so
+                  several sinks encode it once; the runtime empties it after every stage that
+                  changes frames.
     detected:     False when the detector skipped this frame (`every_n_frames`) and carried
                   its stream's last boxes over; the keypoints stage refits them to the
                   previous frame's keypoints.
@@ -139,6 +142,7 @@ class Frame:
     ended_tracks: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     failed_stages: list[str] = field(default_factory=list)
+    encoded: dict[str, bytes] = field(default_factory=dict)
     detected: bool = True
 
     @property

@@ -112,7 +112,7 @@ class Inference:
                 self.media.write(item)
                 if lines is not None:
                     # Flushed per line, so what was processed is on disk even if the process is killed.
-                    lines.write(messages.encode(messages.pose_message(item), "json") + b"\n")
+                    lines.write(messages.encoded_pose(item, "json") + b"\n")
                     lines.flush()
                 bar.update()
                 done += 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streampose import messages
 from streampose.client import Subscriber
 from streampose.frame import Frame, Persons, StreamEvent
 from streampose.graph import schema
@@ -138,3 +139,16 @@ def test_states_end_with_their_tracks_timelines_and_capacity():
     assert stage.tracks.live("a") == {} and stage.tracks.peek("b", 1) == {"frames": 1}
     stage.finish()
     assert len(stage.tracks) == 0 and stage.dropped[-1] == ("b", 1, 1, False)
+
+
+def test_a_frames_message_is_encoded_once_for_all_sinks_and_again_after_a_stage_changes_it():
+    frame = tracked("a", 0, 0.0, [1])
+    first = messages.encoded_pose(frame, "json")
+    assert messages.encoded_pose(frame, "json") is first              # a second sink gets the same bytes
+    runners, leaves = chain(Counter())                                # a processor: the encoding is stale after it
+    runners[0].start()
+    runners[0].inbox.put(frame)
+    runners[0].inbox.put(STOP)
+    runners[0].thread.join(10)
+    assert leaves == [frame] and frame.encoded == {}
+    assert messages.decode(messages.encoded_pose(frame, "json"))["timings"]["count"] >= 0

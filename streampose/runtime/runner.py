@@ -98,6 +98,8 @@ class StageRunner:
         self.per_stream = batch.per_stream if batch else 0
         self._held: deque = deque()  # items taken from the inbox but deferred to the next batch
         self.errors = ErrorLog(stage.id)
+        # A stage that changes frames makes the sinks' cached encodings (frame.encoded) stale.
+        self.changes_frames = getattr(stage.params, "ROLE", "processor") != "sink"
         self.thread = threading.Thread(target=self._run, name=f"stage-{stage.id}", daemon=True)
 
     def start(self) -> None:
@@ -190,6 +192,8 @@ class StageRunner:
         self.metrics.observe("stage_latency", elapsed, stage=self.stage.id)
         self._send_emitted()
         for frame in batch:
+            if self.changes_frames:
+                frame.encoded.clear()
             frame.timings[self.stage.id] = elapsed
             self._finish(frame)
 

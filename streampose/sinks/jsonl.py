@@ -70,7 +70,7 @@ class JsonlStage(Stage):
         for frame in frames:
             if self.pause.skip(frame.stream):
                 continue
-            line = messages.encode(messages.pose_message(frame), "json") + b"\n"
+            line = messages.encoded_pose(frame, "json") + b"\n"
             try:
                 self._write(frame.stream, line)
             except OSError as error:

@@ -77,7 +77,7 @@ class PublisherStage(Stage):
 
     def process(self, frames: list[Frame]) -> None:
         for frame in frames:
-            self._send("pose", frame.stream, messages.pose_message(frame))
+            self._send_payload("pose", frame.stream, messages.encoded_pose(frame, self._format))
             self._send_events(frame.events, frame.index)
 
     def on_events(self, stream: str, events: list[Event]) -> None:
@@ -91,7 +91,9 @@ class PublisherStage(Stage):
         self._send("status", event.stream, messages.status_message(event))
 
     def _send(self, kind: str, stream: str, msg: dict) -> None:
-        payload = messages.encode(msg, self._format)
+        self._send_payload(kind, stream, messages.encode(msg, self._format))
+
+    def _send_payload(self, kind: str, stream: str, payload: bytes) -> None:
         self._socket.send_multipart([messages.topic(kind, stream).encode(), payload])
         self.context.metrics.inc("published", kind=kind)
 
