@@ -116,8 +116,18 @@ def play(shots: list[Shot], view: View = View(), params: dict | None = None,
     kpts3d: optional function (time, track id) -> (17, 4) joints in metres."""
     spec = schema.Plugin(id="fall", type="plugin", plugin="fall", params=params or {})
     stage = PluginStage("fall", spec, StageContext(graph_dir=Path("."), output_dir=Path(".")))
-    image = np.zeros((view.height, view.width, 3), np.uint8)
     events, annotations = [], []
+    for frame in shot_frames(shots, view, kpts3d):
+        stage.run([frame])
+        events += frame.events
+        annotations.append(frame.persons.annotations)
+    return events, annotations, stage
+
+
+def shot_frames(shots: list[Shot], view: View = View(), kpts3d=None) -> list[Frame]:
+    """The frames of stream "cam" that film the shots (tracked people with keypoints)."""
+    image = np.zeros((view.height, view.width, 3), np.uint8)
+    frames = []
     for index, shot in enumerate(shots):
         boxes = [view.box(pose, shift) for _, pose, shift in shot.people]
         persons = Persons.from_boxes(np.array(boxes).reshape(-1, 4), np.full(len(boxes), 0.9))
@@ -127,12 +137,9 @@ def play(shots: list[Shot], view: View = View(), params: dict | None = None,
         if kpts3d is not None:
             persons.kpts3d = np.array([kpts3d(shot.time, track_id) for track_id, _, _ in shot.people],
                                       np.float32).reshape(-1, 17, 4)
-        frame = Frame("cam", index, image, time.time(), shot.time, persons=persons,
-                      ended_tracks=list(shot.ended))
-        stage.run([frame])
-        events += frame.events
-        annotations.append(frame.persons.annotations)
-    return events, annotations, stage
+        frames.append(Frame("cam", index, image, time.time(), shot.time, persons=persons,
+                            ended_tracks=list(shot.ended)))
+    return frames
 
 
 def times(fps: float, start: float, end: float) -> np.ndarray:

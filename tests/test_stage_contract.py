@@ -21,24 +21,10 @@ from streampose.runtime.runner import STOP, StageRunner
 from streampose.runtime.stage import Stage, StageContext
 from streampose.runtime.state import MAX_STEP_BACK_S
 from streampose.sinks.publisher import PublisherStage
-from test_fall import View, fall_clip
+from test_fall import fall_clip, shot_frames
 from test_publisher import PROBE, VALIDATOR, wait_subscribed
 
 CONTEXT = StageContext(graph_dir=Path("."), output_dir=Path("."))
-
-
-def shot_frames(shots, stream: str = "cam") -> list[Frame]:
-    """Frames of test_fall's synthetic shots (tracked people with keypoints)."""
-    view, frames = View(), []
-    image = np.zeros((view.height, view.width, 3), np.uint8)
-    for index, shot in enumerate(shots):
-        boxes = [view.box(pose, shift) for _, pose, shift in shot.people]
-        persons = Persons.from_boxes(np.array(boxes).reshape(-1, 4), np.full(len(boxes), 0.9))
-        persons.track_ids[:] = [track_id for track_id, _, _ in shot.people]
-        persons.keypoints = np.array([view.keypoints(pose, shift) for _, pose, shift in shot.people],
-                                     np.float32).reshape(-1, 17, 3)
-        frames.append(Frame(stream, index, image, time.time(), shot.time, persons=persons))
-    return frames
 
 
 def chain(*stages: Stage) -> tuple[list[StageRunner], list[Frame]]:

@@ -93,7 +93,6 @@ def load_plugin_class(name: str | None, module: str | None) -> type[Plugin]:
 
 
 class PluginStage(Stage):
-
     def __init__(self, stage_id: str, params: schema.Plugin, context: StageContext):
         super().__init__(stage_id, params, context)
         cls = load_plugin_class(params.plugin, params.module)

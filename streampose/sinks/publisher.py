@@ -32,7 +32,6 @@ KEY_NAME = "publisher"
 
 
 class PublisherStage(Stage):
-
     def __init__(self, stage_id: str, params: schema.Publisher, context: StageContext):
         super().__init__(stage_id, params, context)
         self._format = params.format

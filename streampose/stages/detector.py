@@ -111,7 +111,6 @@ def person_class(folder: ModelFolder, labels: list[str], error: type[ValueError]
 
 
 class DetectorStage(Stage):
-
     def __init__(self, stage_id: str, params: schema.Detector, context: StageContext):
         super().__init__(stage_id, params, context)
         folder, engine = self.load_model(max_batch=params.batch.max_size)

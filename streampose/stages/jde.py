@@ -64,7 +64,6 @@ class JdeNetwork:
 
 
 class JdeStage(Stage):
-
     def __init__(self, stage_id: str, params: schema.JdeDetector, context: StageContext):
         super().__init__(stage_id, params, context)
         folder, engine = self.load_model(max_batch=1)

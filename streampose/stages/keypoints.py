@@ -143,7 +143,6 @@ def choose_persons(persons: Persons, min_score: float, max_persons: int) -> np.n
 
 
 class KeypointStage(Stage):
-
     def __init__(self, stage_id: str, params: schema.Keypoints, context: StageContext):
         super().__init__(stage_id, params, context)
         crops = _power_of_two_floor(min(MAX_CROPS_PER_RUN, params.batch.max_size * params.max_persons))

@@ -162,7 +162,6 @@ class _ToLift:
 
 
 class Lift3DStage(Stage):
-
     def __init__(self, stage_id: str, params: schema.Lift3D, context: StageContext):
         super().__init__(stage_id, params, context)
         folder, engine = self.load_model(max_batch=MAX_PERSONS_PER_RUN)

@@ -4,12 +4,10 @@ model's cost in tests and the runtime benchmark."""
 import time
 
 from streampose.frame import Frame
-from streampose.graph import schema
 from streampose.runtime.stage import Stage
 
 
 class NoopStage(Stage):
-
     def process(self, frames: list[Frame]) -> None:
         if self.params.delay_ms:
             time.sleep(self.params.delay_ms / 1000)

@@ -57,7 +57,6 @@ def person_sizes(boxes: np.ndarray) -> np.ndarray:
 
 
 class SmootherStage(Stage):
-
     def __init__(self, stage_id: str, params: schema.Smoother, context: StageContext):
         super().__init__(stage_id, params, context)
         hold = Hold(params.min_confidence, params.hold_half_life_s, params.reset_gap_s)

@@ -39,7 +39,6 @@ ALGORITHMS: dict[str, type[Tracker]] = {"bytetrack": ByteTracker, "ocsort": OcSo
 
 
 class TrackerStage(Stage):
-
     def __init__(self, stage_id: str, params: schema.TrackerParams, context: StageContext):
         super().__init__(stage_id, params, context)
         self.trackers = StreamTrackers(self, lambda first_id: ALGORITHMS[params.algorithm](params, first_id),
