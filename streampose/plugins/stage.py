@@ -113,6 +113,7 @@ class PluginStage(Stage):
 
     def process(self, frames: list[Frame]) -> None:
         for frame in frames:
+            self.states.follow(frame)  # ended tracks and timeline breaks first: their last events lead
             for i, track_id in enumerate(frame.persons.track_ids.tolist()):
                 if track_id < 0:
                     continue
@@ -122,7 +123,6 @@ class PluginStage(Stage):
 
     def _continue(self, frame: Frame, i: int, track_id: int) -> None:
         """A new track: the plugin may name a lost track it continues, whose state it takes."""
-        self.states.follow(frame)
         present = set(frame.persons.track_ids.tolist())
         lost = {key: state for key, state in self.states.live(frame.stream).items() if key not in present}
         old = self.plugin.continues(frame, i, lost) if lost else None

@@ -9,7 +9,8 @@ not the stage, decides when a state ends:
   (`lost`, `ended`, `opened` after a gap), a frame of a new segment, or media time stepping
   back more than MAX_STEP_BACK_S (a camera's clock reset). `breaks` is the only place this
   rule lives.
-- **Ended tracks** (`frame.ended_tracks`) are freed after the batch.
+- **Ended tracks** (`frame.ended_tracks`) are freed when their frame is reached (`follow`:
+  the first `get` of the frame, or after the batch for a frame the stage took no state for).
 - **Capacity**: at most `capacity` keys per stream; beyond it the least recently used is
   dropped (logged once per store).
 - **Retries**: `Stage.run` opens a transaction around a batch of several frames of a stage with
@@ -98,7 +99,8 @@ class StreamStates(Generic[S]):
         return states[new]
 
     def follow(self, frame: Frame) -> None:
-        """Move the stream's position to `frame`, dropping its states first if it breaks the timeline."""
+        """Move the stream's position to `frame`: drop its states first if it breaks the
+        timeline, and free the tracks it ends (each once: their states are gone after)."""
         position = self._positions.get(frame.stream)
         if breaks(position, frame):
             self.drop_stream(frame.stream)
@@ -106,16 +108,16 @@ class StreamStates(Generic[S]):
         self._remember(frame.stream, "position")
         latest = frame.media_time if position is None else max(position[1], frame.media_time)
         self._positions[frame.stream] = (frame.segment, latest)
+        states = self._states.get(frame.stream, {})
+        for track_id in frame.ended_tracks:
+            if track_id in states:
+                self._remember(frame.stream, track_id)
+                self._drop(frame.stream, track_id, states.pop(track_id), frame)
 
     def end_frames(self, frames: list[Frame]) -> None:
-        """After a batch: follow each frame and free its ended tracks."""
+        """After a batch: follow every frame (those the stage took no state for, too)."""
         for frame in frames:
             self.follow(frame)
-            states = self._states.get(frame.stream, {})
-            for track_id in frame.ended_tracks:
-                if track_id in states:
-                    self._remember(frame.stream, track_id)
-                    self._drop(frame.stream, track_id, states.pop(track_id), frame)
 
     # ------------------------------------------------------------------ resets
 
