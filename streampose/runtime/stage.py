@@ -85,9 +85,9 @@ class Stage:
 
     def run(self, frames: list[Frame]) -> None:
         """`process` with the stores in a transaction: a batch that raises leaves them as they were."""
-        undo_length = len(self.outbox)
+        undo, emitted = self.batched and len(frames) > 1, len(self.outbox)
         for store in self.stores:
-            store.begin(undo=self.batched and len(frames) > 1)
+            store.begin(undo)
         try:
             self.process(frames)
             for store in self.stores:
@@ -95,7 +95,8 @@ class Stage:
         except BaseException:
             for store in self.stores:
                 store.rollback()
-            del self.outbox[undo_length:]
+            if undo:  # the retry emits them again
+                del self.outbox[emitted:]
             raise
         for store in self.stores:
             store.commit()
