@@ -123,6 +123,11 @@ class Runtime(Strict):
     disk_budget_mb: float = Field(0.0, ge=0, description="Most MiB under output_dir, all sinks and streams together; "
                                   "the oldest finished files go first when it is over (checked every 10 s; files "
                                   "written in the last 120 s are never deleted). 0 = no budget.")
+    engine_cache_dir: str | None = Field(None, description="Root of the engines' on-disk caches: OpenVINO's "
+                                         "compiled networks (ov_cache/, which makes a second start compile "
+                                         "several times faster, docs/performance.md) and TensorRT engines; "
+                                         "relative to the working directory. Default: $XDG_CACHE_HOME/streampose, "
+                                         "i.e. ~/.cache/streampose.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
     metrics: Metrics = Field(default_factory=Metrics, description="Metrics and health endpoint.")
     health: Health = Field(default_factory=Health, description="Overload and stuck-stage thresholds of the "
@@ -267,7 +272,8 @@ class ModelStage(StageBase):
         "auto", description="Inference engine; auto picks the fastest available for the device.")
     device: Literal["cpu", "gpu"] = Field("cpu", description="Where the network runs.")
     precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Numeric precision (fp16/int8: TensorRT).")
-    threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = the engine's default.")
+    threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = the graph's core plan: the "
+                         "cores divided evenly among its CPU network stages, at least 1 each.")
     fallback: Literal["stop", "cpu"] = Field("cpu", description="When the device or precision is not available: "
                                              "stop, or run on the CPU engine instead.")
     batch: Batch = Field(default_factory=Batch, description="Batching across streams.")

@@ -20,6 +20,7 @@ from streampose import messages
 from streampose.frame import Frame, StreamEvent
 from streampose.graph.loader import LoadedGraph
 from streampose.runtime.disk_budget import DiskBudget
+from streampose.runtime.cores import plan_cores
 from streampose.runtime.health import StreamLoad
 from streampose.runtime.metrics import Metrics
 from streampose.runtime.runner import STOP, StageRunner
@@ -88,7 +89,11 @@ class Pipeline:
         self._paths_to_leaves = {s.id: self._count_paths(s.id, downstream) for s in spec.sources}
         self._declare_metrics()
 
-        self.captures = {s.id: Capture(s, graph.path.parent, self.metrics) for s in spec.sources}
+        self.cores = plan_cores(spec)
+        log.info("core plan: %s", self.cores.describe())
+        engine_cache = Path(spec.runtime.engine_cache_dir).resolve() if spec.runtime.engine_cache_dir else None
+        self.captures = {s.id: Capture(s, graph.path.parent, self.metrics, decoder_threads=self.cores.decoder_threads)
+                         for s in spec.sources}
         self.gates = {sid: EntranceGate(spec.runtime.in_flight, cap.live) for sid, cap in self.captures.items()}
         self.loads = {sid: StreamLoad(spec.runtime.health.window_s) for sid, cap in self.captures.items() if cap.live}
         self.inboxes = {st.id: queue.Queue(spec.runtime.queue_size) for st in spec.stages}
@@ -96,7 +101,8 @@ class Pipeline:
         for st in spec.stages:
             context = StageContext(graph_dir=graph.path.parent, output_dir=self.output_dir,
                                    model_paths=list(model_paths or []),
-                                   streams=self._streams_reaching(st.id), metrics=self.metrics)
+                                   streams=self._streams_reaching(st.id), metrics=self.metrics,
+                                   threads=self.cores.engine_threads.get(st.id, 0), engine_cache=engine_cache)
             try:
                 stage = STAGE_CLASSES[st.type](st.id, st, context)
             except Exception as error:

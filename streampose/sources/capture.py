@@ -72,13 +72,14 @@ class Capture:
     Raises ValueError at construction for a URI no reader takes. A file or image
     source that cannot be read is that stream's failure, not the graph's: its
     stream ends at once with a failed "ended" event naming the cause, and the other
-    streams run.
+    streams run. `decoder_threads`: threads of the video decoder, 0 = FFmpeg's choice.
     """
 
-    def __init__(self, spec: schema.Source, graph_dir: Path, metrics: Metrics):
+    def __init__(self, spec: schema.Source, graph_dir: Path, metrics: Metrics, decoder_threads: int = 0):
         self.stream = spec.id
         self.options = spec.options
         self._metrics = metrics
+        self._decoder_threads = decoder_threads
         self._index = 0
         self._reader, self._reconnects = self._make_reader(spec.uri, graph_dir)
         self.live = self._reconnects or self.options.realtime
@@ -91,16 +92,17 @@ class Capture:
         scheme = urlsplit(uri).scheme.lower()
         if scheme in NETWORK_SCHEMES:
             av_options = {"rtsp_transport": options.transport} if scheme.startswith("rtsp") else {}
-            return VideoReader(uri, on_error, options=av_options, timeout=timeout), True
+            return VideoReader(uri, on_error, options=av_options, timeout=timeout,
+                               threads=self._decoder_threads), True
         if "://" in uri:
             raise ValueError(f"source {self.stream!r}: unsupported URI scheme {scheme!r} in {mask_credentials(uri)!r}; "
                              f"use a file, an image folder or glob, {', '.join(NETWORK_SCHEMES)} or {WEBCAM_PREFIX}N")
         if uri.startswith(WEBCAM_PREFIX):
-            return VideoReader(uri, on_error, av_format="v4l2", timeout=timeout), True
+            return VideoReader(uri, on_error, av_format="v4l2", timeout=timeout, threads=self._decoder_threads), True
         path = graph_dir / uri
         if is_image_pattern(uri) or path.is_dir():
             return ImageReader(path, options.fps, on_error), False
-        return VideoReader(str(path), on_error), False
+        return VideoReader(str(path), on_error, threads=self._decoder_threads), False
 
     def frames(self, stop: threading.Event) -> Iterator[Frame | StreamEvent]:
         """Frames and events until the source ends or `stop` is set; see the module doc."""

@@ -20,10 +20,12 @@ class VideoPlayback:
     reported to `on_decode_error`; errors reading the container propagate.
     """
 
-    def __init__(self, container: av.container.InputContainer, on_decode_error: Callable[[], None]):
+    def __init__(self, container: av.container.InputContainer, on_decode_error: Callable[[], None],
+                 threads: int = 0):
         self._container = container
         self._stream = container.streams.video[0]
         self._stream.codec_context.thread_type = "AUTO"
+        self._stream.codec_context.thread_count = threads
         self._on_decode_error = on_decode_error
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.frame_step = float(1 / rate) if rate else 0.0  # seconds between frames, nominal
@@ -57,11 +59,14 @@ class VideoReader:
     av_format:  FFmpeg input format when it cannot be guessed (e.g. "v4l2").
     options:    FFmpeg demuxer options (e.g. {"rtsp_transport": "tcp"}).
     timeout:    (open, read) seconds for live inputs; None waits forever.
+    threads:    decoder threads; 0 = FFmpeg's choice (about one per core).
     """
 
     def __init__(self, uri: str, on_decode_error: Callable[[], None], *, av_format: str | None = None,
-                 options: dict[str, str] | None = None, timeout: tuple[float, float] | None = None):
+                 options: dict[str, str] | None = None, timeout: tuple[float, float] | None = None,
+                 threads: int = 0):
         self.uri = uri
+        self._threads = threads
         self._on_decode_error = on_decode_error
         self._format = av_format
         self._options = options or {}
@@ -73,4 +78,4 @@ class VideoReader:
         if not container.streams.video:
             container.close()
             raise av.error.InvalidDataError(av.error.ErrorType.INVALIDDATA.value, "no video stream", self.uri)
-        return VideoPlayback(container, self._on_decode_error)
+        return VideoPlayback(container, self._on_decode_error, self._threads)
