@@ -4,7 +4,9 @@ Flow control happens once, at the entrance: each stream may have at most
 `runtime.in_flight` frames inside the graph. A live stream's frame that finds no
 free slot is dropped there and counted, so the freshest frames get in and no
 backlog builds; a file stream's frame waits for a slot, so every frame is
-processed. A frame's slot is freed when every leaf stage it reaches is done.
+processed. A frame's slot is freed when every leaf stage it reaches is done. The
+source asks before converting a frame (runtime.admission), so a dropped frame costs
+only its decoding, and an overloaded live stream is let in at an even rate.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from streampose import messages
 from streampose.frame import Frame, StreamEvent
 from streampose.graph.loader import LoadedGraph
 from streampose.runtime.disk_budget import DiskBudget
+from streampose.runtime.admission import Admission
 from streampose.runtime.cores import plan_cores
 from streampose.runtime.health import StreamLoad
 from streampose.runtime.metrics import Metrics
@@ -96,6 +99,10 @@ class Pipeline:
                          for s in spec.sources}
         self.gates = {sid: EntranceGate(spec.runtime.in_flight, cap.live) for sid, cap in self.captures.items()}
         self.loads = {sid: StreamLoad(spec.runtime.health.window_s) for sid, cap in self.captures.items() if cap.live}
+        self.admissions = {sid: Admission(sid, cap.live, spec.runtime.even_drops, self.gates[sid].admit,
+                                          self.loads[sid].record if sid in self.loads else None,
+                                          self.metrics, self._stop)
+                           for sid, cap in self.captures.items()}
         self.inboxes = {st.id: queue.Queue(spec.runtime.queue_size) for st in spec.stages}
         self.runners: dict[str, StageRunner] = {}
         for st in spec.stages:
@@ -196,23 +203,15 @@ class Pipeline:
         return self.wait(max(drain, 5.0))
 
     def _pump(self, stream: str) -> None:
-        """Source thread: admit frames at the gate and send everything downstream."""
-        capture, gate, outboxes = self.captures[stream], self.gates[stream], self._source_outboxes[stream]
-        leaves, load = self._paths_to_leaves[stream], self.loads.get(stream)
+        """Source thread: send the frames the stream's admission lets in, and its events, downstream."""
+        capture, outboxes = self.captures[stream], self._source_outboxes[stream]
+        leaves = self._paths_to_leaves[stream]
         try:
-            for item in capture.frames(self._stop):
+            for item in capture.frames(self._stop, admit=self.admissions[stream].admit):
                 if isinstance(item, StreamEvent):
                     self._on_stream_event(item)
                     for outbox in outboxes:
                         outbox.put(item)
-                    continue
-                admitted = gate.admit(self._stop)
-                stopping = self._stop.is_set()
-                if load is not None and not stopping:
-                    load.record(dropped=not admitted)
-                if not admitted:
-                    if not stopping:
-                        self.metrics.inc("drops", stream=stream)
                     continue
                 with self._lock:
                     self._remaining[stream, item.index] = leaves

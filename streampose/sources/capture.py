@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Protocol
@@ -37,7 +37,7 @@ class Playback(Protocol):
     frame_step: float
     detail: str
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]: ...
+    def __iter__(self) -> Iterator[tuple[Callable[[], np.ndarray], float]]: ...
     def close(self) -> None: ...
 
 
@@ -81,6 +81,7 @@ class Capture:
         self._metrics = metrics
         self._decoder_threads = decoder_threads
         self._index = 0
+        self._admit: Callable[[], bool] | None = None  # see frames()
         self._reader, self._reconnects = self._make_reader(spec.uri, graph_dir)
         self.live = self._reconnects or self.options.realtime
         self._pacer = Pacer() if self.options.realtime and not self._reconnects else None
@@ -104,8 +105,13 @@ class Capture:
             return ImageReader(path, options.fps, on_error), False
         return VideoReader(str(path), on_error, threads=self._decoder_threads), False
 
-    def frames(self, stop: threading.Event) -> Iterator[Frame | StreamEvent]:
-        """Frames and events until the source ends or `stop` is set; see the module doc."""
+    def frames(self, stop: threading.Event, admit: Callable[[], bool] | None = None) -> Iterator[Frame | StreamEvent]:
+        """Frames and events until the source ends or `stop` is set; see the module doc.
+
+        admit() is asked for each decoded frame, at its time for a paced source: a frame it
+        refuses is neither converted to BGR nor yielded (its index is skipped). None: every
+        frame is yielded."""
+        self._admit = admit
         if self._reconnects:
             yield from self._live_frames(stop)
         else:
@@ -191,7 +197,7 @@ class Capture:
         no frame came, and the error that ended the pass, None at its end or on stop."""
         span = None
         try:
-            for image, media_time in playback:
+            for picture, media_time in playback:
                 if stop.is_set():
                     break
                 media_time += offset
@@ -201,8 +207,9 @@ class Capture:
                         break
                 span = (span[0] if span else media_time, media_time)
                 self._metrics.inc("frames_captured", stream=self.stream)
-                yield Frame(self.stream, self._index, image, time.time(), media_time, segment)
                 self._index += 1
+                if self._admit is None or self._admit():
+                    yield Frame(self.stream, self._index - 1, picture(), time.time(), media_time, segment)
         except STREAM_ERRORS as error:
             return span, error
         return span, None
