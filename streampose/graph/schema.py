@@ -152,8 +152,18 @@ class StageBase(Strict):
 
 
 class Batch(Strict):
+    """A stage takes the frames waiting in its queue, up to `max_size` and its latency budget."""
+
     max_size: int = Field(1, ge=1, le=256, description="Most frames in one batch.")
-    timeout_ms: float = Field(0.0, ge=0, le=1000, description="Longest wait for a batch to fill, milliseconds.")
+    timeout_ms: float = Field(0.0, ge=0, le=1000, description="Longest wait for a batch to fill, milliseconds "
+                              "(never beyond the latency budget).")
+    latency_budget_ms: float | None = Field(50.0, gt=0, le=10000, description="Most time a batch's first frame "
+                                            "should spend in the stage, waiting for others and being processed, "
+                                            "milliseconds: the stage stops adding frames (and waiting for more) "
+                                            "when one more would overrun it at the cost per frame measured on "
+                                            "its recent batches. Two batching stages at 50 ms keep a live "
+                                            "frame's way through them under the 150 ms of a real-time graph. "
+                                            "null: fixed batches (max_size and timeout_ms alone).")
     per_stream: int = Field(0, ge=0, le=256, description="Most frames of one stream in a batch (fairness); 0 = no cap.")
 
 

@@ -41,10 +41,12 @@ COUNTERS = {
     "decode_errors": "Corrupt or undecodable packets skipped, by stream.",
     "published": "ZeroMQ messages sent by the publishers, by topic kind (pose, event, status).",
     "events": "Events raised by plugins, by event kind and stream.",
+    "batches": "Batches a stage processed, by stage; frames / batches is its mean batch size.",
 }
 HISTOGRAMS = {
     "stage_latency": "Seconds a stage spent on one batch, by stage.",
     "e2e_latency": "Seconds from a frame's capture to the end of the graph, by stream.",
+    "batch_wait": "Seconds a stage waited for its batch to fill after taking the batch's first frame, by stage.",
 }
 GAUGES = {
     "queue_depth": "Frames and stream events waiting in a stage's input queue, by stage.",
