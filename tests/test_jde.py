@@ -244,7 +244,7 @@ def test_a_batch_retried_after_an_engine_fault_tracks_as_one_run_would(tiny_jde)
     run media time backwards and restart every track)."""
     results = []
     for fault in (False, True):
-        stage = jde_stage(tiny_jde, batch={"max_size": 4, "timeout_ms": 1000})
+        stage = jde_stage(tiny_jde, batch={"max_size": 4, "timeout_ms": 1000, "latency_budget_ms": None})
         # Batches of frames 0-3, 4-7, 8-11: run 8 is frame 7's.
         injected = FailOnce(stage.network.engine, on_run=8) if fault else None
         frames = [Frame("cam", i, render(i), i / FPS, i / FPS) for i in range(12)]

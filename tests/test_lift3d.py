@@ -340,7 +340,7 @@ def test_a_batch_retried_after_an_engine_fault_leaves_the_windows_as_one_run_wou
     truth = film(world, root_of(world).mean(0) + (0, 0, 4), root_of(world).mean(0))
     lifted = []
     for fault in (False, True):
-        stage = lift_stage(lifter_model, batch={"max_size": 5, "timeout_ms": 1000})
+        stage = lift_stage(lifter_model, batch={"max_size": 5, "timeout_ms": 1000, "latency_budget_ms": None})
         injected = FailOnce(stage.lifter.engine, on_run=2) if fault else None
         frames = tracked_frames(truth)
         metrics = run_in_runner(stage, frames)

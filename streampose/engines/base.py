@@ -5,6 +5,7 @@ Engines are not thread-safe: each stage thread loads its own.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,6 +96,10 @@ class Engine:
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def prepare(self, batch_sizes: Iterable[int]) -> None:
+        """Make every batch size in `batch_sizes` (each 1..max_batch) ready, so that no later
+        `run` pays a compile. Engines that run any batch without one do nothing."""
 
     def close(self) -> None:
         """Release the network; the engine is unusable afterwards."""

@@ -1,15 +1,20 @@
 """OpenVINO engine: reads Paddle (.pdmodel), ONNX and OpenVINO IR networks.
 
-Batches: the network is compiled once per batch size, on first use, with the batch fixed.
+Batches: the network is compiled once per batch size with the batch fixed; `prepare` compiles
+every size a stage will use before the first frame (a size first met mid-run would stall that
+frame for the compile: the keypoint thread spent 8.6% of a live run compiling, issue 17).
 Measured on the 2-core CPU this was written on (2 threads, LATENCY hint): a fixed batch runs
 20-30% faster than one network reshaped to a dynamic batch (TinyPose 128x96 batch 8: 9.2 vs
-11.8 ms; YOLOX-nano batch 8: 41 vs 60 ms). Compiled networks are cached on disk (CACHE_DIR), so
-later starts skip most of the compile.
+11.8 ms; YOLOX-nano batch 8: 41 vs 60 ms). Compiled networks are cached on disk (CACHE_DIR, by
+default ~/.cache/streampose/ov_cache), so later starts skip most of the compile
+(docs/performance.md has the start times).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +53,7 @@ class OpenVinoEngine(Engine):
         if threads > 0 and self._device == "CPU":
             self._config["INFERENCE_NUM_THREADS"] = threads
         self._requests: dict[int, ov.InferRequest] = {}
+        self.compiled_batches: list[int] = []  # every compile, in order (kept after close)
 
         inputs = [TensorInfo(_name(p), (-1, *_dims(p.get_partial_shape())[1:]),
                              np.dtype(p.get_element_type().to_dtype())) for p in self._model.inputs]
@@ -86,7 +92,17 @@ class OpenVinoEngine(Engine):
                 raise EngineError(f"OpenVINO cannot compile {self.folder.network} for {self._device} "
                                   f"at batch {batch}: {exc}") from None
             self._requests[batch] = compiled.create_infer_request()
+            self.compiled_batches.append(batch)
         return self._requests[batch]
+
+    def prepare(self, batch_sizes: Iterable[int]) -> None:
+        start = time.perf_counter()
+        sizes = sorted({b if self.batch_capable else 1 for b in batch_sizes})
+        for batch in sizes:
+            if not 1 <= batch <= self.max_batch:
+                raise ValueError(f"batch size {batch} is outside 1..{self.max_batch}")
+            self._request(batch)
+        log.info("%s: batch sizes %s ready in %.2f s", self.folder.name, sizes, time.perf_counter() - start)
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Ports by position: a compiled model keeps the model's port order, but not which of a

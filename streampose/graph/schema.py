@@ -122,12 +122,21 @@ class Runtime(Strict):
     queue_size: int = Field(8, ge=1, le=1024, description="Capacity of each queue between stages, frames.")
     in_flight: int = Field(2, ge=1, le=256, description="Most frames of one stream inside the graph at once; "
                            "live frames beyond it are dropped at the door, file frames wait.")
+    even_drops: bool = Field(True, description="Under sustained overload, let a live stream in every k-th frame "
+                             "(k the smallest that keeps drops at the door under 10%, shown as admit_every in "
+                             "/health and metrics) instead of whichever frames find a free slot: an even, reduced "
+                             "rate rather than random gaps.")
     drain_timeout_s: float = Field(10.0, ge=0, le=600, description="On stop, longest wait for frames in flight, seconds.")
     degraded_after: int = Field(5, ge=1, description="Failed frames in a row that mark a stream degraded.")
     output_dir: str = Field("out", description="Folder all sinks write under; relative to the working directory.")
     disk_budget_mb: float = Field(0.0, ge=0, description="Most MiB under output_dir, all sinks and streams together; "
                                   "the oldest finished files go first when it is over (checked every 10 s; files "
                                   "written in the last 120 s are never deleted). 0 = no budget.")
+    engine_cache_dir: str | None = Field(None, description="Root of the engines' on-disk caches: OpenVINO's "
+                                         "compiled networks (ov_cache/, which makes a second start compile "
+                                         "several times faster, docs/performance.md) and TensorRT engines; "
+                                         "relative to the working directory. Default: $XDG_CACHE_HOME/streampose, "
+                                         "i.e. ~/.cache/streampose.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
     metrics: MetricsParams = Field(default_factory=MetricsParams, description="Metrics and health endpoint.")
     health: Health = Field(default_factory=Health, description="Overload and stuck-stage thresholds of the "
@@ -168,8 +177,18 @@ class StageBase(Strict):
 
 
 class Batch(Strict):
+    """A stage takes the frames waiting in its queue, up to `max_size` and its latency budget."""
+
     max_size: int = Field(1, ge=1, le=256, description="Most frames in one batch.")
-    timeout_ms: float = Field(0.0, ge=0, le=1000, description="Longest wait for a batch to fill, milliseconds.")
+    timeout_ms: float = Field(0.0, ge=0, le=1000, description="Longest wait for a batch to fill, milliseconds "
+                              "(never beyond the latency budget).")
+    latency_budget_ms: float | None = Field(50.0, gt=0, le=10000, description="Most time a batch's first frame "
+                                            "should spend in the stage, waiting for others and being processed, "
+                                            "milliseconds: the stage stops adding frames (and waiting for more) "
+                                            "when one more would overrun it at the cost per frame measured on "
+                                            "its recent batches. Two batching stages at 50 ms keep a live "
+                                            "frame's way through them under the 150 ms of a real-time graph. "
+                                            "null: fixed batches (max_size and timeout_ms alone).")
     per_stream: int = Field(0, ge=0, le=256, description="Most frames of one stream in a batch (fairness); 0 = no cap.")
 
 
@@ -309,7 +328,8 @@ class ModelStage(StageBase):
         "auto", description="Inference engine; auto picks the fastest available for the device.")
     device: Literal["cpu", "gpu"] = Field("cpu", description="Where the network runs.")
     precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Numeric precision (fp16/int8: TensorRT).")
-    threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = the engine's default.")
+    threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = the graph's core plan: the "
+                         "cores divided evenly among its CPU network stages, at least 1 each.")
     fallback: Literal["stop", "cpu"] = Field("cpu", description="When the device or precision is not available: "
                                              "stop, or run on the CPU engine instead.")
     batch: Batch = Field(default_factory=Batch, description="Batching across streams.")

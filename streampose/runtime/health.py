@@ -145,7 +145,8 @@ def report(pipeline: Pipeline | None) -> tuple[bool, dict]:
                         "frames": metrics.count("frames_captured", stream=sid),
                         "drops": metrics.count("drops", stream=sid),
                         "reconnects": metrics.count("reconnects", stream=sid),
-                        "decode_errors": metrics.count("decode_errors", stream=sid)}
+                        "decode_errors": metrics.count("decode_errors", stream=sid),
+                        "admit_every": pipeline.admissions[sid].every}
         if reason:
             streams[sid]["reason"] = reason
         paused = {stage_id: why for stage_id, runner in pipeline.runners.items()

@@ -34,19 +34,24 @@ Labels = tuple[tuple[str, str], ...]
 COUNTERS = {
     "frames": "Frames a stage finished (processed, failed or discarded), by stage and stream.",
     "frames_captured": "Frames decoded by the source, by stream; its rate is the stream's frame rate.",
-    "drops": "Live frames dropped at the graph's entrance because the stream had too many frames in flight.",
+    "drops": "Live frames dropped at the graph's entrance, unconverted: the stream had too many frames in "
+             "flight, or was being thinned to every k-th frame (admit_every).",
     "errors": "Frames (or stream events, or the closing) on which a stage raised, by stage and stream.",
     "reconnects": "Times a live source reopened its stream after losing it.",
     "decode_errors": "Corrupt or undecodable packets skipped, by stream.",
     "published": "ZeroMQ messages sent by the publishers, by topic kind (pose, event, status).",
     "events": "Events raised by plugins, by event kind and stream.",
+    "batches": "Batches a stage processed, by stage; frames / batches is its mean batch size.",
 }
 HISTOGRAMS = {
     "stage_latency": "Seconds a stage spent on one batch, by stage.",
     "e2e_latency": "Seconds from a frame's capture to the end of the graph, by stream.",
+    "batch_wait": "Seconds a stage waited for its batch to fill after taking the batch's first frame, by stage.",
 }
 GAUGES = {
     "queue_depth": "Frames and stream events waiting in a stage's input queue, by stage.",
+    "admit_every": "k: a live stream is let into the graph every k-th frame (1: every frame that finds a free "
+                   "slot; more under sustained overload, runtime.even_drops), by stream.",
     "clip_buffer_bytes": "Bytes of JPEG frames held in a clips stage's ring buffer, by stage and stream.",
     "clip_buffer_seconds": "Seconds of video held in a clips stage's ring buffer, by stage and stream.",
     "sink_paused": "1 while a sink has stopped writing a stream after a storage error (a full disk), by stage "

@@ -4,7 +4,9 @@ Flow control happens once, at the entrance: each stream may have at most
 `runtime.in_flight` frames inside the graph. A live stream's frame that finds no
 free slot is dropped there and counted, so the freshest frames get in and no
 backlog builds; a file stream's frame waits for a slot, so every frame is
-processed. A frame's slot is freed when every leaf stage it reaches is done.
+processed. A frame's slot is freed when every leaf stage it reaches is done. The
+source asks before converting a frame (runtime.admission), so a dropped frame costs
+only its decoding, and an overloaded live stream is let in at an even rate.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from streampose import messages
 from streampose.frame import Frame, StreamEvent
 from streampose.graph.loader import LoadedGraph
 from streampose.runtime.disk_budget import DiskBudget
+from streampose.runtime.admission import Admission
+from streampose.runtime.cores import plan_cores
 from streampose.runtime.health import StreamLoad
 from streampose.runtime.metrics import Metrics
 from streampose.runtime.runner import STOP, StageRunner
@@ -88,16 +92,25 @@ class Pipeline:
         self._paths_to_leaves = {s.id: self._count_paths(s.id, downstream) for s in spec.sources}
         self._declare_metrics()
 
-        self.captures = {s.id: Capture(s, graph.path.parent, lambda name, sid=s.id: self.metrics.inc(name, stream=sid))
+        self.cores = plan_cores(spec)
+        log.info("core plan: %s", self.cores.describe())
+        engine_cache = Path(spec.runtime.engine_cache_dir).resolve() if spec.runtime.engine_cache_dir else None
+        self.captures = {s.id: Capture(s, graph.path.parent, lambda name, sid=s.id: self.metrics.inc(name, stream=sid),
+                                       decoder_threads=self.cores.decoder_threads)
                          for s in spec.sources}
         self.gates = {sid: EntranceGate(spec.runtime.in_flight, cap.live) for sid, cap in self.captures.items()}
         self.loads = {sid: StreamLoad(spec.runtime.health.window_s) for sid, cap in self.captures.items() if cap.live}
+        self.admissions = {sid: Admission(sid, cap.live, spec.runtime.even_drops, self.gates[sid].admit,
+                                          self.loads[sid].record if sid in self.loads else None,
+                                          self.metrics, self._stop)
+                           for sid, cap in self.captures.items()}
         self.inboxes = {st.id: queue.Queue(spec.runtime.queue_size) for st in spec.stages}
         self.runners: dict[str, StageRunner] = {}
         for st in spec.stages:
             context = StageContext(graph_dir=graph.path.parent, output_dir=self.output_dir,
                                    model_paths=list(model_paths or []),
-                                   streams=self._streams_reaching(st.id), metrics=self.metrics)
+                                   streams=self._streams_reaching(st.id), metrics=self.metrics,
+                                   threads=self.cores.engine_threads.get(st.id, 0), engine_cache=engine_cache)
             try:
                 stage = stage_module.stage_class(st)(st.id, st, context)
             except Exception as error:
@@ -126,6 +139,8 @@ class Pipeline:
                 self.metrics.declare(name, stream=stream)
         for st in self.graph.spec.stages:
             self.metrics.declare("stage_latency", stage=st.id)
+            self.metrics.declare("batch_wait", stage=st.id)
+            self.metrics.declare("batches", stage=st.id)
             for stream in self._streams_reaching(st.id):
                 self.metrics.declare("frames", stage=st.id, stream=stream)
                 self.metrics.declare("errors", stage=st.id, stream=stream)
@@ -191,23 +206,15 @@ class Pipeline:
         return self.wait(max(drain, 5.0))
 
     def _pump(self, stream: str) -> None:
-        """Source thread: admit frames at the gate and send everything downstream."""
-        capture, gate, outboxes = self.captures[stream], self.gates[stream], self._source_outboxes[stream]
-        leaves, load = self._paths_to_leaves[stream], self.loads.get(stream)
+        """Source thread: send the frames the stream's admission lets in, and its events, downstream."""
+        capture, outboxes = self.captures[stream], self._source_outboxes[stream]
+        leaves = self._paths_to_leaves[stream]
         try:
-            for item in capture.frames(self._stop):
+            for item in capture.frames(self._stop, admit=self.admissions[stream].admit):
                 if isinstance(item, StreamEvent):
                     self._on_stream_event(item)
                     for outbox in outboxes:
                         outbox.put(item)
-                    continue
-                admitted = gate.admit(self._stop)
-                stopping = self._stop.is_set()
-                if load is not None and not stopping:
-                    load.record(dropped=not admitted)
-                if not admitted:
-                    if not stopping:
-                        self.metrics.inc("drops", stream=stream)
                     continue
                 with self._lock:
                     self._remaining[stream, item.index] = leaves

@@ -20,6 +20,10 @@ log = logging.getLogger("streampose.runtime")
 
 STOP = object()  # sentinel: one upstream has finished
 
+# Batches over which a stage's cost per frame is averaged for its latency budget: a few, so
+# the budget follows a change (more persons in view) within a second at 25 fps.
+COST_MEMORY = 8
+
 
 class Emitted(NamedTuple):
     """Events a stage raised outside any frame (Stage.emit), on their way downstream."""
@@ -96,6 +100,9 @@ class StageRunner:
         self.max_size = batch.max_size if batch else 1
         self.timeout_s = batch.timeout_ms / 1000 if batch else 0.0
         self.per_stream = batch.per_stream if batch else 0
+        self.budget_s = batch.latency_budget_ms / 1000 if batch and batch.latency_budget_ms is not None else None
+        self.frame_cost = 0.0  # seconds per frame over the recent batches (moving average), for the budget
+        self._costed = 0  # batches in that average, up to COST_MEMORY
         self._held: deque = deque()  # items taken from the inbox but deferred to the next batch
         self.errors = ErrorLog(stage.id)
         # A stage that changes frames makes the sinks' cached encodings (frame.encoded) stale.
@@ -116,15 +123,24 @@ class StageRunner:
         return self.inbox.get(timeout=timeout)
 
     def _collect(self, first: Frame) -> list[Frame]:
-        """A batch starting with `first`, as full as size, time and fairness allow."""
+        """A batch starting with `first`, as full as size, time, the latency budget and fairness allow."""
         batch = [first]
         counts = {first.stream: 1}
         deferred = []
-        deadline = time.monotonic() + self.timeout_s
+        taken = time.monotonic()
+        deadline = taken + self.timeout_s
         ender = None
         while len(batch) < self.max_size:
+            wait_until = deadline
+            if self.budget_s is not None:
+                # The first frame must be through within the budget: stop before a frame whose
+                # expected cost would overrun it, and wait for one no longer than it leaves.
+                latest = taken + self.budget_s - (len(batch) + 1) * self.frame_cost
+                if latest < time.monotonic():
+                    break
+                wait_until = min(wait_until, latest)
             try:
-                item = self._next(timeout=max(deadline - time.monotonic(), 0))
+                item = self._next(timeout=max(wait_until - time.monotonic(), 0))
             except queue.Empty:
                 break
             if not isinstance(item, Frame):
@@ -140,6 +156,7 @@ class StageRunner:
         if ender is not None:
             deferred.append(ender)
         self._held.extendleft(reversed(deferred))
+        self.metrics.observe("batch_wait", time.monotonic() - taken, stage=self.stage.id)
         return batch
 
     # ------------------------------------------------------------------ loop
@@ -189,7 +206,12 @@ class StageRunner:
                 self._failed(batch[0], error)
         elapsed = time.monotonic() - start
         self.busy_since = None
+        # A moving average over about the last COST_MEMORY batches. Per frame, so a batch's
+        # fixed overhead makes it overstate the cost of larger batches: the budget errs short.
+        self._costed = min(self._costed + 1, COST_MEMORY)
+        self.frame_cost += (elapsed / len(batch) - self.frame_cost) / self._costed
         self.metrics.observe("stage_latency", elapsed, stage=self.stage.id)
+        self.metrics.inc("batches", stage=self.stage.id)
         self._send_emitted()
         for frame in batch:
             if self.changes_frames:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,9 @@ class StageContext:
     model_paths: folders searched for models named by name, in order.
     streams:     ids of the streams that reach this stage.
     metrics:     the graph's metrics, for stage-specific counters.
+    threads:     CPU inference threads the graph's core plan gives this stage (runtime.cores);
+                 0 = the stage's `threads` parameter alone decides.
+    engine_cache: root of the engines' on-disk caches (runtime.engine_cache_dir); None = the default.
     """
 
     graph_dir: Path
@@ -47,6 +51,8 @@ class StageContext:
     model_paths: list[Path] = field(default_factory=list)
     streams: list[str] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
+    threads: int = 0
+    engine_cache: Path | None = None
 
 
 class Stage:
@@ -111,17 +117,25 @@ class Stage:
             store.close()
         self.close()
 
-    def load_model(self, max_batch: int):
+    def load_model(self, max_batch: int, batch_sizes: Iterable[int] | None = None):
         """(ModelFolder, Engine) of a network-running stage's `model`, `engine`, `device`...
         keys (schema.ModelStage): a name is looked up on the model search path, a relative
-        path is taken from the graph file's folder."""
+        path is taken from the graph file's folder. `batch_sizes` are the batch sizes the stage
+        will run (default every size 1..max_batch): all are made ready (compiled) here, before
+        the first frame, so no frame waits for a compile."""
         from streampose.engines import load_engine
         from streampose.models.folder import default_search_path, find_model
 
         p, context = self.params, self.context
         folder = find_model(p.model, context.model_paths or default_search_path(), context.graph_dir)
-        engine = load_engine(folder, engine=p.engine, device=p.device, precision=p.precision, threads=p.threads,
-                             fallback=p.fallback, max_batch=max_batch)
+        engine = load_engine(folder, engine=p.engine, device=p.device, precision=p.precision,
+                             threads=context.threads or p.threads, fallback=p.fallback, max_batch=max_batch,
+                             cache_dir=context.engine_cache)
+        try:
+            engine.prepare(range(1, max_batch + 1) if batch_sizes is None else batch_sizes)
+        except Exception:
+            engine.close()
+            raise
         return folder, engine
 
     def process(self, frames: list[Frame]) -> None:

@@ -36,7 +36,7 @@ class Playback(Protocol):
     frame_step: float
     detail: str
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]: ...
+    def __iter__(self) -> Iterator[tuple[Callable[[], np.ndarray], float]]: ...
     def close(self) -> None: ...
 
 
@@ -71,15 +71,17 @@ class Capture:
     Raises ValueError at construction for a URI no reader takes. A file or image
     source that cannot be read is that stream's failure, not the graph's: its
     stream ends at once with a failed "ended" event naming the cause, and the other
-    streams run.
+    streams run. `decoder_threads`: threads of the video decoder, 0 = FFmpeg's choice.
     """
 
-    def __init__(self, spec: schema.Source, graph_dir: Path, count: Callable[[str], None]):
+    def __init__(self, spec: schema.Source, graph_dir: Path, count: Callable[[str], None], decoder_threads: int = 0):
         """`count(name)` counts what happens to the stream: frames_captured, reconnects, decode_errors."""
         self.stream = spec.id
         self.options = spec.options
         self._count = count
+        self._decoder_threads = decoder_threads
         self._index = 0
+        self._admit: Callable[[], bool] | None = None  # see frames()
         self._reader, self._reconnects = self._make_reader(spec.uri, graph_dir)
         self.live = self._reconnects or self.options.realtime
         self._pacer = Pacer() if self.options.realtime and not self._reconnects else None
@@ -91,19 +93,25 @@ class Capture:
         scheme = urlsplit(uri).scheme.lower()
         if scheme in NETWORK_SCHEMES:
             av_options = {"rtsp_transport": options.transport} if scheme.startswith("rtsp") else {}
-            return VideoReader(uri, on_error, options=av_options, timeout=timeout), True
+            return VideoReader(uri, on_error, options=av_options, timeout=timeout,
+                               threads=self._decoder_threads), True
         if "://" in uri:
             raise ValueError(f"source {self.stream!r}: unsupported URI scheme {scheme!r} in {mask_credentials(uri)!r}; "
                              f"use a file, an image folder or glob, {', '.join(NETWORK_SCHEMES)} or {WEBCAM_PREFIX}N")
         if uri.startswith(WEBCAM_PREFIX):
-            return VideoReader(uri, on_error, av_format="v4l2", timeout=timeout), True
+            return VideoReader(uri, on_error, av_format="v4l2", timeout=timeout, threads=self._decoder_threads), True
         path = graph_dir / uri
         if is_image_pattern(uri) or path.is_dir():
             return ImageReader(path, options.fps, on_error), False
-        return VideoReader(str(path), on_error), False
+        return VideoReader(str(path), on_error, threads=self._decoder_threads), False
 
-    def frames(self, stop: threading.Event) -> Iterator[Frame | StreamEvent]:
-        """Frames and events until the source ends or `stop` is set; see the module doc."""
+    def frames(self, stop: threading.Event, admit: Callable[[], bool] | None = None) -> Iterator[Frame | StreamEvent]:
+        """Frames and events until the source ends or `stop` is set; see the module doc.
+
+        admit() is asked for each decoded frame, at its time for a paced source: a frame it
+        refuses is neither converted to BGR nor yielded (its index is skipped). None: every
+        frame is yielded."""
+        self._admit = admit
         if self._reconnects:
             yield from self._live_frames(stop)
         else:
@@ -189,7 +197,7 @@ class Capture:
         no frame came, and the error that ended the pass, None at its end or on stop."""
         span = None
         try:
-            for image, media_time in playback:
+            for picture, media_time in playback:
                 if stop.is_set():
                     break
                 media_time += offset
@@ -199,8 +207,9 @@ class Capture:
                         break
                 span = (span[0] if span else media_time, media_time)
                 self._count("frames_captured")
-                yield Frame(self.stream, self._index, image, time.time(), media_time, segment)
                 self._index += 1
+                if self._admit is None or self._admit():
+                    yield Frame(self.stream, self._index - 1, picture(), time.time(), media_time, segment)
         except STREAM_ERRORS as error:
             return span, error
         return span, None

@@ -33,8 +33,8 @@ def find_images(pattern: Path) -> list[Path]:
 
 
 class ImagePlayback:
-    """One pass over the images: yields (image, media_time), image (H, W, 3) uint8 BGR
-    and media_time = position / fps seconds. Unreadable images are skipped and
+    """One pass over the images: yields (picture, media_time), picture() the image (H, W, 3)
+    uint8 BGR and media_time = position / fps seconds. Unreadable images are skipped and
     reported to `on_decode_error`."""
 
     def __init__(self, paths: list[Path], fps: float, on_decode_error: Callable[[], None]):
@@ -43,13 +43,13 @@ class ImagePlayback:
         self.frame_step = 1.0 / fps
         self.detail = f"{len(paths)} images at {fps:g} fps"
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+    def __iter__(self) -> Iterator[tuple[Callable[[], np.ndarray], float]]:
         for position, path in enumerate(self._paths):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
                 self._on_decode_error()
                 continue
-            yield image, position * self.frame_step
+            yield (lambda image=image: image), position * self.frame_step
 
     def close(self) -> None:
         """Nothing is held open between images."""

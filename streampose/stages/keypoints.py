@@ -146,7 +146,9 @@ class KeypointStage(Stage):
     def __init__(self, stage_id: str, params: schema.Keypoints, context: StageContext):
         super().__init__(stage_id, params, context)
         crops = _power_of_two_floor(min(MAX_CROPS_PER_RUN, params.batch.max_size * params.max_persons))
-        folder, engine = self.load_model(max_batch=crops * (2 if params.flip_test else 1))
+        runs = 2 if params.flip_test else 1  # a flip test runs each crop twice, in one batch
+        folder, engine = self.load_model(max_batch=crops * runs,
+                                         batch_sizes=[(1 << i) * runs for i in range(crops.bit_length())])
         self.estimator = PoseEstimator(folder, engine, params.expand_ratio, params.use_dark, params.flip_test)
         self.log.info("%s, crops of %dx%d", engine.describe(), *self.estimator.input_size)
         self.previous = self.per_stream(_Previous)

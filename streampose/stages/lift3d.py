@@ -164,7 +164,8 @@ class _ToLift:
 class Lift3DStage(Stage):
     def __init__(self, stage_id: str, params: schema.Lift3D, context: StageContext):
         super().__init__(stage_id, params, context)
-        folder, engine = self.load_model(max_batch=MAX_PERSONS_PER_RUN)
+        folder, engine = self.load_model(max_batch=MAX_PERSONS_PER_RUN,
+                                         batch_sizes=[1 << i for i in range(MAX_PERSONS_PER_RUN.bit_length())])
         try:
             self.lifter = Lifter(folder, engine)
             self.cameras = Cameras(params.calib, context.graph_dir, params.assumed_hfov_deg, context.streams,

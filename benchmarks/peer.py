@@ -1,0 +1,197 @@
+"""streampose against PaddleDetection's sequential deploy pipeline, alternating, on the same models.
+
+    .venv/bin/python -m benchmarks.peer [--rounds 5] [--clips NAME ...]
+
+Each round runs, for every clip, the peer (shared/peers/ref_pipeline.py, PicoDet-S-192 on
+OpenVINO + TinyPose-128x96, 2 threads, DARK, every frame) and streampose's two graphs in its
+own process each, one after the other:
+
+  detect-keypoints  file -> detector -> keypoints -> jsonl
+  full              file -> detector -> keypoints -> tracker -> smoother -> lift3d -> fall
+                    -> reps -> jsonl
+
+Same models and settings as the peer: picodet_s_192_pedestrian with boxes kept from score 0.5
+(the peer's det_threshold), tinypose_128x96_ov with DARK, crops expanded by 0.3, every frame.
+streampose's engine threads come from its core plan (streampose.runtime.cores).
+
+Printed per clip: medians over the rounds of frames/s (streampose: frames over the wall time
+from start to the last frame written, models already compiled; the peer: its own
+`fps_decode_det_kpt`, decode + detect + keypoints, warm-up excluded), the ratio, streampose's
+peak memory, the load average around the runs, and the model-bound limit: the machine's cores
+divided by the engines' own compute per frame, one thread each, measured by timing the
+detector at batch 1 and the keypoint network at the batch sizes the clip's persons make,
+standalone (the time no pipeline can beat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(os.environ.get("STREAMPOSE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+VIDEOS = SHARED / "media" / "video"
+PEER = SHARED / "peers" / "ref_pipeline.py"
+CLIPS = ("squat_side_view", "office_man_walking_1280x720", "crowd_walking_overhead",
+         "mmaction2_demo_skeleton_2persons")
+DETECTOR, KEYPOINTS = "picodet_s_192_pedestrian", "tinypose_128x96_ov"
+
+_POSE = [f"{{id: detect, type: detector, model: {DETECTOR}, score_threshold: 0.5}}",
+         f"{{id: pose, type: keypoints, model: {KEYPOINTS}, expand_ratio: 0.3, use_dark: true, "
+         "batch: {max_size: 4}}"]
+GRAPHS = {
+    "detect-keypoints": [*_POSE, "{id: log, type: jsonl, path: '{stream}.jsonl'}"],
+    "full": [*_POSE, "{id: track, type: tracker}", "{id: smooth, type: smoother}", "{id: lift, type: lift3d}",
+             "{id: falls, type: plugin, plugin: fall}", "{id: reps, type: plugin, plugin: reps}",
+             "{id: log, type: jsonl, path: '{stream}.jsonl'}"],
+}
+
+
+def write_graph(folder: Path, name: str, video: Path, cache: Path | None = None) -> Path:
+    """A graph file for GRAPHS[name] reading `video`, engines cached under `cache` (None: default)."""
+    runtime = "{metrics: {bind: null, log_interval_s: 0}, in_flight: 4" + (f", engine_cache_dir: '{cache}'}}"
+                                                                          if cache else "}")
+    path = folder / f"{name}.yml"
+    path.write_text("\n".join([f"sources: [{{id: bench, uri: '{video}'}}]", "stages:",
+                               *(f"  - {stage}" for stage in GRAPHS[name]), f"runtime: {runtime}", ""]))
+    return path
+
+
+# --------------------------------------------------------------------------- one run, in its own process
+
+def run_graph(graph: Path, output: Path) -> dict:
+    """Runs `graph` to the end; frames/s over the run, peak memory."""
+    from streampose.graph.loader import load_graph
+    from streampose.models.folder import default_search_path
+    from streampose.runtime.pipeline import Pipeline
+
+    pipeline = Pipeline(load_graph(graph), model_paths=default_search_path(), output_dir=output)
+    start = time.perf_counter()
+    pipeline.start()
+    pipeline.wait()
+    elapsed = time.perf_counter() - start
+    frames = pipeline.metrics.count("frames", stage="log")
+    return {"frames": frames, "fps": frames / elapsed, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "threads": pipeline.cores.engine_threads}
+
+
+def model_bound(jsonl: Path, cores: int, repeats: int = 30) -> dict:
+    """Engine compute per frame, one thread each, for the persons each frame of `jsonl` had, and
+    the frames/s `cores` cores could reach on it alone."""
+    from streampose.engines import load_engine
+    from streampose.models.folder import default_search_path, find_model
+    from streampose.stages.keypoints import _runs
+
+    persons = [len(json.loads(line)["persons"]) for line in jsonl.read_text().splitlines()]
+
+    def median_ms(engine, batch: int) -> float:
+        feed = {t.name: np.random.default_rng(0).random((batch, *t.shape[1:]), np.float32) for t in engine.inputs}
+        engine.run(feed)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            engine.run(feed)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
+
+    search = default_search_path()
+    detector = load_engine(find_model(DETECTOR, search, Path(".")), engine="openvino", threads=1)
+    detector_input = next(t for t in detector.inputs if len(t.shape) == 4)
+    if any(d == -1 for d in detector_input.shape[1:]):
+        raise SystemExit(f"{DETECTOR}: dynamic input shape; the model-bound timing needs a fixed one")
+    det_ms = median_ms(detector, 1)
+    keypoints = load_engine(find_model(KEYPOINTS, search, Path(".")), engine="openvino", threads=1, max_batch=32)
+    sizes = [end - start for n in persons for start, end in _runs(n, 32)]
+    kpt_ms = {size: median_ms(keypoints, size) for size in set(sizes)}
+    per_frame = det_ms + sum(kpt_ms[s] for s in sizes) / len(persons)
+    return {"persons_per_frame": sum(persons) / len(persons), "engine_ms_per_frame": per_frame,
+            "limit_fps": cores * 1000 / per_frame}
+
+
+# --------------------------------------------------------------------------- the comparison
+
+def run_child(*args: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "benchmarks.peer", *args], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    if result.returncode:
+        raise SystemExit(f"benchmarks.peer {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_peer(video: Path, out: Path) -> float:
+    search = os.environ.get("STREAMPOSE_MODELS", str(SHARED / "models"))
+    models = next(Path(p) for p in search.split(os.pathsep) if (Path(p) / DETECTOR).is_dir())
+    result = subprocess.run([sys.executable, str(PEER), "--det", str(models / DETECTOR), "--det-engine", "openvino",
+                             "--kpt", str(models / KEYPOINTS), "--video", str(video), "--out", str(out), "--bench"],
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"the peer failed on {video.name}:\n{result.stderr[-3000:]}")
+    return json.loads(out.with_suffix(".bench.json").read_text())["fps_decode_det_kpt"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clips", nargs="+", default=list(CLIPS))
+    parser.add_argument("--run-graph", nargs=2, metavar=("GRAPH", "OUTPUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--model-bound", nargs=2, metavar=("JSONL", "CORES"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_graph:
+        print(json.dumps(run_graph(Path(args.run_graph[0]), Path(args.run_graph[1]))))
+        return
+    if args.model_bound:
+        print(json.dumps(model_bound(Path(args.model_bound[0]), int(args.model_bound[1]))))
+        return
+
+    from streampose.runtime.cores import available_cores
+    cores = available_cores()
+    print(f"machine: {platform.machine()}, {cores} cores, {platform.processor() or platform.platform()}; "
+          f"{args.rounds} rounds, alternating")
+    runs: dict[tuple[str, str], list[float]] = {}
+    peaks: dict[str, list[float]] = {}
+    loads: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for round_ in range(args.rounds):
+            for clip in args.clips:
+                video = VIDEOS / f"{clip}.mp4"
+                loads.append(os.getloadavg()[0])
+                runs.setdefault((clip, "peer"), []).append(run_peer(video, tmp / f"peer_{clip}.jsonl"))
+                for name in GRAPHS:
+                    out = tmp / f"{name}_{clip}"
+                    result = run_child("--run-graph", str(write_graph(tmp, f"{name}_{clip}", video)), str(out))
+                    runs.setdefault((clip, name), []).append(result["fps"])
+                    if name == "detect-keypoints":
+                        peaks.setdefault(clip, []).append(result["peak_mb"])
+                print(f"round {round_ + 1}: " + ", ".join(f"{clip} {runs[clip, 'detect-keypoints'][-1]:.1f}/"
+                                                          f"{runs[clip, 'peer'][-1]:.1f}" for clip in args.clips),
+                      flush=True)
+        # The jsonl sink renames a finished file with its end time: bench.<date>_<time>.jsonl.
+        bounds = {clip: run_child("--model-bound", str(next((tmp / f"detect-keypoints_{clip}").glob("bench*.jsonl"))),
+                                  str(cores))
+                  for clip in args.clips}
+    print(f"\nload average (1 min) at the runs' starts: {min(loads):.1f}-{max(loads):.1f}, "
+          f"median {statistics.median(loads):.1f}; engine threads {result['threads']}\n")
+    print("| clip (persons/frame) | streampose, detect -> keypoints -> jsonl | peer | ratio | streampose full chain "
+          "| model-bound limit, " f"{cores} cores (engine ms/frame) | share of limit | peak MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for clip in args.clips:
+        ours, peer, full = (statistics.median(runs[clip, k]) for k in ("detect-keypoints", "peer", "full"))
+        bound = bounds[clip]
+        print(f"| {clip} ({bound['persons_per_frame']:.2f}) | {ours:.1f} | {peer:.1f} | {ours / peer:.2f} | "
+              f"{full:.1f} | {bound['limit_fps']:.0f} ({bound['engine_ms_per_frame']:.2f}) | "
+              f"{ours / bound['limit_fps']:.0%} | {statistics.median(peaks[clip]):.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Engines sized to the machine: the core plan, every batch size compiled before the first
+frame, and the compiled-model cache."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from conftest import VIDEOS
+
+from streampose.graph.loader import load_graph
+from streampose.runtime.cores import plan_cores
+from streampose.runtime.pipeline import Pipeline
+
+TWO_PERSONS = VIDEOS / "mmaction2_demo_skeleton_2persons.mp4"
+
+
+def graph_file(tmp_path: Path, stages: str, runtime: str = "{metrics: {bind: null}}") -> Path:
+    path = tmp_path / "graph.yml"
+    path.write_text(f"sources: [{{id: cam, uri: '{TWO_PERSONS}'}}]\nstages:\n"
+                    f"{textwrap.indent(textwrap.dedent(stages).strip(), '  ')}\nruntime: {runtime}\n")
+    return path
+
+
+def test_cores_are_divided_among_the_network_stages(tmp_path):
+    graph = load_graph(graph_file(tmp_path, """
+        - {id: detect, type: detector, model: picodet_s_192_pedestrian}
+        - {id: pose, type: keypoints, model: tinypose_128x96_ov, threads: 3}
+        - {id: lift, type: lift3d}
+        - {id: gpu_pose, type: keypoints, model: tinypose_128x96_ov, device: gpu}
+        - {id: log, type: jsonl}
+        """)).spec
+    plan = plan_cores(graph, cores=8)
+    # Three CPU network stages share 8 cores: 2 each; an explicit `threads` wins; the GPU stage
+    # and the sink get none.
+    assert plan.engine_threads == {"detect": 2, "pose": 3, "lift": 2}
+    assert plan.decoder_threads == 1
+    assert plan_cores(graph, cores=2).engine_threads == {"detect": 1, "pose": 3, "lift": 1}
+    assert plan_cores(graph, cores=64).engine_threads == {"detect": 21, "pose": 3, "lift": 21}
+
+
+def test_every_batch_size_is_compiled_before_the_first_frame(tmp_path):
+    cache = tmp_path / "engine_cache"
+    path = graph_file(tmp_path, """
+        - {id: detect, type: detector, model: picodet_s_192_lcnet_pedestrian_ov, batch: {max_size: 3}}
+        - {id: pose, type: keypoints, model: tinypose_128x96_ov, max_persons: 4, batch: {max_size: 2}}
+        - {id: log, type: jsonl}
+        """, runtime=f"{{metrics: {{bind: null}}, in_flight: 6, engine_cache_dir: '{cache}'}}")
+    pipeline = Pipeline(load_graph(path), output_dir=tmp_path / "out")
+    detector = pipeline.runners["detect"].stage.detector.engine
+    pose = pipeline.runners["pose"].stage.estimator.engine
+    # The detector runs any batch 1..max_size; the keypoint stage power-of-two runs of at most
+    # max_size x max_persons = 8 crops.
+    assert detector.compiled_batches == [1, 2, 3]
+    assert pose.compiled_batches == [1, 2, 4, 8]
+    pipeline.start()
+    assert pipeline.wait(120)
+    assert pipeline.metrics.count("frames", stage="log") == 72
+    # Nothing was compiled mid-run, and the compiled networks went to the configured cache.
+    assert detector.compiled_batches == [1, 2, 3]
+    assert pose.compiled_batches == [1, 2, 4, 8]
+    assert any((cache / "ov_cache").iterdir())
