@@ -23,7 +23,6 @@ import cv2
 
 from streampose.graph import schema
 from streampose.graph.loader import load_graph
-from streampose.runtime.metrics import Metrics
 from streampose.runtime.pipeline import Pipeline
 from streampose.sources.capture import Capture
 
@@ -48,7 +47,7 @@ def make_640x480_video(path: Path, frames: int) -> None:
 
 
 def decode_fps(video: Path) -> float:
-    capture = Capture(schema.Source(id="bench", uri=str(video)), Path("."), Metrics())
+    capture = Capture(schema.Source(id="bench", uri=str(video)), Path("."), lambda name: None)
     start = time.perf_counter()
     count = sum(1 for item in capture.frames(threading.Event()) if not hasattr(item, "kind"))
     return count / (time.perf_counter() - start)

@@ -16,7 +16,6 @@ from streampose.graph import schema
 from streampose.graph.loader import load_graph
 from streampose.runtime import health
 from streampose.runtime.admission import WINDOW, Thinning
-from streampose.runtime.metrics import Metrics
 from streampose.runtime.pipeline import Pipeline
 from streampose.sources.capture import Capture
 
@@ -51,7 +50,7 @@ class CountingReader:
 
 def test_a_refused_frame_is_not_converted():
     spec = schema.Source(id="cam", uri=str(JACKS), options={"realtime": True})
-    capture = Capture(spec, Path("."), Metrics(), decoder_threads=1)
+    capture = Capture(spec, Path("."), lambda name: None, decoder_threads=1)
     counting = capture._reader = CountingReader(capture._reader)
     asked = []
 
