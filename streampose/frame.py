@@ -126,6 +126,8 @@ class Frame:
     detected:     False when the detector skipped this frame (`every_n_frames`) and carried
                   its stream's last boxes over; the keypoints stage refits them to the
                   previous frame's keypoints.
+    zones:        the stream's zones (`streampose.geometry.zones.Zone`, from its source in
+                  the graph), shared by all its frames; read by plugins and drawn by sinks.
     """
 
     stream: str
@@ -140,6 +142,7 @@ class Frame:
     timings: dict[str, float] = field(default_factory=dict)
     failed_stages: list[str] = field(default_factory=list)
     detected: bool = True
+    zones: tuple = ()
 
     @property
     def height(self) -> int:

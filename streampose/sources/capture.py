@@ -77,6 +77,7 @@ class Capture:
 
     def __init__(self, spec: schema.Source, graph_dir: Path, metrics: Metrics):
         self.stream = spec.id
+        self.zones = tuple(zone.to_zone() for zone in spec.zones)
         self.options = spec.options
         self._metrics = metrics
         self._index = 0
@@ -199,7 +200,7 @@ class Capture:
                         break
                 span = (span[0] if span else media_time, media_time)
                 self._metrics.inc("frames_captured", stream=self.stream)
-                yield Frame(self.stream, self._index, image, time.time(), media_time, segment)
+                yield Frame(self.stream, self._index, image, time.time(), media_time, segment, zones=self.zones)
                 self._index += 1
         except STREAM_ERRORS as error:
             return span, error
