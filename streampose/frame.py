@@ -129,6 +129,8 @@ class Frame:
     detected:     False when the detector skipped this frame (`every_n_frames`) and carried
                   its stream's last boxes over; the keypoints stage refits them to the
                   previous frame's keypoints.
+    zones:        the stream's zones (`streampose.geometry.zones.Zone`, from its source in
+                  the graph), shared by all its frames; read by plugins and drawn by sinks.
     """
 
     stream: str
@@ -144,6 +146,7 @@ class Frame:
     failed_stages: list[str] = field(default_factory=list)
     encoded: dict[str, bytes] = field(default_factory=dict)
     detected: bool = True
+    zones: tuple = ()
 
     @property
     def height(self) -> int:

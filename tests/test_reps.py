@@ -431,7 +431,7 @@ def test_a_jump_with_the_arms_up_is_no_jumping_jack(tmp_path):
 # ----------------------------------------------------------------------------- the full graph
 
 LABELS = yaml.safe_load((MEDIA / "labels.yml").read_text()) if (MEDIA / "labels.yml").is_file() else {}
-# The short ones of the labelled counting clips (each costs 10-30 s here); scripts/evaluate_reps.py
+# The short ones of the labelled counting clips (each costs 10-30 s here); `streampose evaluate reps`
 # runs all of them, and every other labelled clip, the same way.
 EXERCISE_CLIPS = ["squat_side_view", "pushups_tutorial_pushup2", "jumping_jacks_Ibbu_1", "reps_squats_side_studio",
                   "reps_jumping_jacks_front_studio", "reps_pushups_side_home_floorcam", "reps_lunges_side_studio"]

@@ -30,7 +30,6 @@ import argparse
 import itertools
 import json
 import math
-import re
 import tempfile
 import time
 from collections import defaultdict
@@ -40,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from streampose.evaluate import pose_cache
+from streampose.evaluate import clip_zones, pose_cache
+from streampose.evaluate.sources import clip_sources
 from streampose.frame import Frame
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
@@ -162,10 +162,14 @@ class _Collector(Pipeline):
         super()._on_leaf(frame)
 
 
-def run_full(clips: list[Path], models: list[Path], params: dict, lift: bool = False) -> dict[str, ClipRun]:
+def run_full(clips: list[Path], models: list[Path], params: dict, lift: bool = False,
+             zones: dict[str, tuple] | None = None) -> dict[str, ClipRun]:
+    """The full graph over `clips`, each source with its zones (clip file name -> zones)."""
+    zones = zones or {}
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "falls.yml"
-        sources = json.dumps([{"id": pose_cache.stream_id(c), "uri": str(c)} for c in clips])
+        sources = json.dumps([{"id": pose_cache.stream_id(c), "uri": str(c), "zones": clip_zones.as_graph(zones.get(c.name, ()))}
+                              for c in clips])
         path.write_text(FULL_GRAPH.format(sources=sources, detector=DETECTOR, keypoints=KEYPOINTS,
                                           after=after_pose(params, lift)))
         pipeline = _Collector(load_graph(path), model_paths=default_search_path(models), output_dir=Path(scratch))
@@ -330,16 +334,6 @@ def plot_timeline(path: Path, result: dict, run: ClipRun) -> None:
 
 # ------------------------------------------------------------------ cross-validation
 
-def clip_sources(sources_md: Path, names: list[str]) -> dict[str, str]:
-    """Clip -> the repository it came from (SOURCES.md's table; clips not in it: "original")."""
-    repos = {}
-    for line in sources_md.read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) > 2 and re.search(r"\.(mp4|avi|mkv|mov)$", cells[0]):
-            repos[cells[0]] = cells[1]
-    return {n: repos.get(n, "original") for n in names}
-
-
 def _fold_score(t: dict) -> tuple:
     """How a grid point ranks on training clips: fewest false alarms and violated
     other_down_events first (an alarm nobody should act on costs trust), then most falls
@@ -401,6 +395,9 @@ def add_parser(commands) -> None:
                    help="folder for falls.md, falls.json and the timelines/ PNGs")
     p.add_argument("--no-plots", action="store_true", help="skip the timeline PNGs")
     p.add_argument("--lift", action="store_true", help="the shipped 3D lifter before the plugin, with use_3d: true")
+    p.add_argument("--zones", type=Path, default=clip_zones.ZONES_FILE,
+                   help="zones per clip (clip file name -> a graph source's zones; default: the packaged zones.yml)")
+    p.add_argument("--no-zones", action="store_true", help="no zones for any clip")
     p.add_argument("--fps", type=float, help="re-encode the clips at this frame rate first (the first frame of "
                    "every 1/F s, same timestamps), as a slower camera would send them")
     p.set_defaults(func=command)
@@ -432,10 +429,17 @@ def command(args) -> int:
     base = _parse_params(args.param) | ({"use_3d": True} if args.lift else {})
     models = args.models or [Path(__import__("os").environ.get("STREAMPOSE_MODELS", "models"))]
 
+    try:
+        zones = {} if args.no_zones else clip_zones.load(args.zones)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     tracked = None if args.no_cache else track_cached(clips, args.cache, models, args.lift)
+    for n in names:   # every frame carries its stream's zones, as a graph's source gives them (run_full)
+        for frame in (tracked or {}).get(Path(n).stem, []):
+            frame.zones = zones.get(n, ())
 
     def evaluate_point(params: dict) -> tuple[list[dict], dict[str, ClipRun]]:
-        runs = run_full(clips, models, params, args.lift) if tracked is None else run_plugin(tracked, models, params)
+        runs = run_full(clips, models, params, args.lift, zones) if tracked is None else run_plugin(tracked, models, params)
         for n in names:
             shift_times(runs[Path(n).stem], offsets[n])
         lie = down_alarm_s(params)

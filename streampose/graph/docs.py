@@ -14,6 +14,8 @@ from streampose.graph import schema
 def _type_name(annotation) -> str:
     if get_origin(annotation) is Literal:
         return "one of " + ", ".join(f"`{a}`" for a in get_args(annotation))
+    if "Annotated[float" in str(annotation):   # polygon corners: lists of [x, y], each 0..1
+        return "list of [x, y], each float (>= 0, <= 1)"
     text = getattr(annotation, "__name__", None) if get_origin(annotation) is None else None
     text = text or str(annotation)
     return text.replace("typing.", "").replace("NoneType", "null").replace(" | ", " or ")
@@ -27,6 +29,11 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows.append(f"| `{key}` | mapping | | {field.description or ''} |")
             rows.extend(_rows(annotation, key + "."))
+            continue
+        (item,) = get_args(annotation) if get_origin(annotation) is list else (None,)
+        if isinstance(item, type) and issubclass(item, BaseModel):   # a list of mappings: zones
+            rows.append(f"| `{key}` | list of mappings, each: | `[]` | {field.description or ''} |")
+            rows.extend(_rows(item, key + "[]."))
             continue
         if field.default is not PydanticUndefined:
             default = f"`{field.default!r}`"

@@ -16,7 +16,10 @@ import re
 import string
 from typing import Annotated, ClassVar, Literal, Union, get_args
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from streampose.geometry import zones as zone_geometry
 
 # Ids name topics, files and folders: letters, digits, _ . - (not first: '.', '..' and '-x' are
 # paths and options), and short enough for any file name.
@@ -83,6 +86,38 @@ class SourceOptions(Strict):
     reconnect: Reconnect = Field(default_factory=Reconnect, description="Reopening of live sources.")
 
 
+Unit = Annotated[float, Field(ge=0, le=1)]
+
+
+class Zone(Strict):
+    """A region of the stream's image where people are treated differently (docs/falls.md, Zones):
+    `rest` where lying is normal (a bed, a sofa, an exercise mat: no fall or long-lie alarm),
+    `ignore` where nobody is a person to watch (a television, a poster: dropped), `floor` where
+    lying is never normal (listed first, it carves a part out of a later rest zone). A person is in
+    the first zone listed that contains their body point (the middle of the seen shoulders and hips,
+    else of the box)."""
+
+    name: str = Field(description=f"Zone name, unique in the stream, carried in events: {ID_RULE}.")
+    kind: Literal["rest", "ignore", "floor"] = Field(description="What the zone is: rest, ignore or floor.")
+    polygon: list[Annotated[list[Unit], Field(min_length=2, max_length=2)]] = Field(
+        min_length=3, max_length=64, description="Corners [x, y] in order round the polygon, normalised: x from 0 "
+        "(left edge) to 1 (right edge), y from 0 (top) to 1 (bottom), so it fits the stream at any resolution; "
+        "3 to 64 corners, edges not crossing.")
+
+    _name = field_validator("name")(_safe_id)
+
+    @field_validator("polygon")
+    @classmethod
+    def _simple(cls, corners: list[list[float]]) -> list[list[float]]:
+        problem = zone_geometry.polygon_problem(np.array(corners, np.float64))
+        if problem:
+            raise ValueError(f"polygon {corners}: {problem}")
+        return corners
+
+    def to_zone(self) -> zone_geometry.Zone:
+        return zone_geometry.Zone(self.name, self.kind, np.array(self.polygon, np.float64))
+
+
 class Source(Strict):
     """A video input. `uri` is a file path, an image folder or glob, rtsp://, rtsps://,
     rtmp://, http(s):// or a webcam device such as /dev/video0."""
@@ -90,8 +125,20 @@ class Source(Strict):
     id: str = Field(description=f"Stream id, used in topics and file names: {ID_RULE}.")
     uri: str = Field(min_length=1, description="Where frames come from; relative paths resolve against the graph file.")
     options: SourceOptions = Field(default_factory=SourceOptions, description="Source options.")
+    zones: list[Zone] = Field(default_factory=list, max_length=32, description="Regions of this stream's image "
+                              "with a meaning for the fall plugin (rest, ignore, floor), in order of precedence; "
+                              "drawn on recordings.")
 
     _id = field_validator("id")(_safe_id)
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_names(cls, value: list[Zone]) -> list[Zone]:
+        names = [z.name for z in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"zone names must be unique in a stream; repeated: {', '.join(repeated)}")
+        return value
 
 
 # --------------------------------------------------------------------------- runtime

@@ -49,6 +49,10 @@ that the person stays down or not down as last seen, since only a measured postu
 show a recovery. Time is summed between observations at most `max_gap_s` apart, so missed
 detections and timestamp gaps neither fake nor lose lying time.
 
+Zones (a graph source's `zones`, on every frame: `streampose.geometry.zones`): a person whose
+body point is in a `rest` zone (a bed, a mat) starts no fall and raises no alarm, one in an
+`ignore` zone is dropped, and events carry the zone a person is in.
+
 Tracks break in falls: the box changes shape fast, and at a low frame rate the tracker may
 lose the person and start a new id for the body on the floor. A new track whose box overlaps
 the last box of a track of the same stream that was not seen for at most `handover_s`
@@ -67,7 +71,9 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from streampose.frame import KEYPOINT_INDEX, Event, Frame
+from streampose.geometry.zones import Zone
 from streampose.plugins.base import Plugin, PluginParams, make_event
+from streampose.plugins.zones import person_zone
 
 HEAD = [KEYPOINT_INDEX[n] for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
 SHOULDERS = [KEYPOINT_INDEX["left_shoulder"], KEYPOINT_INDEX["right_shoulder"]]
@@ -286,6 +292,12 @@ class FallTrack:
     long_lie_raised: bool = False  # person_down raised for the current time down
     fall_descent: float = 0.0      # descent evidence when the current fall started
     features: dict = field(default_factory=dict)   # the latest frame's, for events
+    zone: Zone | None = None       # the stream's zone the body point is in (streampose.geometry.zones)
+
+    @property
+    def resting(self) -> bool:
+        """In a rest zone (a bed, a sofa, a mat): lying there is no fall."""
+        return self.zone is not None and self.zone.kind == "rest"
 
 
 class FallDetector(Plugin):
@@ -370,6 +382,9 @@ class FallDetector(Plugin):
         if persons.keypoints is None:
             raise ValueError("fall needs keypoints: put a keypoints stage before this plugin")
         p, now, box = self.params, frame.media_time, persons.boxes[i].astype(np.float64)
+        zone = person_zone(frame, i, p.min_confidence)
+        if zone is not None and zone.kind == "ignore":
+            return []   # nobody to watch there (a television, a poster)
 
         obs = observe(persons.keypoints[i], box, frame.width, frame.height, p.min_confidence, p.edge_margin)
         body3d = (observe_3d(persons.kpts3d[i], p.min_confidence)
@@ -408,6 +423,7 @@ class FallDetector(Plugin):
         gap = None if state.last_seen is None else now - state.last_seen
         state.first_seen = now if state.first_seen is None else state.first_seen
         state.stream, state.last_seen, state.last_capture, state.last_box = frame.stream, now, frame.capture_time, box
+        state.zone = zone
         state.window.append(sample)
         state.features = {"posture": posture, "descent": descent, "drop": drop, "speed": speed, "floor_drop": floor_drop,
                           "body_height_px": body_height,
@@ -417,6 +433,8 @@ class FallDetector(Plugin):
         evidence = state.fall_descent if state.state in ("falling", "fallen") else descent
         persons.annotations[i]["fall_score"] = round(min(evidence, posture), 3) if np.isfinite(posture) else 0.0
         persons.annotations[i]["fall_state"] = state.state
+        if zone is not None:
+            persons.annotations[i]["zone"] = zone.name
         return events
 
     # ------------------------------------------------------------------ measuring
@@ -564,7 +582,7 @@ class FallDetector(Plugin):
         state.standing_s = state.standing_s + span if standing else 0.0
         events = []
         if (state.down and state.reference is not None and not state.long_lie_raised and p.down_alarm_s > 0
-                and state.lying_s >= p.down_alarm_s):
+                and state.lying_s >= p.down_alarm_s and not state.resting):
             state.long_lie_raised = True
             events.append(self._event(frame, i, "person_down", state.posture, state, lying_s=round(state.lying_s, 3)))
         return events + self._transition(frame, i, state, posture, descent)
@@ -574,14 +592,16 @@ class FallDetector(Plugin):
         p, now, known = self.params, frame.media_time, np.isfinite(posture)
         if state.state in ("upright", "down", "recovered"):
             score = min(descent, posture) if known else 0.0
-            if score >= 0.5 and now - state.first_seen >= p.min_track_age_s:
+            if score >= 0.5 and now - state.first_seen >= p.min_track_age_s and not state.resting:
                 state.state, state.down, state.down_s, state.up_s = "falling", True, 0.0, 0.0
                 state.fall_descent = descent
                 return [self._event(frame, i, "fall_started", score, state)]
             if state.state != "recovered" or state.down:
                 state.state = "down" if state.down else "upright"
         elif state.state == "falling":
-            if state.down_s >= p.confirm_s:
+            if state.down_s >= p.confirm_s and state.resting:
+                state.state = "down"   # landed in a rest zone: on a bed or a mat, lying is no fall
+            elif state.down_s >= p.confirm_s:
                 state.state = "fallen"
                 return [self._event(frame, i, "fall_confirmed", state.posture, state)]
             if state.up_s >= p.recover_s:
@@ -592,7 +612,9 @@ class FallDetector(Plugin):
         return []
 
     def _event(self, frame: Frame, i: int, kind: str, score: float, state: FallTrack, **data) -> Event:
-        return make_event(frame, i, kind, score, down_s=round(state.down_s, 3), **data, **_rounded(state.features))
+        zone = {} if state.zone is None else {"zone": state.zone.name, "zone_kind": state.zone.kind}
+        return make_event(frame, i, kind, score, down_s=round(state.down_s, 3), **zone, **data,
+                          **_rounded(state.features))
 
     # ------------------------------------------------------------------ track life
 
@@ -610,7 +632,7 @@ class FallDetector(Plugin):
         return best
 
     def end_track(self, frame: Frame | None, track_id: int, state: FallTrack) -> list[Event]:
-        if not (self.params.confirm_when_lost and state.state == "falling" and state.down):
+        if state.resting or not (self.params.confirm_when_lost and state.state == "falling" and state.down):
             return []
         data = {"lost_while_down": True, "last_seen": round(state.last_seen, 3),
                 "down_s": round(state.down_s, 3), **_rounded(state.features)}

@@ -9,6 +9,9 @@ What a viewer sees, and why:
   transparent the lower its detection score, so a 0.3 detection does not look like a 0.97 one.
 - Box and label share a colour per track id (`track_colour`), the same in every frame; people
   without a track are white. Red is kept for alarms (`ALARM_COLOUR`): no track is red.
+- Zones (`streampose.geometry.zones`) lie under everything: a thin fill and an outline in their
+  kind's colour (`ZONE_COLOURS`), their name and kind at their top corner, so a viewer sees
+  where lying is normal (rest), who is not watched (ignore) and where lying never is (floor).
 - Labels are words (`describe`, one mapping from plugin annotations to text) on a filled
   background, kept inside the frame and off each other, the banners, the fps line and the 3D
   inset by a greedy placement (`place_labels`).
@@ -48,6 +51,10 @@ UNTRACKED_COLOUR = (255, 255, 255)
 ALARM_COLOUR = (0, 0, 220)        # fallen, and the fall_confirmed banner
 WARNING_COLOUR = (0, 140, 255)    # falling: maybe a fall, not confirmed yet
 EVENT_BACKGROUND = (70, 50, 30)
+# Zones by kind: green where lying is normal, grey where nobody is watched, blue for the floor;
+# never red or orange, which mean alarms. Their fill is ZONE_FILL opaque, so people stay clear.
+ZONE_COLOURS = {"rest": (90, 190, 60), "ignore": (150, 150, 150), "floor": (200, 120, 40)}
+ZONE_FILL = 0.18
 OVERLAY_BACKGROUND = (40, 40, 40)
 # Track hues step by the golden ratio round the wheel, so consecutive ids (usually in one scene
 # together) get far-apart hues; the red band is left out for alarms.
@@ -89,8 +96,8 @@ def draw_frame(frame: Frame, overlay: dict[str, object] | None = None,
     image = frame.image.copy()
     style = TextStyle.for_image(image)
     persons = frame.persons
+    taken = _draw_zones(image, frame.zones, style)  # (x1, y1, x2, y2) of what labels must not cover
     _draw_people(image, persons, style)
-    taken = []  # (x1, y1, x2, y2) of what labels must not cover
     if persons.kpts3d is not None and len(persons):
         inset = draw_inset(image, persons.kpts3d, [track_colour(int(t)) for t in persons.track_ids])
         if inset is not None:
@@ -188,6 +195,34 @@ def event_label(event: Event) -> Label:
         words, colour = _EVENT_WORDS.get(event.kind, (event.kind.replace("_", " "), EVENT_BACKGROUND))
     who = f"#{event.track_id} " if event.track_id != UNTRACKED else ""
     return Label(who + words, colour)
+
+
+# ---------------------------------------------------------------------------------- zones
+
+def _draw_zones(image: np.ndarray, zones, style: TextStyle) -> list[tuple[int, int, int, int]]:
+    """Each zone's polygon (normalised corners scaled to the image), filled thinly and outlined in
+    its kind's colour, with a `name (kind)` label at its top corner; the labels' rectangles. The
+    fill is blended over the zones' bounding rectangle only, not the whole frame."""
+    if not zones:
+        return []
+    height, width = image.shape[:2]
+    polygons = [np.round(z.polygon * [width - 1, height - 1]).astype(np.int32) for z in zones]
+    corners = np.vstack(polygons)
+    x1, y1 = np.clip(corners.min(0), 0, [width - 1, height - 1])
+    x2, y2 = np.clip(corners.max(0) + 1, 1, [width, height])
+    region = image[y1:y2, x1:x2]
+    layer = region.copy()
+    for zone, polygon in zip(zones, polygons):
+        cv2.fillPoly(layer, [polygon - [x1, y1]], ZONE_COLOURS[zone.kind], cv2.LINE_AA)
+    region[:] = cv2.addWeighted(layer, ZONE_FILL, region, 1 - ZONE_FILL, 0)
+    line = max(1, round(1.5 * style.image_scale))
+    rects = []
+    for zone, polygon in zip(zones, polygons):
+        cv2.polylines(image, [polygon], True, ZONE_COLOURS[zone.kind], line, cv2.LINE_AA)
+        top = polygon[np.lexsort((polygon[:, 0], polygon[:, 1]))[0]]
+        rects.append(_draw_label(image, Label(f"{zone.name} ({zone.kind})", ZONE_COLOURS[zone.kind]),
+                                 (int(top[0]), int(top[1])), style, above=False))
+    return rects
 
 
 # ---------------------------------------------------------------------------------- skeletons

@@ -77,6 +77,7 @@ class Capture:
     def __init__(self, spec: schema.Source, graph_dir: Path, count: Callable[[str], None], decoder_threads: int = 0):
         """`count(name)` counts what happens to the stream: frames_captured, reconnects, decode_errors."""
         self.stream = spec.id
+        self.zones = tuple(zone.to_zone() for zone in spec.zones)
         self.options = spec.options
         self._count = count
         self._decoder_threads = decoder_threads
@@ -209,7 +210,8 @@ class Capture:
                 self._count("frames_captured")
                 self._index += 1
                 if self._admit is None or self._admit():
-                    yield Frame(self.stream, self._index - 1, picture(), time.time(), media_time, segment)
+                    yield Frame(self.stream, self._index - 1, picture(), time.time(), media_time, segment,
+                                zones=self.zones)
         except STREAM_ERRORS as error:
             return span, error
         return span, None
