@@ -401,6 +401,10 @@ class FallDetector(Plugin):
                         obs.floor_y,
                         np.full((2, 3), np.nan) if body3d is None else np.stack([body3d.shoulders, body3d.hips]))
         sample.descent, drop, speed, floor_drop = self._descent(state, sample, body_height, body3d)
+        # The end of a deep, fast drop is no upright reference, whatever its few cues say (sitting
+        # hard on the floor after a backward fall, legs cut by the frame edge, reads upright):
+        # the drop is measured from before it.
+        upright = sample.upright = upright and sample.descent < 0.5
         # The drop and the lying posture need not peak in the same frame (the body lands, then
         # settles; a blurred landing is not measured): the drop counts for the whole window.
         descent = max([sample.descent] + [s.descent for s in state.window])
