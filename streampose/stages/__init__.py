@@ -8,8 +8,11 @@ this module stays cheap.
 from streampose.plugins.stage import PluginStage
 from streampose.sinks.clips import ClipStage
 from streampose.sinks.jsonl import JsonlStage
+from streampose.sinks.live import LiveStage
+from streampose.sinks.mqtt import MqttStage
 from streampose.sinks.publisher import PublisherStage
 from streampose.sinks.recorder import RecorderStage
+from streampose.sinks.webhook import WebhookStage
 from streampose.stages.detector import DetectorStage
 from streampose.stages.jde import JdeStage
 from streampose.stages.keypoints import KeypointStage
@@ -31,4 +34,7 @@ STAGE_CLASSES = {
     "smoother": SmootherStage,
     "jde": JdeStage,
     "plugin": PluginStage,
+    "mqtt": MqttStage,
+    "webhook": WebhookStage,
+    "live": LiveStage,
 }
