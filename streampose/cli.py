@@ -37,9 +37,18 @@ def _model_paths(args) -> list[Path]:
 # --------------------------------------------------------------------------- run
 
 def run(args) -> int:
+    from streampose import shard
     from streampose.graph.check import check_graph
     from streampose.runtime.monitor import BindError, MonitorServer, PeriodicLog
+    from streampose.web.app import LiveView
 
+    try:
+        if args.shard:
+            os.environ[shard.ENV] = args.shard  # the mqtt stage names its node after it
+        mine = shard.from_environment()
+    except ValueError as error:
+        print(f"--shard / ${shard.ENV}: {error}", file=sys.stderr)
+        return 2
     try:
         graph = load_graph(args.graph, args.overrides, import_plugins=True)
         # Fail before any model loads; binds report below, and a missing file is its stream's failure.
@@ -49,10 +58,27 @@ def run(args) -> int:
         return 2
     runtime = graph.spec.runtime
     logging.basicConfig(level=runtime.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if mine is not None:
+        every = [source.id for source in graph.spec.sources]
+        graph = shard.select(graph, mine)
+        log.info("shard %s runs %d of %d sources: %s", mine, len(graph.spec.sources), len(every),
+                 ", ".join(source.id for source in graph.spec.sources) or "none")
+        if not graph.spec.sources:
+            print(f"{args.graph}: shard {mine} owns none of the {len(every)} sources; run fewer shards",
+                  file=sys.stderr)
+            return 0
+    metrics = runtime.metrics
+    if metrics.bind and metrics.token is None and not _loopback(metrics.bind.rpartition(":")[0]):
+        print(f"{args.graph}: runtime.metrics.bind {metrics.bind} is reachable from other machines, and the "
+              f"live view shows the cameras: set runtime.metrics.token (e.g. ${{STREAMPOSE_WEB_TOKEN}}, 16 "
+              f"characters or more) or bind 127.0.0.1", file=sys.stderr)
+        return 2
     # The endpoints answer `starting` while the pipeline's imports (1.6 s) and models (6-8 s)
     # load, and a taken port is reported before that wait rather than after it.
     try:
-        monitor = MonitorServer(runtime.metrics.bind) if runtime.metrics.bind else None
+        monitor = None
+        if metrics.bind:
+            monitor = MonitorServer(metrics.bind, LiveView(lambda: monitor.pipeline, metrics.token).routes())
     except BindError as error:
         print(f"{args.graph}: {error}", file=sys.stderr)
         return 2
@@ -90,6 +116,16 @@ def run(args) -> int:
         monitor.close()
     _print_summary(pipeline, started)
     return 0 if finished else 1
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _rate(processed: int, state) -> float:
@@ -215,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("run", help="run a graph until its sources end or SIGINT/SIGTERM")
     _add_graph_arguments(p)
     p.add_argument("-o", "--output", type=Path, help="output folder (default: the graph's runtime.output_dir)")
+    p.add_argument("--shard", metavar="I/N", help="run only the sources rendezvous hashing gives to shard I of N "
+                   "(0-based; I may be a StatefulSet pod name such as streampose-2); default: $STREAMPOSE_SHARD, "
+                   "else every source")
     p.set_defaults(func=run)
 
     p = commands.add_parser("validate", help="check a graph, its models, files and addresses without opening "

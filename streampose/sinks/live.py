@@ -40,10 +40,11 @@ class FeedItem:
     id: int
     message: dict  # the event message, as published (docs/messages.md)
     snapshot: bytes
+    raised_at: float  # time.time() when the live stage got it, seconds
     acknowledged: bool = False
 
     def summary(self) -> dict:
-        return {"id": self.id, "acknowledged": self.acknowledged, **self.message}
+        return {"id": self.id, "acknowledged": self.acknowledged, "raised_at": self.raised_at, **self.message}
 
 
 @dataclass
@@ -136,7 +137,7 @@ class LiveStage(Stage):
             return
         snapshot = self._encode(frame)
         for event in chosen:
-            item = FeedItem(next(self._ids), messages.event_message(event, frame.index), snapshot)
+            item = FeedItem(next(self._ids), messages.event_message(event, frame.index), snapshot, time.time())
             with self._lock:
                 self.feed.append(item)
             self._tell("event", item)
