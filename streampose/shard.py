@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from streampose.graph.loader import LoadedGraph
 
 ENV = "STREAMPOSE_SHARD"
-_SHARD = re.compile(r"(?:.*?-)?(\d+)/(\d+)")
+_SHARD = re.compile(r"(?:.+-)?(\d+)/(\d+)")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -37,6 +38,7 @@ from streampose.graph import schema
 from streampose.runtime.stage import Stage, StageContext
 
 ACK_EVENTS = ("fall_recovered", "alarm_acknowledged")  # events that turn the fall sensor OFF
+EARLY_ACKS = 64  # PUBACKs kept until their publish call has registered the message
 
 
 class MqttStage(Stage):
@@ -53,7 +55,8 @@ class MqttStage(Stage):
         self._alarms = frozenset(p.alarm_events)
         self._pose_every = 1.0 / p.pose_rate_hz if p.pose_rate_hz else None
         self._last_pose: dict[str, float] = {}  # stream -> media time of its last published pose
-        self._pending: dict[int, tuple[str, float]] = {}  # mid -> (kind, capture time) awaiting PUBACK
+        self._pending: dict[int, float] = {}  # mid -> capture time of an event awaiting its PUBACK
+        self._acked_early: OrderedDict[int, float] = OrderedDict()  # mid -> time.time() of a PUBACK not matched yet
         self._lock = threading.Lock()
         self._connected = threading.Event()
 
@@ -158,10 +161,15 @@ class MqttStage(Stage):
         self._connected.clear()
 
     def _on_publish(self, _client, _userdata, mid, _reason, _properties) -> None:
+        now = time.time()
         with self._lock:
-            pending = self._pending.pop(mid, None)
-        if pending is not None:
-            self.context.metrics.observe("mqtt_latency", time.time() - pending[1], stage=self.id)
+            capture_time = self._pending.pop(mid, None)
+            if capture_time is None:
+                self._acked_early[mid] = now
+                while len(self._acked_early) > EARLY_ACKS:  # acks of messages without a latency to measure
+                    self._acked_early.popitem(last=False)
+        if capture_time is not None:
+            self.context.metrics.observe("mqtt_latency", now - capture_time, stage=self.id)
 
     # ------------------------------------------------------------------ helpers
 
@@ -170,16 +178,22 @@ class MqttStage(Stage):
 
     def _publish(self, kind: str, topic: str, payload: str | bytes, qos: int = 1, retain: bool = False,
                  capture_time: float | None = None) -> None:
-        with self._lock:  # so the PUBACK callback finds the mid registered
-            info = self.client.publish(topic, payload, qos=qos, retain=retain)
-            if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
-                self.context.metrics.inc("mqtt_dropped", stage=self.id, kind=kind)
-                self.log.warning("mqtt %s: queue full (%d messages); dropped a %s message on %s", self.id,
-                                 self.params.queue_size, kind, topic)
-                return
-            if capture_time is not None:
-                self._pending[info.mid] = (kind, capture_time)
+        # No lock of ours is held while paho's are taken: paho's network thread holds its own
+        # while calling _on_connect and _on_publish, which take ours.
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            self.context.metrics.inc("mqtt_dropped", stage=self.id, kind=kind)
+            self.log.warning("mqtt %s: queue full (%d messages); dropped a %s message on %s", self.id,
+                             self.params.queue_size, kind, topic)
+            return
         self.context.metrics.inc("mqtt_published", stage=self.id, kind=kind)
+        if capture_time is not None:
+            with self._lock:
+                acked = self._acked_early.pop(info.mid, None)
+                if acked is None:
+                    self._pending[info.mid] = capture_time
+            if acked is not None:  # the PUBACK beat us here
+                self.context.metrics.observe("mqtt_latency", acked - capture_time, stage=self.id)
 
     def _discovery(self, stream: str, component: str) -> tuple[str, str, int, bool]:
         """(topic, payload, qos, retain) of Home Assistant's discovery config of one of a stream's entities."""
