@@ -153,3 +153,46 @@ def test_frames_are_encoded_only_while_watched_once_however_many_watch(tmp_path)
     assert stage.context.metrics.count("live_frames") == 1 and stage.latest("cam").seq == latest.seq
     assert [i.message["kind"] for i in stage.feed] == ["fall_confirmed"] and told == ["frame", "event"]
     assert stage.feed[0].snapshot[:2] == b"\xff\xd8"  # events get their snapshot, watched or not
+
+
+def test_beyond_loopback_the_page_needs_the_token_and_the_probes_do_not(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    token = "a-token-of-at-least-16"
+    monitor = MonitorServer("127.0.0.1:0", LiveView(lambda: monitor.pipeline, token).routes())
+    monitor.start()
+    base = f"http://{monitor.address}"
+
+    def get(path, headers=None):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(base + path, headers=headers or {}), timeout=5) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers, error.read()
+    try:
+        wait_for(lambda: get("/livez")[0] == 200, 10, "the server")
+        assert get("/")[0] == 401 and get("/api/streams")[0] == 401 and get("/?token=wrong-token-xxxxxx")[0] == 401
+        status, headers, body = get(f"/?token={token}")
+        assert status == 200 and b"<title>streampose live</title>" in body
+        cookie = headers["set-cookie"].split(";")[0]
+        assert "HttpOnly" in headers["set-cookie"] and "SameSite=strict" in headers["set-cookie"]
+        assert get("/api/streams", {"Cookie": cookie})[0] == 200
+        assert get("/metrics")[0] == 200 and get("/readyz")[0] == 503  # open; starting
+    finally:
+        monitor.close()
+
+
+def test_the_daemon_refuses_to_show_cameras_beyond_loopback_without_a_token(tmp_path):
+    import subprocess
+    import sys
+
+    graph = tmp_path / "graph.yml"
+    graph.write_text(yaml.safe_dump({"sources": [{"id": "cam", "uri": str(VIDEOS / "fall_faint_studio_1280x720.mp4")}],
+                                     "stages": [{"id": "live", "type": "live"}],
+                                     "runtime": {"metrics": {"bind": "0.0.0.0:0"}}}))
+    result = subprocess.run([sys.executable, "-m", "streampose", "run", str(graph)], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("set runtime.metrics.token (e.g. ${STREAMPOSE_WEB_TOKEN}, 16 characters "
+                                          "or more) or bind 127.0.0.1")
