@@ -68,7 +68,8 @@ def run(args) -> int:
                   file=sys.stderr)
             return 0
     metrics = runtime.metrics
-    if metrics.bind and metrics.token is None and not _loopback(metrics.bind.rpartition(":")[0]):
+    shows_video = any(stage.type == "live" for stage in graph.spec.stages)
+    if shows_video and metrics.bind and metrics.token is None and not _loopback(metrics.bind.rpartition(":")[0]):
         print(f"{args.graph}: runtime.metrics.bind {metrics.bind} is reachable from other machines, and the "
               f"live view shows the cameras: set runtime.metrics.token (e.g. ${{STREAMPOSE_WEB_TOKEN}}, 16 "
               f"characters or more) or bind 127.0.0.1", file=sys.stderr)

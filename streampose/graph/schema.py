@@ -96,8 +96,8 @@ class Metrics(Strict):
                              "/readyz (docs/operations.md) and the live view's page (docs/outputs.md); null "
                              "disables.")
     token: str | None = Field(None, min_length=16, description="Token the live view's page and API require "
-                              "(open /?token=...); required when bind is not a loopback address. Use "
-                              "${ENV_VAR}. /metrics and the probes never need it.")
+                              "(open /?token=...); required when bind is not a loopback address and the graph has a live "
+                              "stage. Use ${ENV_VAR}. /metrics and the probes never need it.")
     log_interval_s: float = Field(10.0, ge=0, le=86400, description="Period of the one-line metrics log, seconds; "
                                   "0 disables.")
 
