@@ -196,3 +196,46 @@ def test_the_daemon_refuses_to_show_cameras_beyond_loopback_without_a_token(tmp_
     assert result.returncode == 2
     assert result.stderr.strip().endswith("set runtime.metrics.token (e.g. ${STREAMPOSE_WEB_TOKEN}, 16 characters "
                                           "or more) or bind 127.0.0.1")
+
+
+def test_a_page_that_stops_reading_gets_the_newest_frame_later_not_a_backlog(tmp_path):
+    import socket
+    import struct
+
+    import websocket  # websocket-client, a plain client that can stop reading
+
+    path = tmp_path / "graph.yml"
+    path.write_text(yaml.safe_dump({
+        "sources": [{"id": "cam", "uri": str(VIDEOS / "fall_faint_studio_1280x720.mp4"),
+                     "options": {"realtime": True, "loop": True}}],
+        "stages": [{"id": "live", "type": "live", "max_fps": 60, "width": 1280, "jpeg_quality": 95}],
+        "runtime": {"metrics": {"bind": None}}}))
+    pipeline = Pipeline(load_graph(path), output_dir=tmp_path / "out")
+    monitor = MonitorServer("127.0.0.1:0", LiveView(lambda: monitor.pipeline, None).routes())
+    monitor.start()
+    monitor.attach(pipeline)
+    live = pipeline.runners["live"].stage
+    client = websocket.create_connection(f"ws://{monitor.address}/ws", timeout=10,
+                                         sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    try:
+        client.send(json.dumps({"watch": ["cam"]}))
+        pipeline.start()
+        # The page reads nothing while the stage encodes 150 frames (~150 KiB each, ~20 MiB in all).
+        wait_for(lambda: pipeline.metrics.count("live_frames") >= 150, 60, "150 frames encoded")
+        newest = live.latest("cam").seq
+        received = 0
+        while True:
+            message = client.recv()
+            if isinstance(message, bytes):
+                received += 1
+                length = struct.unpack(">H", message[:2])[0]
+                if json.loads(message[2:2 + length])["seq"] >= newest:
+                    break
+        # What the socket buffers held while the page did not read, then the newest: not all 150.
+        assert received < 60, f"{received} frames before the newest: a backlog"
+        assert pipeline.metrics.count("drops") == 0  # and the graph never waited for the page
+    finally:
+        client.close()
+        pipeline.stop()
+        pipeline.shutdown()
+        monitor.close()

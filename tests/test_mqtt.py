@@ -138,3 +138,33 @@ def test_bad_mqtt_parameters_are_refused_with_the_key(tmp_path):
         path = write_graph(tmp_path, [{"id": "mqtt", "type": "mqtt", **bad}], stages=PROCESSING[:1])
         with pytest.raises(GraphError, match=key):
             load_graph(path)
+
+
+def test_a_killed_daemon_is_reported_offline_by_its_last_will(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    with Mosquitto(tmp_path / "broker") as broker:
+        subscriber = Subscriber(broker.port, topics=("streampose/daemon/#",))
+        try:
+            wait_for(subscriber.subscribed.is_set, 10, "the subscription")
+            path = tmp_path / "graph.yml"
+            path.write_text(yaml.safe_dump({
+                "sources": [{"id": "cam", "uri": str(VIDEOS / FALL_CLIP), "options": {"realtime": True, "loop": True}}],
+                "stages": [{"id": "mqtt", "type": "mqtt", "port": broker.port, "node": "doomed", "keepalive_s": 5}],
+                "runtime": {"metrics": {"bind": None}}}))
+            daemon = subprocess.Popen([sys.executable, "-m", "streampose", "run", str(path)], cwd=REPO,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_for(lambda: subscriber.on("doomed/availability") == ["online"], 30, "the daemon online")
+                daemon.send_signal(signal.SIGKILL)  # no goodbye: only the broker's last will can tell
+                daemon.wait(10)
+                # The broker gives up on a silent client after 1.5 keepalives (7.5 s).
+                wait_for(lambda: subscriber.on("doomed/availability")[-1:] == ["offline"], 15, "the last will")
+            finally:
+                if daemon.poll() is None:
+                    daemon.kill()
+        finally:
+            subscriber.close()
