@@ -127,7 +127,7 @@ class MqttStage(Stage):
     def on_stream_event(self, event: StreamEvent) -> None:
         self._publish("status", self._topic(event.stream, "status"),
                       messages.encode(messages.status_message(event), "json"), retain=True)
-        if event.restarts_stream:  # tracks restart, so does the repetition count
+        if event.kind == "opened" or event.restarts_stream:  # tracks restart, so does the repetition count
             self._publish("state", self._topic(event.stream, "reps"), "0", retain=True)
 
     def close(self) -> None:
@@ -140,6 +140,7 @@ class MqttStage(Stage):
         if left:
             self.log.warning("mqtt %s: %d messages not acknowledged by the broker within close_timeout_s "
                              "(%.1f s); they are lost", self.id, left, self.params.close_timeout_s)
+        self._connected.clear()  # a disconnection of our own: no warning
         self.client.disconnect()
         self.client.loop_stop()
 
