@@ -32,11 +32,24 @@ def wait_for(condition, timeout: float, what: str, step: float = 0.02):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def make_certificates(folder: Path) -> None:
+    """ca.pem (a throwaway CA) and server.pem / server.key (signed by it, for 127.0.0.1) in `folder`."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=streampose test CA",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr")
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.cnf", "-out", "server.pem")
+
+
 class Mosquitto:
     """mosquitto with persistence (so a subscriber's session and its queued QoS 1 messages survive a
     restart), optionally a password file; `stop()` and `start()` again keep the port."""
 
-    def __init__(self, folder: Path, users: dict[str, str] | None = None):
+    def __init__(self, folder: Path, users: dict[str, str] | None = None, tls: bool = False):
         assert shutil.which("mosquitto"), "mosquitto not installed: run `make output-test-deps` (Debian package mosquitto)"
         self.folder, self.port = folder, free_port()
         folder.mkdir(parents=True, exist_ok=True)
@@ -51,6 +64,11 @@ class Mosquitto:
             lines += ["allow_anonymous false", f"password_file {passwords}"]
         else:
             lines.append("allow_anonymous true")
+        if tls:  # a second listener, with TLS: a fresh CA and a server certificate for 127.0.0.1
+            self.tls_port, self.ca_file = free_port(), folder / "ca.pem"
+            make_certificates(folder)
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {self.ca_file}",
+                      f"certfile {folder / 'server.pem'}", f"keyfile {folder / 'server.key'}"]
         self.config = folder / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen | None = None

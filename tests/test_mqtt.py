@@ -168,3 +168,31 @@ def test_a_killed_daemon_is_reported_offline_by_its_last_will(tmp_path):
                     daemon.kill()
         finally:
             subscriber.close()
+
+
+def test_tls_to_the_broker_and_a_certificate_from_another_ca_is_refused(tmp_path, caplog):
+    from mosquitto import make_certificates
+
+    with Mosquitto(tmp_path / "broker", tls=True) as broker:
+        subscriber = Subscriber(broker.port, topics=("streampose/#",))  # on the plain listener
+        try:
+            wait_for(subscriber.subscribed.is_set, 10, "the subscription")
+            stranger = tmp_path / "stranger"
+            stranger.mkdir()
+            make_certificates(stranger)
+            for ca, node in ((broker.ca_file, "tls"), (stranger / "ca.pem", "stranger")):
+                path = tmp_path / f"{node}.yml"
+                path.write_text(yaml.safe_dump({
+                    "sources": [{"id": node, "uri": str(VIDEOS / FALL_CLIP)}],
+                    "stages": [mqtt_stage(broker.tls_port, node=node, tls={"ca_file": str(ca)}, close_timeout_s=5)],
+                    "runtime": {"metrics": {"bind": None}}}))
+                pipeline = Pipeline(load_graph(path), output_dir=tmp_path / "out")
+                pipeline.start()
+                assert pipeline.wait(60) and pipeline.shutdown()
+            statuses = wait_for(lambda: [json.loads(s)["kind"] for s in subscriber.on("tls/status")] == ["opened", "ended"]
+                                and subscriber.on("tls/status"), 10, "the stream's status over TLS")
+            assert statuses and subscriber.on("daemon/tls/availability")[-1] == "offline"
+            assert not subscriber.on("stranger/status")  # its messages never reached the broker
+            assert "cannot connect to 127.0.0.1" in caplog.text and "check tls.ca_file" in caplog.text
+        finally:
+            subscriber.close()

@@ -59,6 +59,7 @@ class MqttStage(Stage):
         self._acked_early: OrderedDict[int, float] = OrderedDict()  # mid -> time.time() of a PUBACK not matched yet
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self._failing = False  # connection attempts failing since the last success (logged once)
 
         client = self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"streampose-{self.node}",
                                            protocol=paho.MQTTv311, clean_session=True)
@@ -80,6 +81,7 @@ class MqttStage(Stage):
         client.will_set(self.availability, "offline", qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         context.metrics.gauge("mqtt_connected", lambda: float(self._connected.is_set()), stage=stage_id)
         context.metrics.gauge("mqtt_queued", lambda: len(self.client._out_messages), stage=stage_id)
@@ -152,8 +154,17 @@ class MqttStage(Stage):
                            self.params.port, reason)
             return
         self._connected.set()
+        self._failing = False
         self.log.info("mqtt %s: connected to %s:%d", self.id, self.params.host, self.params.port)
         self._publish("availability", self.availability, "online", retain=True)
+
+    def _on_connect_fail(self, _client, _userdata) -> None:
+        if not self._failing:  # once per outage, not every retry
+            self._failing = True
+            p = self.params
+            self.log.warning("mqtt %s: cannot connect to %s:%d (refused, unreachable, or its TLS certificate "
+                             "rejected%s); retrying, QoS 1 messages wait (up to %d)", self.id, p.host, p.port,
+                             ": check tls.ca_file" if p.tls else "", p.queue_size)
 
     def _on_disconnect(self, _client, _userdata, _flags, reason, _properties) -> None:
         if self._connected.is_set():
