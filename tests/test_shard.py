@@ -55,12 +55,13 @@ def test_two_daemons_share_four_sources_once_each_and_killing_one_loses_no_event
             "runtime": {"metrics": {"bind": None}},
         }))
         subscriber = Subscriber(broker.port)
+        daemons = []
         try:
             wait_for(subscriber.subscribed.is_set, 10, "the subscription")
             command = [sys.executable, "-m", "streampose", "run", str(graph), "--models", str(MODELS)]
             env = {k: v for k, v in os.environ.items() if k != shard.ENV}
             logs = [(tmp_path / f"daemon{k}.log").open("w+") for k in (0, 1)]
-            daemons = [  # one by --shard, one by the variable with a StatefulSet pod name, as Kubernetes does
+            daemons += [  # one by --shard, one by the variable with a StatefulSet pod name, as Kubernetes does
                 subprocess.Popen(command + ["--shard", "0/2", "-o", str(tmp_path / "out0-killed")], cwd=REPO, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
                 subprocess.Popen(command + ["-o", str(tmp_path / "out1")], cwd=REPO,
@@ -93,6 +94,10 @@ def test_two_daemons_share_four_sources_once_each_and_killing_one_loses_no_event
             received = wait_for(all_arrived, 20, "every event at the subscriber")
         finally:
             subscriber.close()
+            for daemon in daemons:  # a failed test leaves no daemon behind
+                if daemon.poll() is None:
+                    daemon.kill()
+                    daemon.wait()
     # Each source ran in exactly one daemon, whole.
     labels = yaml.safe_load((MEDIA / "labels.yml").read_text())
     for sid, clip in SOURCES.items():

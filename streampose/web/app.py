@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("streampose.web")
 COOKIE = "streampose_token"
 STATS_PERIOD_S = 1.0
+MAX_SIDECARS = 200  # newest clip sidecars of a stream searched for an event's clip
 EVENT_BACKLOG = 100  # events waiting for one slow page; beyond it the oldest go (the feed has them all)
 
 
@@ -165,8 +166,10 @@ class LiveView:
             clips = [stage for stage in clips if stage.id == live.params.clips]
         message = item.message
         for stage in clips[:1]:
-            for sidecar in sorted(stage.context.output_dir.rglob("*.json"), key=lambda p: p.stat().st_mtime,
-                                  reverse=True)[:500]:
+            # Only {stream} may appear in a clip path's folders, so the stream's clips share one folder.
+            folder = stage.paths.output_dir / str(Path(stage.paths.template).parent).format(stream=message["stream"])
+            sidecars = folder.glob("*.json") if folder.is_dir() else ()
+            for sidecar in sorted(sidecars, key=lambda p: p.stat().st_mtime, reverse=True)[:MAX_SIDECARS]:
                 try:
                     data = json.loads(sidecar.read_text())
                 except (OSError, ValueError):
