@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from mosquitto import wait_for
-from test_mqtt import FALL_CLIP, write_graph
+from test_mqtt import write_graph
 
 from conftest import MODELS
 from streampose.frame import Event
@@ -56,7 +56,7 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver(request):
+def receiver():
     made = []
 
     def make(script):
