@@ -40,11 +40,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from streampose.runtime import health
-from streampose.sinks.clips import ClipStage
-from streampose.sinks.live import FeedItem, LiveStage
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the sinks import OpenCV and PyAV (0.8 s): not before the server answers
     from streampose.runtime.pipeline import Pipeline
+    from streampose.sinks.live import FeedItem, LiveStage
 
 log = logging.getLogger("streampose.web")
 COOKIE = "streampose_token"
@@ -102,6 +101,7 @@ class LiveView:
         pipeline = self._pipeline()
         if pipeline is None:
             return None
+        from streampose.sinks.live import LiveStage  # loaded with the pipeline by now
         return next((r.stage for r in pipeline.runners.values() if isinstance(r.stage, LiveStage)), None)
 
     # ------------------------------------------------------------------ HTTP routes
@@ -159,6 +159,7 @@ class LiveView:
 
     def _find_clip(self, item: FeedItem) -> Path | None:
         """The clip whose sidecar lists this event (same stream, kind and capture time)."""
+        from streampose.sinks.clips import ClipStage
         pipeline = self._pipeline()
         clips = [r.stage for r in pipeline.runners.values() if isinstance(r.stage, ClipStage)] if pipeline else []
         live = self._live()
