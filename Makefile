@@ -12,7 +12,10 @@ export STREAMPOSE_SHARED := $(SHARED)
 RTSP_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 
-.PHONY: demo test rtsp-deps bench docs lifter lock clean
+# Debian packages the output tests start: an MQTT broker, and a headless browser for the live view.
+OUTPUT_TEST_PACKAGES := mosquitto chromium chromium-driver
+
+.PHONY: demo test rtsp-deps output-test-deps bench docs lifter lock clean
 
 # Installs come from the lock files (exact versions and hashes), never from setup.cfg's ranges:
 # requirements-demo.lock runs the daemon, requirements.lock adds the tests, training and export,
@@ -49,7 +52,13 @@ rtsp-deps:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(RTSP_PACKAGES); }
 
-test: $(VENV)/.installed-test rtsp-deps
+output-test-deps:
+	@dpkg -s $(OUTPUT_TEST_PACKAGES) >/dev/null 2>&1 || { \
+		echo "installing the MQTT broker and headless browser the output tests use"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(OUTPUT_TEST_PACKAGES); }
+
+test: $(VENV)/.installed-test rtsp-deps output-test-deps
 	$(VENV)/bin/pytest -q
 
 bench: $(VENV)/.installed-test

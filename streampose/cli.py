@@ -37,9 +37,18 @@ def _model_paths(args) -> list[Path]:
 # --------------------------------------------------------------------------- run
 
 def run(args) -> int:
+    from streampose import shard
     from streampose.graph.check import check_graph
     from streampose.runtime.monitor import BindError, MonitorServer, PeriodicLog
+    from streampose.web.app import LiveView
 
+    try:
+        if args.shard:
+            os.environ[shard.ENV] = args.shard  # the mqtt stage names its node after it
+        mine = shard.from_environment()
+    except ValueError as error:
+        print(f"--shard / ${shard.ENV}: {error}", file=sys.stderr)
+        return 2
     try:
         graph = load_graph(args.graph, args.overrides, import_plugins=True)
         # Fail before any model loads; binds report below, and a missing file is its stream's failure.
@@ -49,10 +58,28 @@ def run(args) -> int:
         return 2
     runtime = graph.spec.runtime
     logging.basicConfig(level=runtime.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if mine is not None:
+        every = [source.id for source in graph.spec.sources]
+        graph = shard.select(graph, mine)
+        log.info("shard %s runs %d of %d sources: %s", mine, len(graph.spec.sources), len(every),
+                 ", ".join(source.id for source in graph.spec.sources) or "none")
+        if not graph.spec.sources:
+            print(f"{args.graph}: shard {mine} owns none of the {len(every)} sources; run fewer shards",
+                  file=sys.stderr)
+            return 0
+    metrics = runtime.metrics
+    shows_video = any(stage.type == "live" for stage in graph.spec.stages)
+    if shows_video and metrics.bind and metrics.token is None and not _loopback(metrics.bind.rpartition(":")[0]):
+        print(f"{args.graph}: runtime.metrics.bind {metrics.bind} is reachable from other machines, and the "
+              f"live view shows the cameras: set runtime.metrics.token (e.g. ${{STREAMPOSE_WEB_TOKEN}}, 16 "
+              f"characters or more) or bind 127.0.0.1", file=sys.stderr)
+        return 2
     # The endpoints answer `starting` while the pipeline's imports (1.6 s) and models (6-8 s)
     # load, and a taken port is reported before that wait rather than after it.
     try:
-        monitor = MonitorServer(runtime.metrics.bind) if runtime.metrics.bind else None
+        monitor = None
+        if metrics.bind:
+            monitor = MonitorServer(metrics.bind, LiveView(lambda: monitor.pipeline, metrics.token).routes())
     except BindError as error:
         print(f"{args.graph}: {error}", file=sys.stderr)
         return 2
@@ -90,6 +117,37 @@ def run(args) -> int:
         monitor.close()
     _print_summary(pipeline, started)
     return 0 if finished else 1
+
+
+def probe_command(args) -> int:
+    """Exit 0 once `url` answers 2xx, 1 with one line if it has not within --wait seconds: the health
+    check of containers and systemd units, without curl in the image."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            with urllib.request.urlopen(args.url, timeout=2):
+                return 0
+        except urllib.error.HTTPError as error:
+            problem = f"{error.code} {error.read().decode(errors='replace').strip()[:300]}"
+        except (OSError, ValueError) as error:
+            problem = str(getattr(error, "reason", error))
+        if time.monotonic() >= deadline:
+            print(f"{args.url}: {problem}", file=sys.stderr)
+            return 1
+        time.sleep(1)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _rate(processed: int, state) -> float:
@@ -215,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("run", help="run a graph until its sources end or SIGINT/SIGTERM")
     _add_graph_arguments(p)
     p.add_argument("-o", "--output", type=Path, help="output folder (default: the graph's runtime.output_dir)")
+    p.add_argument("--shard", metavar="I/N", help="run only the sources rendezvous hashing gives to shard I of N "
+                   "(0-based; I may be a StatefulSet pod name such as streampose-2); default: $STREAMPOSE_SHARD, "
+                   "else every source")
     p.set_defaults(func=run)
 
     p = commands.add_parser("validate", help="check a graph, its models, files and addresses without opening "
@@ -223,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="output folder to check (default: the graph's "
                    "runtime.output_dir)")
     p.set_defaults(func=validate)
+
+    p = commands.add_parser("probe", help="exit 0 when a health endpoint answers 200 (for container and systemd "
+                            "health checks)")
+    p.add_argument("url", nargs="?", default="http://127.0.0.1:9100/livez", help="endpoint (default: %(default)s)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="keep asking this long before failing")
+    p.set_defaults(func=probe_command)
 
     p = commands.add_parser("schema", help="print the graph parameter reference (Markdown)")
     p.set_defaults(func=schema_command)

@@ -144,8 +144,12 @@ class Source(Strict):
 # --------------------------------------------------------------------------- runtime
 
 class MetricsParams(Strict):
-    bind: str | None = Field("127.0.0.1:9100", description="host:port serving /metrics, /health, /livez and "
-                             "/readyz (docs/operations.md); null disables.")
+    bind: str | None = Field("127.0.0.1:9100", description="host:port serving /metrics, /health, /livez, "
+                             "/readyz (docs/operations.md) and the live view's page (docs/outputs.md); null "
+                             "disables.")
+    token: str | None = Field(None, min_length=16, description="Token the live view's page and API require "
+                              "(open /?token=...); required when bind is not a loopback address and the graph has a live "
+                              "stage. Use ${ENV_VAR}. /metrics and the probes never need it.")
     log_interval_s: float = Field(10.0, ge=0, le=86400, description="Period of the one-line metrics log, seconds; "
                                   "0 disables.")
 
@@ -362,6 +366,97 @@ class Clips(StageBase):
     draw: bool = Field(True, description="Draw boxes, ids, skeletons, annotations and events.")
 
     _path = field_validator("path")(_plain_fields)
+
+
+class MqttTls(Strict):
+    """TLS to the broker (port 8883 usually)."""
+
+    ca_file: str | None = Field(None, description="CA certificate file (PEM) the broker's certificate must chain "
+                                "to, relative to the graph file; default: the system's trusted CAs.")
+    cert_file: str | None = Field(None, description="Client certificate file (PEM) for brokers that require one, "
+                                  "relative to the graph file.")
+    key_file: str | None = Field(None, description="The client certificate's private key (PEM), relative to the "
+                                 "graph file.")
+
+
+class Mqtt(StageBase):
+    """Publishes events, stream status, availability and (optionally) poses to an MQTT broker, with
+    Home Assistant discovery: each stream becomes a device with a fall binary sensor and a repetition
+    counter (docs/outputs.md#mqtt)."""
+
+    IMPLEMENTATION = "streampose.sinks.mqtt:MqttStage"
+    ROLE = "sink"
+
+    type: Literal["mqtt"]
+    host: str = Field("127.0.0.1", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (1883 plain, 8883 TLS by convention).")
+    username: str | None = Field(None, description="User name; use ${ENV_VAR} to keep it out of the file.")
+    password: str | None = Field(None, description="Password; use ${ENV_VAR} to keep it out of the file.")
+    tls: MqttTls | None = Field(None, description="TLS settings; null = plain TCP.")
+    topic_prefix: str = Field("streampose", pattern=r"^[A-Za-z0-9_./-]{1,64}$", description="First level of every "
+                              "topic: PREFIX/STREAM/event, PREFIX/STREAM/status, PREFIX/daemon/NODE/availability...")
+    node: str | None = Field(None, description="This daemon's name in its availability topic and client id; "
+                             "default: the host name (a StatefulSet pod's name), with the shard appended when "
+                             "--shard is given.")
+    events: list[str] | None = Field(None, description="Event kinds published on PREFIX/STREAM/event (QoS 1); "
+                                     "null = every kind.")
+    pose_rate_hz: float = Field(0.0, ge=0, le=100, description="Most pose messages per second per stream on "
+                                "PREFIX/STREAM/pose (QoS 0, not buffered); 0 = none.")
+    queue_size: int = Field(1000, ge=10, le=1_000_000, description="Most QoS 1 messages (events, status, states) "
+                            "waiting for the broker's acknowledgement, buffered while it is unreachable and sent "
+                            "when it returns; beyond it new messages are dropped and counted.")
+    keepalive_s: int = Field(15, ge=5, le=3600, description="MQTT keepalive; the broker publishes the last will "
+                             "(offline) about 1.5 times this after the daemon vanishes, seconds.")
+    close_timeout_s: float = Field(5.0, ge=0, le=120, description="On stop, longest wait for buffered messages "
+                                   "to be acknowledged before disconnecting, seconds.")
+    home_assistant: bool = Field(True, description="Publish Home Assistant MQTT discovery configs (retained).")
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_./-]{1,64}$",
+                                  description="Home Assistant's discovery topic prefix.")
+    alarm_events: list[str] = Field(["fall_confirmed", "person_down"], description="Event kinds that turn the "
+                                    "stream's fall binary sensor ON; fall_recovered and alarm_acknowledged turn "
+                                    "it OFF.")
+
+
+class Webhook(StageBase):
+    """POSTs chosen events as JSON to an HTTP(S) URL, signed with HMAC-SHA256, from a bounded queue with
+    retries and backoff; the pipeline never waits for the receiver (docs/outputs.md#webhooks)."""
+
+    IMPLEMENTATION = "streampose.sinks.webhook:WebhookStage"
+    ROLE = "sink"
+
+    type: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://", description="Where events are POSTed, http:// or https://.")
+    events: list[str] = Field(["fall_confirmed", "person_down"], min_length=1, description="Event kinds sent.")
+    secret: str | None = Field(None, min_length=16, description="HMAC-SHA256 key: each request carries "
+                               "X-Streampose-Signature: sha256=<hex of HMAC(secret, body)>; use ${ENV_VAR}. "
+                               "null = unsigned (logged as a warning).")
+    timeout_s: float = Field(5.0, gt=0, le=120, description="Longest wait for one request's answer, seconds.")
+    retries: int = Field(5, ge=0, le=100, description="Further attempts after a failed one (a connection "
+                         "error, a timeout, a 5xx or 429 answer); a 4xx other than 429 is not retried.")
+    backoff_s: float = Field(0.5, gt=0, le=60, description="Wait before the first retry; each next wait doubles, "
+                             "seconds.")
+    max_backoff_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between attempts, seconds.")
+    queue_size: int = Field(1000, ge=1, le=1_000_000, description="Most events waiting to be sent; beyond it the "
+                            "newest are dropped and counted.")
+
+
+class Live(StageBase):
+    """The live view: feeds annotated frames and events to the web page the daemon serves on
+    runtime.metrics.bind (docs/outputs.md#live-view). A frame is drawn and JPEG-encoded only while
+    someone watches its stream, once however many watch."""
+
+    IMPLEMENTATION = "streampose.sinks.live:LiveStage"
+    ROLE = "sink"
+
+    type: Literal["live"]
+    max_fps: float = Field(10.0, gt=0, le=60, description="Most frames per second encoded per watched stream.")
+    width: int = Field(640, ge=64, le=3840, description="Frames wider than this are scaled down to it, pixels.")
+    jpeg_quality: int = Field(75, ge=10, le=100, description="JPEG quality, 10..100.")
+    events: list[str] = Field(["fall_confirmed", "person_down", "fall_recovered", "rep"],
+                              description="Event kinds shown in the page's feed.")
+    feed_size: int = Field(200, ge=1, le=10000, description="Most recent events the feed keeps.")
+    clips: str | None = Field(None, description="Id of the clips stage whose clips the feed links; null = the "
+                              "graph's first clips stage, if any.")
 
 
 class ModelStage(StageBase):

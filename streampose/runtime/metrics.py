@@ -42,11 +42,20 @@ COUNTERS = {
     "published": "ZeroMQ messages sent by the publishers, by topic kind (pose, event, status).",
     "events": "Events raised by plugins, by event kind and stream.",
     "batches": "Batches a stage processed, by stage; frames / batches is its mean batch size.",
+    "mqtt_published": "Messages an mqtt stage handed to its client, by stage and topic kind (event, status, "
+                      "pose, state, discovery, availability).",
+    "mqtt_dropped": "Messages an mqtt stage dropped because its queue was full (broker away too long), by stage "
+                    "and topic kind.",
+    "webhook_requests": "Webhook requests, by stage and result: delivered, failed (one attempt: a connection "
+                        "error, a timeout, a bad status), given_up (after every retry), dropped (queue full).",
+    "live_frames": "Frames the live view encoded, by stream (only while someone watches).",
 }
 HISTOGRAMS = {
     "stage_latency": "Seconds a stage spent on one batch, by stage.",
     "e2e_latency": "Seconds from a frame's capture to the end of the graph, by stream.",
     "batch_wait": "Seconds a stage waited for its batch to fill after taking the batch's first frame, by stage.",
+    "webhook_latency": "Seconds from an event's capture to its webhook's successful answer, by stage.",
+    "mqtt_latency": "Seconds from an event's capture to the broker's acknowledgement of its message, by stage.",
 }
 GAUGES = {
     "queue_depth": "Frames and stream events waiting in a stage's input queue, by stage.",
@@ -54,6 +63,10 @@ GAUGES = {
                    "slot; more under sustained overload, runtime.even_drops), by stream.",
     "clip_buffer_bytes": "Bytes of JPEG frames held in a clips stage's ring buffer, by stage and stream.",
     "clip_buffer_seconds": "Seconds of video held in a clips stage's ring buffer, by stage and stream.",
+    "mqtt_connected": "1 while an mqtt stage is connected to its broker, by stage.",
+    "mqtt_queued": "QoS 1 messages an mqtt stage holds until the broker acknowledges them, by stage.",
+    "webhook_queue": "Events waiting in a webhook stage's queue, by stage.",
+    "live_watchers": "Browsers watching a stream's live video, by stream.",
     "sink_paused": "1 while a sink has stopped writing a stream after a storage error (a full disk), by stage "
                    "and stream; it retries with backoff.",
 }

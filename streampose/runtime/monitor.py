@@ -1,4 +1,5 @@
-"""Watching a running graph: /metrics, /health, /livez and /readyz over HTTP, and a periodic log line.
+"""Watching a running graph: /metrics, /health, /livez and /readyz over HTTP (and the live view's
+page on the same port, streampose/web), and a periodic log line.
 
 The server starts before the graph is built (loading models takes 6-8 s), answers `starting`
 meanwhile, and serves the pipeline once `attach` hands it over.
@@ -7,16 +8,20 @@ meanwhile, and serves the pipeline once `attach` hands it over.
 from __future__ import annotations
 
 import errno
-import json
 import logging
+import os
 import platform
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from typing import TYPE_CHECKING
 
+import uvicorn
 from prometheus_client import CollectorRegistry, Info, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 from streampose import __version__
 from streampose.runtime import health
@@ -58,54 +63,52 @@ class _Attached:
 
 class MonitorServer:
     """Serves `/metrics` (Prometheus text) and `/health`, `/livez`, `/readyz` (JSON), from
-    construction on; the pipeline's state once `attach`ed. Raises BindError if `bind` is
-    unusable, before anything slow has happened."""
+    construction on, and any `routes` given (the live view's page); the pipeline's state once
+    `attach`ed. An ASGI app (Starlette) under uvicorn, on its own thread and event loop. Raises
+    BindError if `bind` is unusable, before anything slow has happened."""
 
-    def __init__(self, bind: str):
+    def __init__(self, bind: str, routes: list | None = None):
         self.pipeline: Pipeline | None = None
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         Info("streampose_build", "streampose build: its version, Python's and the engine libraries'",
              registry=registry).info(build_info())
         registry.register(_Attached(self))
-        probes = {"/health": health.report, "/livez": health.liveness, "/readyz": health.readiness}
-        monitor = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
-                if self.path == "/metrics":
-                    self._reply(200, CONTENT_TYPE_LATEST, generate_latest(registry))
-                elif self.path in probes:
-                    ok, body = probes[self.path](monitor.pipeline)
-                    self._reply(200 if ok else 503, "application/json", json.dumps(body).encode())
-                else:
-                    self._reply(404, "text/plain", b"try /metrics, /health, /livez or /readyz\n")
+        async def metrics(_request):
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-            def _reply(self, code: int, content_type: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def probe(check):
+            async def answer(_request):
+                ok, body = check(self.pipeline)
+                return JSONResponse(body, status_code=200 if ok else 503)
+            return answer
 
-            def log_message(self, *args):  # scrapes and probes every few seconds would flood the log
-                pass
+        async def not_found(_request, _error):
+            return PlainTextResponse("try /, /metrics, /health, /livez or /readyz\n", status_code=404)
 
+        app = Starlette(routes=[Route("/metrics", metrics), Route("/health", probe(health.report)),
+                                Route("/livez", probe(health.liveness)), Route("/readyz", probe(health.readiness)),
+                                *(routes or [])], exception_handlers={404: not_found})
         host, _, port = bind.rpartition(":")
         fix = "choose another address with --set runtime.metrics.bind=HOST:PORT"
         if not port.isdigit():
             raise BindError(f"runtime.metrics.bind {bind}: expected HOST:PORT; {fix}")
         try:
-            self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+            self.socket = socket.create_server((host or "127.0.0.1", int(port)))
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 fix = (f"stop the other daemon or choose another port with "
                        f"--set runtime.metrics.bind={host or '127.0.0.1'}:{int(port) + 1}")
-            reason = (error.strerror or str(error)).lower()
+            reason = (os.strerror(error.errno) if error.errno else str(error)).lower()
             raise BindError(f"runtime.metrics.bind {bind}: {reason}; {fix}") from None
-        self.server.daemon_threads = True
-        self.address = f"{self.server.server_address[0]}:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="monitor", daemon=True)
+        self.address = "%s:%d" % self.socket.getsockname()[:2]
+        # access_log off: scrapes and probes every few seconds would flood the log. wsproto: the
+        # live view's WebSocket, in pure Python.
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="wsproto")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.socket]},
+                                        name="monitor", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -116,8 +119,10 @@ class MonitorServer:
         self.pipeline = pipeline
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.socket.close()
 
 
 class PeriodicLog:
