@@ -103,9 +103,9 @@ def make_stage(tmp_path, url, **params):
 def test_the_queue_is_bounded_a_4xx_is_not_retried_and_only_chosen_kinds_go(tmp_path, receiver):
     server = receiver(["stall", 400])
     stage = make_stage(tmp_path, server.url, queue_size=2, timeout_s=1.0, backoff_s=0.05, retries=3)
-    stage._send_events("cam", [event(i=0)])
+    stage.on_events("cam", [event(i=0)])
     wait_for(lambda: server.requests, 5, "the first request")  # the sender is now stalled on it
-    stage._send_events("cam", [event(i=1), event("rep", 2), event(i=3), event(i=4)])
+    stage.on_events("cam", [event(i=1), event("rep", 2), event(i=3), event(i=4)])
     metrics = stage.context.metrics
     assert metrics.count("webhook_requests", result="dropped") == 1  # i=4: the queue held i=1 and i=3
     stage.close()
@@ -118,7 +118,7 @@ def test_the_queue_is_bounded_a_4xx_is_not_retried_and_only_chosen_kinds_go(tmp_
 
 def test_an_unreachable_receiver_is_retried_with_backoff_then_given_up(tmp_path):
     stage = make_stage(tmp_path, "http://127.0.0.1:9/hook", retries=2, backoff_s=0.05, timeout_s=0.5)
-    stage._send_events("cam", [event()])
+    stage.on_events("cam", [event()])
     stage.close()
     assert stage.context.metrics.count_by("webhook_requests", "result") == {
         "delivered": 0, "failed": 3, "given_up": 1, "dropped": 0}
