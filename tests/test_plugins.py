@@ -17,7 +17,8 @@ from streampose.graph import schema
 from streampose.graph.loader import GraphError, load_graph
 from streampose.plugins.base import Plugin, PluginParams, make_event
 from streampose.plugins.hand_raised import HandRaised
-from streampose.plugins.stage import PluginStage, load_plugin_class
+from streampose.plugins.registry import load_plugin_class
+from streampose.plugins.stage import PluginStage
 from streampose.runtime.stage import StageContext
 from streampose.stages.detector import DetectorStage
 from streampose.stages.keypoints import KeypointStage

@@ -77,7 +77,7 @@ def markdown() -> str:
     for type_name, model in schema.STAGE_TYPES.items():
         parts += ["", f"### `type: {type_name}`", "", inspect.cleandoc(model.__doc__ or ""), "",
                   _table(model, skip=tuple(common))]
-    from streampose.plugins.stage import SHIPPED, load_plugin_class
+    from streampose.plugins.registry import SHIPPED, load_plugin_class
 
     parts += ["", "## Shipped plugins (`type: plugin`, their `params:`)"]
     for name in SHIPPED:

@@ -461,7 +461,7 @@ def _find_cycle(inputs: dict[str, list[str]], sources: set[str]) -> list[str] | 
 def _check_plugins(spec: schema.Graph, where: _Locations, import_plugins: bool) -> list[str]:
     """Plugin stages: the plugin is found and, when its code may run (shipped plugins, and
     every plugin with `import_plugins`), its `params` fit the plugin's own schema."""
-    from streampose.plugins.stage import SHIPPED, find_plugin, load_plugin_class
+    from streampose.plugins.registry import SHIPPED, find_plugin, load_plugin_class
 
     problems = []
     for i, stage in enumerate(spec.stages):
