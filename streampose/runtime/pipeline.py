@@ -21,9 +21,9 @@ from pathlib import Path
 from streampose import messages
 from streampose.frame import Frame, StreamEvent
 from streampose.graph.loader import LoadedGraph
-from streampose.runtime.disk_budget import DiskBudget
 from streampose.runtime.admission import Admission
 from streampose.runtime.cores import plan_cores
+from streampose.runtime.disk_budget import DiskBudget
 from streampose.runtime.health import StreamLoad
 from streampose.runtime.metrics import Metrics
 from streampose.runtime.runner import STOP, StageRunner
