@@ -154,7 +154,7 @@ def test_latest_frame_policy_bounds_latency_and_counts_drops(tmp_path):
     graph = write_graph(tmp_path, f"""
         sources: [{{id: live, uri: {JACKS}, options: {{realtime: true}}}}]
         stages: [{{id: slow, type: noop, delay_ms: 100}}]
-        runtime: {{metrics: {{bind: null}}, in_flight: 1}}
+        runtime: {{metrics: {{bind: null}}, in_flight: 1, even_drops: false}}
     """)
     pipeline = Pipeline(load_graph(graph), output_dir=tmp_path / "out")
     pipeline.start()
