@@ -93,7 +93,6 @@ class Pipeline:
         self._declare_metrics()
 
         self.cores = plan_cores(spec)
-        log.info("core plan: %s", self.cores.describe())
         engine_cache = Path(spec.runtime.engine_cache_dir).resolve() if spec.runtime.engine_cache_dir else None
         self.captures = {s.id: Capture(s, graph.path.parent, self.metrics, decoder_threads=self.cores.decoder_threads)
                          for s in spec.sources}
@@ -171,6 +170,7 @@ class Pipeline:
         if self.lifecycle == "starting":  # not if a signal has already stopped it
             self.lifecycle = "running"
         log.info("graph %s started: %d sources, %d stages", self.graph.path.name, len(self.captures), len(self.runners))
+        log.info("core plan: %s", self.cores.describe())
 
     def stop(self) -> None:
         """Ask the sources to stop; the graph then drains and closes."""
