@@ -1,6 +1,6 @@
 """streampose against PaddleDetection's sequential deploy pipeline, alternating, on the same models.
 
-    .venv/bin/python -m benchmarks.peer [--rounds 5] [--clips NAME ...]
+    .venv/bin/python -m benchmarks.peer [--rounds 5] [--clips NAME ...] [--before TREE]
 
 Each round runs, for every clip, the peer (shared/peers/ref_pipeline.py, PicoDet-S-192 on
 OpenVINO + TinyPose-128x96, 2 threads, DARK, every frame) and streampose's two graphs in its
@@ -20,7 +20,9 @@ from start to the last frame written, models already compiled; the peer: its own
 peak memory, the load average around the runs, and the model-bound limit: the machine's cores
 divided by the engines' own compute per frame, one thread each, measured by timing the
 detector at batch 1 and the keypoint network at the batch sizes the clip's persons make,
-standalone (the time no pipeline can beat).
+standalone (the time no pipeline can beat). --before TREE adds the detect -> keypoints graph
+run with streampose imported from another checkout (an older commit: `git archive COMMIT
+streampose | tar -x -C TREE`), in the same rounds, for a before/after on the same load.
 """
 
 from __future__ import annotations
@@ -58,10 +60,10 @@ GRAPHS = {
 
 
 def write_graph(folder: Path, name: str, video: Path, cache: Path | None = None) -> Path:
-    """A graph file for GRAPHS[name] reading `video`, engines cached under `cache` (None: default)."""
+    """folder/<name>_<video>.yml: GRAPHS[name] reading `video`, engines cached under `cache` (None: default)."""
     runtime = "{metrics: {bind: null, log_interval_s: 0}, in_flight: 4" + (f", engine_cache_dir: '{cache}'}}"
                                                                           if cache else "}")
-    path = folder / f"{name}.yml"
+    path = folder / f"{name}_{video.stem}.yml"
     path.write_text("\n".join([f"sources: [{{id: bench, uri: '{video}'}}]", "stages:",
                                *(f"  - {stage}" for stage in GRAPHS[name]), f"runtime: {runtime}", ""]))
     return path
@@ -81,8 +83,9 @@ def run_graph(graph: Path, output: Path) -> dict:
     pipeline.wait()
     elapsed = time.perf_counter() - start
     frames = pipeline.metrics.count("frames", stage="log")
+    cores = getattr(pipeline, "cores", None)  # (a --before tree may predate the core plan)
     return {"frames": frames, "fps": frames / elapsed, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "threads": pipeline.cores.engine_threads}
+            "threads": cores.engine_threads if cores else "engine defaults"}
 
 
 def model_bound(jsonl: Path, cores: int, repeats: int = 30) -> dict:
@@ -120,9 +123,14 @@ def model_bound(jsonl: Path, cores: int, repeats: int = 30) -> dict:
 
 # --------------------------------------------------------------------------- the comparison
 
-def run_child(*args: str) -> dict:
+def run_child(*args: str, tree: Path | None = None) -> dict:
+    """benchmarks.peer ARGS in a new process; with `tree`, streampose is imported from that checkout."""
+    here = Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), str(here)])
     result = subprocess.run([sys.executable, "-m", "benchmarks.peer", *args], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
+                            cwd=here, env=env)
     if result.returncode:
         raise SystemExit(f"benchmarks.peer {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -143,6 +151,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clips", nargs="+", default=list(CLIPS))
+    parser.add_argument("--before", type=Path, metavar="TREE",
+                        help="also run detect -> keypoints with streampose from this checkout (e.g. a worktree "
+                             "of an older commit), alternating with the others")
     parser.add_argument("--run-graph", nargs=2, metavar=("GRAPH", "OUTPUT"), help=argparse.SUPPRESS)
     parser.add_argument("--model-bound", nargs=2, metavar=("JSONL", "CORES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -169,28 +180,37 @@ def main() -> None:
                 runs.setdefault((clip, "peer"), []).append(run_peer(video, tmp / f"peer_{clip}.jsonl"))
                 for name in GRAPHS:
                     out = tmp / f"{name}_{clip}"
-                    result = run_child("--run-graph", str(write_graph(tmp, f"{name}_{clip}", video)), str(out))
+                    result = run_child("--run-graph", str(write_graph(tmp, name, video)), str(out))
                     runs.setdefault((clip, name), []).append(result["fps"])
                     if name == "detect-keypoints":
                         peaks.setdefault(clip, []).append(result["peak_mb"])
-                print(f"round {round_ + 1}: " + ", ".join(f"{clip} {runs[clip, 'detect-keypoints'][-1]:.1f}/"
-                                                          f"{runs[clip, 'peer'][-1]:.1f}" for clip in args.clips),
-                      flush=True)
+                        threads = result["threads"]
+                if args.before:
+                    result = run_child("--run-graph", str(write_graph(tmp, "detect-keypoints", video)),
+                                       str(tmp / f"before_{clip}"), tree=args.before)
+                    runs.setdefault((clip, "before"), []).append(result["fps"])
+                print(f"round {round_ + 1}, {clip}: streampose {runs[clip, 'detect-keypoints'][-1]:.1f}, "
+                      f"peer {runs[clip, 'peer'][-1]:.1f} frames/s, load {loads[-1]:.1f}", flush=True)
         # The jsonl sink renames a finished file with its end time: bench.<date>_<time>.jsonl.
         bounds = {clip: run_child("--model-bound", str(next((tmp / f"detect-keypoints_{clip}").glob("bench*.jsonl"))),
                                   str(cores))
                   for clip in args.clips}
     print(f"\nload average (1 min) at the runs' starts: {min(loads):.1f}-{max(loads):.1f}, "
-          f"median {statistics.median(loads):.1f}; engine threads {result['threads']}\n")
+          f"median {statistics.median(loads):.1f}; engine threads (detect -> keypoints) {threads}\n")
+    before = f" | --before {args.before.name}, ratio" if args.before else ""
     print("| clip (persons/frame) | streampose, detect -> keypoints -> jsonl | peer | ratio | streampose full chain "
-          "| model-bound limit, " f"{cores} cores (engine ms/frame) | share of limit | peak MB |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"| model-bound limit, {cores} cores (engine ms/frame) | share of limit | peak MB{before} |")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if args.before else ""))
     for clip in args.clips:
         ours, peer, full = (statistics.median(runs[clip, k]) for k in ("detect-keypoints", "peer", "full"))
         bound = bounds[clip]
+        old = f" | {statistics.median(runs[clip, 'before']):.1f}, " \
+              f"{statistics.median(runs[clip, 'before']) / peer:.2f}" if args.before else ""
         print(f"| {clip} ({bound['persons_per_frame']:.2f}) | {ours:.1f} | {peer:.1f} | {ours / peer:.2f} | "
               f"{full:.1f} | {bound['limit_fps']:.0f} ({bound['engine_ms_per_frame']:.2f}) | "
-              f"{ours / bound['limit_fps']:.0%} | {statistics.median(peaks[clip]):.0f} |")
+              f"{ours / bound['limit_fps']:.0%} | {statistics.median(peaks[clip]):.0f}{old} |")
+    print("\nper round (frames/s): " + json.dumps({f"{clip} {k}": [round(v, 1) for v in values]
+                                                  for (clip, k), values in runs.items()}))
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def test_latest_frame_policy_admits_only_fresh_frames_and_counts_drops(tmp_path)
         stages:
           - {{id: slow, type: noop, delay_ms: 100}}
           - {{id: log, type: jsonl, path: "{{stream}}.jsonl"}}
-        runtime: {{metrics: {{bind: null}}, in_flight: 1}}
+        runtime: {{metrics: {{bind: null}}, in_flight: 1, even_drops: false}}
     """)
     pipeline = Pipeline(load_graph(graph), output_dir=tmp_path / "out")
     pipeline.start()

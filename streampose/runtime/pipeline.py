@@ -21,9 +21,9 @@ from pathlib import Path
 from streampose import messages
 from streampose.frame import Frame, StreamEvent
 from streampose.graph.loader import LoadedGraph
-from streampose.runtime.disk_budget import DiskBudget
 from streampose.runtime.admission import Admission
 from streampose.runtime.cores import plan_cores
+from streampose.runtime.disk_budget import DiskBudget
 from streampose.runtime.health import StreamLoad
 from streampose.runtime.metrics import Metrics
 from streampose.runtime.runner import STOP, StageRunner
@@ -93,7 +93,6 @@ class Pipeline:
         self._declare_metrics()
 
         self.cores = plan_cores(spec)
-        log.info("core plan: %s", self.cores.describe())
         engine_cache = Path(spec.runtime.engine_cache_dir).resolve() if spec.runtime.engine_cache_dir else None
         self.captures = {s.id: Capture(s, graph.path.parent, lambda name, sid=s.id: self.metrics.inc(name, stream=sid),
                                        decoder_threads=self.cores.decoder_threads)
@@ -172,6 +171,7 @@ class Pipeline:
         if self.lifecycle == "starting":  # not if a signal has already stopped it
             self.lifecycle = "running"
         log.info("graph %s started: %d sources, %d stages", self.graph.path.name, len(self.captures), len(self.runners))
+        log.info("core plan: %s", self.cores.describe())
 
     def stop(self) -> None:
         """Ask the sources to stop; the graph then drains and closes."""
