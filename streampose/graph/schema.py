@@ -297,6 +297,37 @@ class Keypoints(ModelStage):
     max_persons: int = Field(32, ge=1, le=1000, description="Most persons per frame given keypoints (largest first).")
 
 
+class Pose(ModelStage):
+    """Persons and their keypoints from one network, with no detector: in place of detector +
+    keypoints, it fills the same persons (17 COCO keypoints with confidences, boxes around the
+    confident keypoints), so tracker, smoother, lift3d, plugins and sinks work unchanged. The model
+    folder holds the network file(s) alone (docs/models.md, "Pose without a detector"):
+    openpose = bottom-up multi-person (Intel's human-pose-estimation-0001, Lightweight OpenPose;
+    its cost does not grow with the number of persons); movenet = MoveNet SinglePose, one person,
+    each frame cropped around the previous frame's keypoints; blazepose = MediaPipe BlazePose, one
+    person, detector + landmark network, with 3D joints in metres from the image (kpts3d, as
+    lift3d fills them)."""
+
+    type: Literal["pose"]
+    network: Literal["openpose", "movenet", "blazepose"] = Field(description="Network kind: openpose, movenet "
+                                                                 "or blazepose; sets pre- and post-processing.")
+    min_score: float = Field(0.2, ge=0, le=1, description="Persons whose score (mean confidence of their "
+                             "keypoints; blazepose: its presence score) is lower are dropped, 0..1.")
+    max_persons: int = Field(32, ge=1, le=1000, description="openpose: most persons per frame, highest score "
+                             "first.")
+    peak_threshold: float = Field(0.1, gt=0, le=1, description="openpose: heatmap value a joint candidate must "
+                                  "exceed, 0..1.")
+    follow: bool = Field(True, description="movenet, blazepose: crop each frame around the previous frame's "
+                         "keypoints (Google's cropping algorithm) instead of taking the whole frame.")
+    world_3d: bool = Field(True, description="blazepose: fill the 3D joints (kpts3d, metres, camera frame) from "
+                           "the network's world landmarks, placed in front of the camera as lift3d places its "
+                           "skeletons; then no lift3d stage is needed.")
+    calib: str | dict[str, str] | None = Field(
+        None, description="blazepose with world_3d: camera calibration files, as lift3d's calib.")
+    assumed_hfov_deg: float = Field(60.0, gt=10, lt=170, description="blazepose with world_3d: horizontal "
+                                    "field of view assumed for streams without calibration, degrees.")
+
+
 class Tracker(StageBase):
     """Gives each person a stable integer id per stream (ByteTrack or OC-SORT), with a Kalman
     filter per person stepped by the frames' media time. Only persons of confirmed tracks go on
@@ -455,6 +486,7 @@ STAGE_TYPES: dict[str, type[StageBase]] = {
     "clips": Clips,
     "detector": Detector,
     "keypoints": Keypoints,
+    "pose": Pose,
     "tracker": Tracker,
     "smoother": Smoother,
     "lift3d": Lift3D,
@@ -463,8 +495,8 @@ STAGE_TYPES: dict[str, type[StageBase]] = {
 }
 
 StageSpec = Annotated[
-    Noop | Publisher | Recorder | Jsonl | Clips | Detector | Keypoints | Tracker | Smoother | Lift3D | JdeDetector
-    | Plugin,
+    Noop | Publisher | Recorder | Jsonl | Clips | Detector | Keypoints | Pose | Tracker | Smoother | Lift3D
+    | JdeDetector | Plugin,
     Field(discriminator="type"),
 ]
 

@@ -15,6 +15,7 @@ from streampose.stages.jde import JdeStage
 from streampose.stages.keypoints import KeypointStage
 from streampose.stages.lift3d import Lift3DStage
 from streampose.stages.noop import NoopStage
+from streampose.stages.pose import PoseStage
 from streampose.stages.smoother import SmootherStage
 from streampose.stages.tracker import TrackerStage
 
@@ -26,6 +27,7 @@ STAGE_CLASSES = {
     "clips": ClipStage,
     "detector": DetectorStage,
     "keypoints": KeypointStage,
+    "pose": PoseStage,
     "lift3d": Lift3DStage,
     "tracker": TrackerStage,
     "smoother": SmootherStage,
