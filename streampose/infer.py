@@ -41,7 +41,7 @@ from streampose.stages import STAGE_CLASSES
 DEFAULT_GRAPH = "infer_graph.yml"
 SINK_TYPES = {"publisher", "recorder", "jsonl", "clips"}
 # Still images have no time: only the stages that work on one frame alone run on them.
-IMAGE_TYPES = {"detector", "keypoints"}
+IMAGE_TYPES = {"detector", "keypoints", "pose"}
 INPUT_KINDS = (f"an image, a folder of images, a video file, a stream URL "
                f"({', '.join(scheme + '://' for scheme in NETWORK_SCHEMES)}) or a webcam ({WEBCAM_PREFIX}0, or 0)")
 

@@ -237,3 +237,62 @@ def test_pose_stage_runs_in_a_graph_through_tracking_smoothing_plugins_and_the_r
         assert all(p["kpts3d"] is not None for p in tracked)
     with av.open(str(tmp_path / "out" / "clip.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == total
+
+
+# --------------------------------------------------------------------------- BlazePose
+
+def test_blazepose_anchors_and_region_geometry():
+    from streampose.posenets import blazepose
+    anchors = blazepose.anchors()
+    assert anchors.shape == (2254, 2) and anchors.min() > 0 and anchors.max() < 1   # the network's 2254 boxes
+    # An upright body: no rotation, side 2.5 x hip-to-top; crop corners map back around the centre.
+    region = blazepose.Region.from_points(np.array([100.0, 200.0]), np.array([100.0, 120.0]))
+    assert region.rotation == pytest.approx(0) and region.side == pytest.approx(200)
+    corners = np.array([[0, 0, 1], [256, 256, 1]]) @ region.to_frame(256).T
+    assert np.allclose(corners, [[0, 100], [200, 300]])
+    # Lying with the head to the right: the crop's up points right in the frame.
+    lying = blazepose.Region.from_points(np.array([100.0, 200.0]), np.array([180.0, 200.0]))
+    up = np.array([128, 0, 1]) @ lying.to_frame(256).T
+    assert np.allclose(up, [200, 200])
+
+
+def test_blazepose_keypoints_agree_with_top_down_and_its_3d_skeleton_is_a_person(top_down):
+    from streampose.geometry.lifting import STATURE_RATIO, skeleton_length
+    picture = cv2.imread(str(IMAGES / "hrnet_demo.jpg"))
+    stage = pose_stage("blazepose")
+    f = frame(picture)
+    stage.process([f])
+    stage.close()
+    assert len(f.persons) == 1
+    assert agreement(f.persons.keypoints, top_down(picture))[0] == 1
+    joints = f.persons.kpts3d[0]
+    assert joints[:, 3].min() > 0
+    height = skeleton_length(joints[None, :, :3])[0] / STATURE_RATIO
+    assert 1.4 < height < 2.1, height
+    # Placed where it projects onto the 2D keypoints (60 degree field of view assumed).
+    focal = picture.shape[1] / 2 / np.tan(np.radians(30))
+    projected = joints[:, :2] / joints[:, 2:3] * focal + np.array(picture.shape[1::-1]) / 2
+    error = np.linalg.norm(projected - f.persons.keypoints[0, :, :2], axis=1)
+    assert np.median(error) < 0.05 * picture.shape[0]
+
+
+def test_validate_knows_the_pose_stage_parameters_and_checks_its_folder(tmp_path):
+    import subprocess
+    import sys
+    graph = tmp_path / "graph.yml"
+
+    def validate(stage: str) -> subprocess.CompletedProcess:
+        graph.write_text(f"sources: [{{id: a, uri: {SQUAT}}}]\nstages:\n  - {stage}\n")
+        return subprocess.run([sys.executable, "-m", "streampose", "validate", str(graph), "--models", str(MODELS)],
+                              capture_output=True, text=True, timeout=120)
+
+    good = validate("{id: pose, type: pose, network: openpose, model: human_pose_estimation_0001_int8_ov}")
+    assert good.returncode == 0, good.stderr
+    typo = validate("{id: pose, type: pose, network: movenet, model: movenet_singlepose_lightning_int8_tflite, "
+                    "folow: false}")
+    assert typo.returncode != 0 and "unknown key 'folow' (did you mean 'follow'?)" in typo.stderr
+    kind = validate("{id: pose, type: pose, network: mobilenet, model: movenet_singlepose_lightning_int8_tflite}")
+    assert kind.returncode != 0 and "network" in kind.stderr and "movenet" in kind.stderr
+    wrong = validate("{id: pose, type: pose, network: blazepose, model: movenet_singlepose_lightning_int8_tflite}")
+    assert wrong.returncode != 0
+    assert "stage 'pose': key 'model'" in wrong.stderr and "pose_detection.tflite" in wrong.stderr

@@ -274,7 +274,8 @@ class ModelStage(StageBase):
 
 
 class Detector(ModelStage):
-    """Finds persons: PP-PicoDet (any export form) or YOLOX, keeping the person class."""
+    """Finds persons: PP-PicoDet (any export form), PP-YOLOE / PP-YOLOE+ (arch YOLO, with or without NMS in
+    the network) or YOLOX, keeping the person class."""
 
     type: Literal["detector"]
     score_threshold: float | None = Field(None, ge=0, le=1, description="Keep boxes above this score; "
