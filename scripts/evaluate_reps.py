@@ -1,6 +1,6 @@
 """Evaluate the repetition counter against the labelled shared videos, through the full graph.
 
-    python scripts/evaluate_reps.py [--media DIR] [--models DIR] [--keypoints NAME]
+    python scripts/evaluate_reps.py [--media DIR] [--models DIR] [--keypoints NAME] [--pose NETWORK]
                                     [--exercise auto|squat|push_up|jumping_jack|lunge|sit_up|burpee]
                                     [--clips NAME ...] [--record DIR] [--cache DIR]
 
@@ -29,6 +29,7 @@ from streampose.client import Subscriber
 from streampose.plugins.reps import EXERCISE_NAMES
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
+from streampose.posenets.networks import DEFAULT_MODELS, NETWORK_KINDS
 from streampose.runtime.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,25 +39,31 @@ GRAPH = """\
 sources:
 {sources}
 stages:
-  - {{id: detect, type: detector, model: {detector}}}
-  - {{id: pose, type: keypoints, model: {keypoints}, batch: {{max_size: 4}}}}
-  - {{id: track, type: tracker}}
+{front}  - {{id: track, type: tracker}}
   - {{id: smooth, type: smoother}}
   - {{id: reps, type: plugin, plugin: reps, params: {{exercise: {exercise}}}}}
   - {{id: publish, type: publisher, bind: "{bind}"}}
 {record}runtime: {{metrics: {{bind: null}}}}
 """
+TOP_DOWN = """\
+  - {{id: detect, type: detector, model: {detector}}}
+  - {{id: pose, type: keypoints, model: {keypoints}, batch: {{max_size: 4}}}}
+"""
+# --pose NETWORK: a detector-free pose stage in place of detect + pose.
+POSE_STAGE = "  - {{id: pose, type: pose, network: {network}, model: {model}}}\n"
 RECORD = '  - {id: record, type: recorder, inputs: [reps], path: "{stream}.mp4"}\n'
 
 
 def run_graph(videos: list[Path], models: Path, detector: str, keypoints: str, exercise: str,
-              workdir: Path, record: Path | None) -> dict[str, list[dict]]:
+              workdir: Path, record: Path | None, network: str | None = None) -> dict[str, list[dict]]:
     """The `rep` event messages of each video (by stream id = file stem), in order."""
     bind = f"ipc://{workdir / 'events.sock'}"
     sources = "\n".join(f"  - {{id: {video.stem}, uri: {video}}}" for video in videos)
     graph = workdir / "reps.yml"
-    graph.write_text(GRAPH.format(sources=sources, detector=detector, keypoints=keypoints, exercise=exercise,
-                                  bind=bind, record=RECORD if record else ""))
+    front = TOP_DOWN.format(detector=detector, keypoints=keypoints) if network is None \
+        else POSE_STAGE.format(network=network, model=DEFAULT_MODELS[network])
+    graph.write_text(GRAPH.format(sources=sources, front=front, exercise=exercise, bind=bind,
+                                  record=RECORD if record else ""))
     pipeline = Pipeline(load_graph(graph), model_paths=default_search_path([models]), output_dir=record or workdir)
     events: dict[str, list[dict]] = {video.stem: [] for video in videos}
     ended: set[str] = set()
@@ -116,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=SHARED / "models", help="folder holding the model folders")
     parser.add_argument("--detector", default="picodet_s_192_lcnet_pedestrian_ov")
     parser.add_argument("--keypoints", default="tinypose_128x96_ov")
+    parser.add_argument("--pose", choices=NETWORK_KINDS, help="a detector-free pose stage with this network "
+                        "(its shared model folder) in place of --detector and --keypoints; no --cache")
     parser.add_argument("--exercise", default="auto", choices=["auto", *EXERCISE_NAMES])
     parser.add_argument("--clips", nargs="+", help="video file names from labels.yml (default: all)")
     parser.add_argument("--record", type=Path, help="write annotated MP4s into this folder")
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"videos not found: {', '.join(missing)}")
 
     started = time.monotonic()
-    if args.cache:
+    if args.cache and not args.pose:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import reps_cache
 
@@ -154,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all_match else 1
     with tempfile.TemporaryDirectory(prefix="evaluate_reps_") as workdir:
         events = run_graph(videos, args.models, args.detector, args.keypoints, args.exercise, Path(workdir),
-                           args.record.resolve() if args.record else None)
+                           args.record.resolve() if args.record else None, args.pose)
     text, all_match = table(labels, clips, events, args.exercise)
-    print(f"exercise: {args.exercise}, models: {args.detector} + {args.keypoints}, "
+    used = f"pose {args.pose} ({DEFAULT_MODELS[args.pose]})" if args.pose else f"{args.detector} + {args.keypoints}"
+    print(f"exercise: {args.exercise}, models: {used}, "
           f"{time.monotonic() - started:.0f} s\n")
     print(text)
     return 0 if all_match else 1

@@ -3,7 +3,9 @@
 Every clip of the labels file goes through detector -> keypoints -> tracker -> smoother ->
 plugin fall, every frame processed. By default the detector and keypoint results come from
 the pose cache (`streampose.evaluate.pose_cache`, built on first use) and only the stages
-after them run, the same classes a graph runs; `--no-cache` runs the full graph instead.
+after them run, the same classes a graph runs; `--no-cache` runs the full graph instead, and
+`--pose NETWORK` runs it with a detector-free pose stage (streampose.stages.pose) in place of
+detector -> keypoints.
 
 Scoring, as fall-detection papers count, with no guess of who "the main person" is:
 
@@ -45,6 +47,7 @@ from streampose.frame import Frame
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
 from streampose.plugins.fall import FallDetector
+from streampose.posenets.networks import DEFAULT_MODELS, NETWORK_KINDS
 from streampose.runtime.pipeline import Pipeline
 
 MAX_DELAY_S = 1.5          # a fall alarm this long after the body is on the ground is in time
@@ -72,10 +75,20 @@ FULL_GRAPH = """\
 # Written by streampose evaluate falls --no-cache: every labelled clip through the fall graph.
 sources: {sources}
 stages:
+{front}{after}runtime: {{metrics: {{bind: null}}, log_level: warning}}
+"""
+TOP_DOWN = """\
   - {{id: detect, type: detector, model: {detector}, batch: {{max_size: 4}}}}
   - {{id: pose, type: keypoints, model: {keypoints}, batch: {{max_size: 4}}}}
-{after}runtime: {{metrics: {{bind: null}}, log_level: warning}}
 """
+# --pose NETWORK: a detector-free pose stage (streampose.stages.pose) in place of detect + pose.
+POSE_STAGE = "  - {{id: pose, type: pose, network: {network}, model: {model}}}\n"
+
+
+def front_stages(network: str | None) -> str:
+    if network is None:
+        return TOP_DOWN.format(detector=DETECTOR, keypoints=KEYPOINTS)
+    return POSE_STAGE.format(network=network, model=DEFAULT_MODELS[network])
 
 # The thresholds cross-validation chooses among: the ones that trade missed falls against
 # false alarms (docs/falls.md, "Where to turn"): how fast a descent must be, how long the person
@@ -162,11 +175,12 @@ class _Collector(Pipeline):
         super()._on_leaf(frame)
 
 
-def run_full(clips: list[Path], models: list[Path], params: dict, lift: bool = False) -> dict[str, ClipRun]:
+def run_full(clips: list[Path], models: list[Path], params: dict, lift: bool = False,
+             network: str | None = None) -> dict[str, ClipRun]:
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "falls.yml"
         sources = json.dumps([{"id": pose_cache.stream_id(c), "uri": str(c)} for c in clips])
-        path.write_text(FULL_GRAPH.format(sources=sources, detector=DETECTOR, keypoints=KEYPOINTS,
+        path.write_text(FULL_GRAPH.format(sources=sources, front=front_stages(network),
                                           after=after_pose(params, lift)))
         pipeline = _Collector(load_graph(path), model_paths=default_search_path(models), output_dir=Path(scratch))
         pipeline.start()
@@ -396,6 +410,8 @@ def add_parser(commands) -> None:
                    help="a fall plugin parameter, e.g. confirm_s=1.0 (repeatable)")
     p.add_argument("--cache", type=Path, default=pose_cache.DEFAULT_DIR, help="pose cache folder")
     p.add_argument("--no-cache", action="store_true", help="run the full graph (detector and keypoints too)")
+    p.add_argument("--pose", choices=NETWORK_KINDS, help="a pose stage with this network (its shared model "
+                   "folder) in place of detector + keypoints; runs the full graph")
     p.add_argument("--cv", action="store_true", help="also leave-one-source-out cross-validation over CV_GRID")
     p.add_argument("-o", "--output", type=Path, default=Path("out/evaluate/falls"),
                    help="folder for falls.md, falls.json and the timelines/ PNGs")
@@ -432,10 +448,11 @@ def command(args) -> int:
     base = _parse_params(args.param) | ({"use_3d": True} if args.lift else {})
     models = args.models or [Path(__import__("os").environ.get("STREAMPOSE_MODELS", "models"))]
 
-    tracked = None if args.no_cache else track_cached(clips, args.cache, models, args.lift)
+    tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models, args.lift)
 
     def evaluate_point(params: dict) -> tuple[list[dict], dict[str, ClipRun]]:
-        runs = run_full(clips, models, params, args.lift) if tracked is None else run_plugin(tracked, models, params)
+        runs = run_full(clips, models, params, args.lift, args.pose) if tracked is None \
+            else run_plugin(tracked, models, params)
         for n in names:
             shift_times(runs[Path(n).stem], offsets[n])
         lie = down_alarm_s(params)
