@@ -9,7 +9,8 @@ Lightning, each frame timed alone (pre-processing, network, decoding); a least-s
 ms = a + b x persons over all frames says what each extra person costs.
 
 agreement: the shared images and every N-th frame of the single- and few-person clips; the
-reference is PicoDet-S-320 + TinyPose-256x192. Each reference person (with a visible torso) is
+reference is PicoDet-S-320 + TinyPose-256x192; the demo's TinyPose-128x96 (same detector) is
+scored beside the three networks as a yardstick. Each reference person (with a visible torso) is
 matched to the nearest found person by torso centre (not matched when farther than a torso
 length); joints confident in the reference (> 0.5) count. px = median distance, PCK@0.1 = share
 within 0.1 x the torso length (shoulder midpoint to hip midpoint), recall = share of reference
@@ -45,6 +46,7 @@ AGREEMENT_CLIPS = ("squat_side_view.mp4", "office_man_walking_1280x720.mp4", "fa
                    "mmaction2_demo_skeleton_2persons.mp4")
 POSE_MODELS = {"openpose": "human_pose_estimation_0001_int8_ov", "movenet": "movenet_singlepose_lightning_int8_tflite",
                "blazepose": "blazepose_lite_tflite"}
+SINGLE_PERSON = ("movenet", "blazepose")
 CONTEXT = StageContext(graph_dir=Path("."), output_dir=Path("."), model_paths=[MODELS])
 
 
@@ -130,8 +132,9 @@ def score(found: np.ndarray, reference: np.ndarray, tally: dict) -> None:
 
 def agreement(every: int) -> None:
     reference = TopDown("tinypose_256x192_ov")
-    tallies = {name: {"persons": 0, "matched": 0, "errors": [], "relative": []} for name in POSE_MODELS}
-    runners = {name: method(name) for name in POSE_MODELS}
+    names = ("top-down", *POSE_MODELS)     # top-down: the demo's PicoDet-S-320 + TinyPose-128x96
+    tallies = {name: {"persons": 0, "matched": 0, "errors": [], "relative": []} for name in names}
+    runners = {name: method(name) for name in names}
     samples = 0
     for path in sorted(IMAGES.iterdir()):
         image = cv2.imread(str(path))
@@ -139,7 +142,7 @@ def agreement(every: int) -> None:
         reference.process([ref])
         samples += 1
         for name, runner in runners.items():
-            if name != "openpose" and len(ref.persons) != 1:
+            if name in SINGLE_PERSON and len(ref.persons) != 1:
                 continue
             frame = Frame(path.name, 0, image, 0.0, 0.0)     # its own stream: no crop from elsewhere
             runner.process([frame])
@@ -147,16 +150,17 @@ def agreement(every: int) -> None:
     for clip in AGREEMENT_CLIPS:
         for i, image in frames_of(VIDEOS / clip):
             frames = {name: Frame(clip, i, image, 0.0, i / 30) for name in runners}
-            for name in ("movenet", "blazepose"):           # every frame: the crop follows
+            for name in SINGLE_PERSON:                      # every frame: the crop follows
                 runners[name].process([frames[name]])
             if i % every:
                 continue
             ref = Frame(clip, i, image, 0.0, i / 30)
             reference.process([ref])
             samples += 1
-            runners["openpose"].process([frames["openpose"]])
+            for name in ("top-down", "openpose"):
+                runners[name].process([frames[name]])
             for name, frame in frames.items():
-                if name != "openpose" and len(ref.persons) != 1:
+                if name in SINGLE_PERSON and len(ref.persons) != 1:
                     continue
                 score(frame.persons.keypoints, ref.persons.keypoints, tallies[name])
     print(f"{samples} images and frames (6 images, every {every}th frame of {', '.join(AGREEMENT_CLIPS)})\n")

@@ -296,3 +296,19 @@ def test_validate_knows_the_pose_stage_parameters_and_checks_its_folder(tmp_path
     wrong = validate("{id: pose, type: pose, network: blazepose, model: movenet_singlepose_lightning_int8_tflite}")
     assert wrong.returncode != 0
     assert "stage 'pose': key 'model'" in wrong.stderr and "pose_detection.tflite" in wrong.stderr
+
+
+def test_evaluate_falls_runs_with_a_pose_stage(tmp_path):
+    import subprocess
+    import sys
+    clip = "fall_faint_studio_1280x720.mp4"
+    result = subprocess.run([sys.executable, "-m", "streampose", "evaluate", "falls", "--pose", "movenet",
+                             "--videos", str(VIDEOS), "--labels", str(VIDEOS.parent / "labels.yml"), "--models",
+                             str(MODELS), "--clip", clip, "--no-plots", "-o", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    report = json.loads((tmp_path / "falls.json").read_text())
+    assert result.returncode in (0, 1), result.stderr
+    (only,) = report["clips"]
+    with av.open(str(VIDEOS / clip)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    assert only["clip"] == clip and only["frames"] == frames
