@@ -7,7 +7,6 @@ TinyPose-256x192) run here on the same pixels.
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import av
@@ -312,3 +311,10 @@ def test_evaluate_falls_runs_with_a_pose_stage(tmp_path):
     with av.open(str(VIDEOS / clip)) as container:
         frames = sum(1 for _ in container.decode(video=0))
     assert only["clip"] == clip and only["frames"] == frames
+
+
+def test_a_network_of_another_kind_is_refused_naming_what_it_expected():
+    from streampose.posenets.networks import PoseNetworkError
+    with pytest.raises(PoseNetworkError, match="heatmap and 38 affinity-field channels|two outputs"):
+        PoseStage("pose", schema.Pose(id="pose", type="pose", network="openpose", model="tinypose_128x96_ov"),
+                  context())

@@ -18,6 +18,7 @@ from streampose.frame import NUM_KEYPOINTS, Frame
 from streampose.geometry.lifting import place_by_height
 from streampose.graph import schema
 from streampose.posenets import blazepose, layouts
+from streampose.posenets.networks import PoseNetworkError
 from streampose.runtime.stage import StageContext
 from streampose.stages.lift3d import MIN_DEPTH_M, Cameras
 
@@ -34,7 +35,7 @@ class BlazePoseEstimator:
         names = {t.name for t in landmarks.outputs}
         wanted = {"Identity", "Identity_1", "Identity_4"}
         if not wanted <= names:
-            raise ValueError(f"{landmarks.folder.name}: expected BlazePose landmark outputs {sorted(wanted)}, "
+            raise PoseNetworkError(f"{landmarks.folder.name}: expected BlazePose landmark outputs {sorted(wanted)}, "
                              f"got {sorted(names)}")
         self.landmark_input = landmarks.inputs[0].name
         self.anchors = blazepose.anchors()

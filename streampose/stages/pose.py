@@ -17,17 +17,13 @@ from streampose.frame import NUM_KEYPOINTS, Frame, Persons, StreamEvent
 from streampose.graph import schema
 from streampose.models.folder import default_search_path, find_model_dir
 from streampose.posenets import layouts, movenet, paf
-from streampose.posenets.networks import KIND_LAYOUTS, network_files, network_folder
+from streampose.posenets.networks import KIND_LAYOUTS, PoseNetworkError, network_files, network_folder
 from streampose.runtime.stage import Stage, StageContext
 from streampose.stages.keypoints import boxes_from_keypoints
 
 # human-pose-estimation-0001's canvas is padded with this grey: the network subtracts 128 inside,
 # so the padding is zero after its normalisation.
 OPENPOSE_PAD = 128
-
-
-class PoseConfigError(ValueError):
-    """The model folder's networks cannot serve the named pose network kind."""
 
 
 class OpenPoseEstimator:
@@ -38,14 +34,14 @@ class OpenPoseEstimator:
         shapes = {t.name: t.shape for t in engine.outputs}
         inputs = engine.inputs
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(shapes) != 2:
-            raise PoseConfigError(f"{engine.folder.name}: expected one image input (1, 3, H, W) and two outputs "
+            raise PoseNetworkError(f"{engine.folder.name}: expected one image input (1, 3, H, W) and two outputs "
                                   f"(affinity fields, heatmaps), got inputs {[list(t.shape) for t in inputs]} "
                                   f"and outputs {[list(s) for s in shapes.values()]}")
         skeleton = paf.OPENPOSE_SKELETON
         by_channels = {s[1]: name for name, s in shapes.items()}
         joints, fields = len(skeleton.layout) + 1, 2 * len(skeleton.limbs)
         if set(by_channels) != {joints, fields}:
-            raise PoseConfigError(f"{engine.folder.name}: expected outputs of {joints} heatmap and {fields} "
+            raise PoseNetworkError(f"{engine.folder.name}: expected outputs of {joints} heatmap and {fields} "
                                   f"affinity-field channels, got {sorted(by_channels)}")
         self.engine = engine
         self.input = inputs[0].name
@@ -71,6 +67,9 @@ class OpenPoseEstimator:
         order = np.argsort(-scores, kind="stable")[:self.max_persons]
         return layouts.to_coco(keypoints[order], self.skeleton.layout), scores[order], None
 
+    def forget(self, stream: str) -> None:
+        """Nothing to forget: every frame stands alone."""
+
 
 class MoveNetEstimator:
     """MoveNet SinglePose with Google's cropping algorithm (streampose.posenets.movenet)."""
@@ -79,7 +78,7 @@ class MoveNetEstimator:
         inputs, outputs = engine.inputs, engine.outputs
         if (len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != inputs[0].shape[2]
                 or inputs[0].shape[3] != 3 or len(outputs) != 1 or outputs[0].shape[-2:] != (NUM_KEYPOINTS, 3)):
-            raise PoseConfigError(f"{engine.folder.name}: expected one square NHWC image input and one output "
+            raise PoseNetworkError(f"{engine.folder.name}: expected one square NHWC image input and one output "
                                   f"(1, 1, 17, 3), got inputs {[list(t.shape) for t in inputs]} and outputs "
                                   f"{[list(t.shape) for t in outputs]}")
         self.engine = engine
@@ -112,11 +111,14 @@ class PoseStage(Stage):
         super().__init__(stage_id, params, context)
         folder = find_model_dir(params.model, context.model_paths or default_search_path(), context.graph_dir)
         files = network_files(folder, params.network)
-        engines = {role: load_engine(network_folder(path, params.network), engine=params.engine,
-                                     device=params.device, precision=params.precision, threads=params.threads,
-                                     fallback=params.fallback) for role, path in files.items()}
-        self.engines = list(engines.values())
+        engines: dict[str, Engine] = {}
+        self.engines = []
         try:
+            for role, path in files.items():
+                engines[role] = load_engine(network_folder(path, params.network), engine=params.engine,
+                                            device=params.device, precision=params.precision, threads=params.threads,
+                                            fallback=params.fallback)
+                self.engines.append(engines[role])
             if params.network == "openpose":
                 self.estimator = OpenPoseEstimator(engines["network"], params)
             elif params.network == "movenet":
@@ -135,18 +137,18 @@ class PoseStage(Stage):
         for frame in frames:   # in order: a single-person network's crop follows from the frame before
             keypoints, scores, kpts3d = self.estimator.estimate(frame)
             keep = scores >= self.params.min_score
-            persons = Persons.from_boxes(np.zeros((int(keep.sum()), 4), np.float32), scores[keep])
-            persons.keypoints = keypoints[keep]
-            persons = boxes_from_keypoints(persons, frame.width, frame.height)
-            persons.keypoints, persons.pose_scores = keypoints[keep], keypoints[keep, :, 2].mean(1)
+            unboxed = Persons.from_boxes(np.zeros((int(keep.sum()), 4), np.float32), scores[keep])
+            unboxed.keypoints = keypoints[keep]
+            persons = boxes_from_keypoints(unboxed, frame.width, frame.height)
+            persons.keypoints, persons.pose_scores = unboxed.keypoints, unboxed.keypoints[..., 2].mean(1)
             if kpts3d is not None:
                 persons.kpts3d = kpts3d[keep]
-            # A person too spread out or too faint to box (fewer than 3 confident joints) is no person.
+            # Fewer than 3 confident joints get no box (it stays all zeros): too little to be a person.
             sides = persons.boxes[:, 2:] - persons.boxes[:, :2]
             frame.persons = persons.select((sides > 1).all(axis=1))
 
     def on_stream_event(self, event: StreamEvent) -> None:
-        if event.restarts_stream and hasattr(self.estimator, "forget"):
+        if event.restarts_stream:
             self.estimator.forget(event.stream)
 
     def close(self) -> None:
