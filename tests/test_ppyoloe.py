@@ -1,6 +1,8 @@
 """PP-YOLOE / PP-YOLOE+ model folders (`arch: YOLO`): a tiny randomly initialised network with
 PP-YOLOE's inputs, head and post-processing, exported by Paddle with and without NMS in the
-network (scripts/make_tiny_ppyoloe.py), runs as a detector on every engine that reads it."""
+network (scripts/make_tiny_ppyoloe.py), runs as a detector on every engine that reads it: the
+Paddle program on OpenVINO and Paddle Inference, its ONNX conversion (`streampose models convert`)
+on ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import pytest
 from conftest import IMAGES, REPO
 from streampose.frame import Frame
 from streampose.graph import schema
+from streampose.models.convert import convert
+from streampose.models.folder import load_model_folder
 from streampose.runtime.stage import StageContext
 from streampose.stages.detector import DetectorStage
 from streampose.tracking.association import iou_matrix
@@ -31,6 +35,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
         made[name] = root / name
         subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_ppyoloe.py"), str(made[name]), *extra],
                        check=True, capture_output=True, timeout=300)
+        made[f"{name}_onnx"] = convert(load_model_folder(made[name]), "onnx", root / "onnx").path
     return made
 
 
@@ -48,6 +53,7 @@ def detect(folder: Path, engine: str) -> tuple[str, np.ndarray, np.ndarray]:
 def test_ppyoloe_folder_runs_as_a_detector_and_engines_agree(folders, form):
     image = cv2.imread(str(IMAGE))
     found = {engine: detect(folders[form], engine) for engine in ("openvino", "paddle")}
+    found["onnxruntime"] = detect(folders[f"{form}_onnx"], "onnxruntime")
     expected_form = picodet.DECODED if form == "boxes" else picodet.NMS_IN_GRAPH
     for engine, (kind, boxes, scores) in found.items():
         assert kind == expected_form, engine
@@ -57,9 +63,11 @@ def test_ppyoloe_folder_runs_as_a_detector_and_engines_agree(folders, form):
         assert (boxes[:, 2:] > boxes[:, :2]).all()
         assert boxes[:, 2].max() > 0.8 * image.shape[1] and boxes[:, 3].max() > 0.8 * image.shape[0]
         assert (boxes[:, [0, 2]] <= image.shape[1]).all() and (boxes[:, [1, 3]] <= image.shape[0]).all()
-    (_, ov_boxes, ov_scores), (_, pd_boxes, pd_scores) = found["openvino"], found["paddle"]
-    assert len(ov_boxes) == len(pd_boxes)
-    assert np.abs(ov_boxes - pd_boxes).max() < 0.05 and np.abs(ov_scores - pd_scores).max() < 1e-4
+    _, ov_boxes, ov_scores = found["openvino"]
+    for engine in ("paddle", "onnxruntime"):
+        _, boxes, scores = found[engine]
+        assert len(boxes) == len(ov_boxes), engine
+        assert np.abs(boxes - ov_boxes).max() < 0.05 and np.abs(scores - ov_scores).max() < 1e-4, engine
 
 
 def test_nms_in_the_network_and_nms_in_streampose_keep_the_same_best_boxes(folders):
