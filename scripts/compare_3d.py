@@ -47,8 +47,8 @@ def torso_angle(joints: np.ndarray) -> np.ndarray:
 
 
 def main(every: int) -> None:
-    context = StageContext(graph_dir=Path("."), output_dir=Path("."), model_paths=default_search_path([SHARED / "models"]),
-                           streams=list(CLIPS))
+    context = StageContext(graph_dir=Path("."), output_dir=Path("."),
+                           model_paths=default_search_path([SHARED / "models"]), streams=list(CLIPS))
     pose = PoseStage("p", schema.Pose(id="p", type="pose", network="blazepose", model="blazepose_lite_tflite"),
                      context)
     print("| clip | frames compared | MPJPE (m) | root depth gap (m) | torso angle gap (deg) | "

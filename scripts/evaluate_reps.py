@@ -51,6 +51,9 @@ TOP_DOWN = """\
 """
 # --pose NETWORK: a detector-free pose stage in place of detect + pose.
 POSE_STAGE = "  - {{id: pose, type: pose, network: {network}, model: {model}}}\n"
+# Longest wait for the next event or status message. All clips run interleaved, so with the
+# bottom-up network (about 60 ms a frame here) no clip ends and no rep comes for over 120 s.
+SILENCE_S = 600.0
 RECORD = '  - {id: record, type: recorder, inputs: [reps], path: "{stream}.mp4"}\n'
 
 
@@ -67,14 +70,15 @@ def run_graph(videos: list[Path], models: Path, detector: str, keypoints: str, e
     pipeline = Pipeline(load_graph(graph), model_paths=default_search_path([models]), output_dir=record or workdir)
     events: dict[str, list[dict]] = {video.stem: [] for video in videos}
     ended: set[str] = set()
-    with Subscriber(bind, topics=("event/", "status/"), timeout_s=120.0) as subscriber:
+    with Subscriber(bind, topics=("event/", "status/"), timeout_s=SILENCE_S) as subscriber:
         time.sleep(0.3)  # let the subscription reach the publisher before anything is sent
         pipeline.start()
         # A stream's "ended" status travels behind its last frame, so its events all came before.
         while ended != set(events):
             received = subscriber.recv_dict()
             if received is None:
-                raise RuntimeError(f"no message for 120 s; streams not ended: {sorted(set(events) - ended)}")
+                raise RuntimeError(f"no message for {SILENCE_S:.0f} s; streams not ended: "
+                                   f"{sorted(set(events) - ended)}")
             _, message = received
             if message["type"] == "status" and message["kind"] == "ended":
                 ended.add(message["stream"])

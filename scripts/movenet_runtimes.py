@@ -20,7 +20,8 @@ import numpy as np
 
 MODELS = Path(os.environ.get("STREAMPOSE_MODELS", "../shared/models"))
 MEDIA = Path(os.environ.get("STREAMPOSE_SHARED", "../shared")) / "media"
-MOVENET = MODELS / "movenet_singlepose_lightning_int8_tflite" / "lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite"
+MOVENET = (MODELS / "movenet_singlepose_lightning_int8_tflite"
+           / "lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite")
 VIDEOS = ("squat_side_view.mp4", "office_man_walking_1280x720.mp4", "fall_faint_studio_1280x720.mp4",
           "reps_squats_side_studio.mp4", "reps_lunges_side_studio.mp4")
 EVERY = 10

@@ -22,8 +22,8 @@ from streampose.stages.smoother import SmootherStage
 from streampose.stages.tracker import TrackerStage
 
 EXAMPLES = (
-    ("openpose", "human_pose_estimation_0001_int8_ov", Example("pose_openpose", "video/mmaction2_demo_skeleton_2persons.mp4",
-                                                               index=12)),
+    ("openpose", "human_pose_estimation_0001_int8_ov",
+     Example("pose_openpose", "video/mmaction2_demo_skeleton_2persons.mp4", index=12)),
     ("movenet", "movenet_singlepose_lightning_int8_tflite", Example("pose_movenet", "video/squat_side_view.mp4",
                                                                     index=252)),
     ("blazepose", "blazepose_lite_tflite", Example("pose_blazepose", "video/fall_faint_studio_1280x720.mp4",

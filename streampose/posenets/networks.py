@@ -27,7 +27,8 @@ NETWORK_KINDS = ("openpose", "movenet", "blazepose")
 class PoseNetworkError(ValueError):
     """A network's inputs or outputs are not those of the kind the pose stage names."""
 # Kind -> the released network's folder name in the shared models (../shared/models/README.md).
-DEFAULT_MODELS = {"openpose": "human_pose_estimation_0001_int8_ov", "movenet": "movenet_singlepose_lightning_int8_tflite",
+DEFAULT_MODELS = {"openpose": "human_pose_estimation_0001_int8_ov",
+                  "movenet": "movenet_singlepose_lightning_int8_tflite",
                   "blazepose": "blazepose_lite_tflite"}
 # Kind -> its keypoint layout (streampose.posenets.layouts).
 KIND_LAYOUTS = {"openpose": "openpose18", "movenet": "coco17", "blazepose": "blazepose33"}

@@ -1,8 +1,8 @@
 """The pose stage: persons and keypoints from one network, no detector (streampose.posenets).
 
 Each estimator turns one frame into COCO-17 keypoints (N, 17, 3) in frame pixels, a score per
-person (N,) and, blazepose only, 3D joints (N, 17, 4) (else None); the stage boxes them (the same fit to confident keypoints the keypoint stage
-uses when the detector skips a frame) and fills `frame.persons` as detector + keypoints would.
+person (N,) and, blazepose only, 3D joints (N, 17, 4) (else None); the stage boxes them (the
+same fit to confident keypoints the keypoint stage uses when the detector skips a frame) and fills `frame.persons` as detector + keypoints would.
 Single-person networks (movenet, blazepose) keep, per stream, the crop for the stream's next
 frame; it restarts when the stream is lost, ends or reopens.
 """
