@@ -1,7 +1,8 @@
 """Inference engines, and `load_engine`, which picks one for a model, device and precision.
 
 Which engine reads which format, and where it runs:
-  openvino     paddle (.pdmodel), onnx, openvino IR   cpu (fp32); Intel gpu (fp32, fp16)
+  openvino     paddle (.pdmodel), onnx, openvino IR,  cpu (fp32); Intel gpu (fp32, fp16)
+               tflite (the `pose` stage's networks)
   paddle       paddle, paddle3                        cpu (oneDNN, fp32); NVIDIA gpu (fp32; TensorRT fp16, int8)
   onnxruntime  onnx                                   cpu (fp32); NVIDIA gpu (CUDA fp32; TensorRT fp16)
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 ENGINES = ("openvino", "paddle", "onnxruntime")
 _MODULES = {"openvino": "openvino", "paddle": "paddle", "onnxruntime": "onnxruntime"}
 FORMATS = {
-    "openvino": ("paddle", "onnx", "openvino"),
+    "openvino": ("paddle", "onnx", "openvino", "tflite"),
     "paddle": ("paddle", "paddle3"),
     "onnxruntime": ("onnx",),
 }

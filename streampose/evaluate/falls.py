@@ -3,7 +3,9 @@
 Every clip of the labels file goes through detector -> keypoints -> tracker -> smoother ->
 plugin fall, every frame processed. By default the detector and keypoint results come from
 the pose cache (`streampose.evaluate.pose_cache`, built on first use) and only the stages
-after them run, the same classes a graph runs; `--no-cache` runs the full graph instead.
+after them run, the same classes a graph runs; `--no-cache` runs the full graph instead, and
+`--pose NETWORK` runs it with a detector-free pose stage (streampose.stages.pose) in place of
+detector -> keypoints.
 
 Scoring, as fall-detection papers count, with no guess of who "the main person" is:
 
@@ -45,6 +47,7 @@ from streampose.frame import Frame
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
 from streampose.plugins.fall import FallDetector
+from streampose.posenets.networks import NETWORK_KINDS
 from streampose.runtime.pipeline import Pipeline
 
 MAX_DELAY_S = 1.5          # a fall alarm this long after the body is on the ground is in time
@@ -72,9 +75,7 @@ FULL_GRAPH = """\
 # Written by streampose evaluate falls --no-cache: every labelled clip through the fall graph.
 sources: {sources}
 stages:
-  - {{id: detect, type: detector, model: {detector}, batch: {{max_size: 4}}}}
-  - {{id: pose, type: keypoints, model: {keypoints}, batch: {{max_size: 4}}}}
-{after}runtime: {{metrics: {{bind: null}}, log_level: warning}}
+{front}{after}runtime: {{metrics: {{bind: null}}, log_level: warning}}
 """
 
 # The thresholds cross-validation chooses among: the ones that trade missed falls against
@@ -163,14 +164,16 @@ class _Collector(Pipeline):
 
 
 def run_full(clips: list[Path], models: list[Path], params: dict, lift: bool = False,
-             zones: dict[str, tuple] | None = None) -> dict[str, ClipRun]:
-    """The full graph over `clips`, each source with its zones (clip file name -> zones)."""
+             zones: dict[str, tuple] | None = None, network: str | None = None) -> dict[str, ClipRun]:
+    """The full graph over `clips`, each source with its zones (clip file name -> zones); `network`
+    puts the detector-free pose stage with that network in front instead of detector + keypoints."""
     zones = zones or {}
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "falls.yml"
         sources = json.dumps([{"id": pose_cache.stream_id(c), "uri": str(c), "zones": clip_zones.as_graph(zones.get(c.name, ()))}
                               for c in clips])
-        path.write_text(FULL_GRAPH.format(sources=sources, detector=DETECTOR, keypoints=KEYPOINTS,
+        path.write_text(FULL_GRAPH.format(sources=sources,
+                                          front=pose_cache.front_stages(DETECTOR, KEYPOINTS, network),
                                           after=after_pose(params, lift)))
         pipeline = _Collector(load_graph(path), model_paths=default_search_path(models), output_dir=Path(scratch))
         pipeline.start()
@@ -390,6 +393,8 @@ def add_parser(commands) -> None:
                    help="a fall plugin parameter, e.g. confirm_s=1.0 (repeatable)")
     p.add_argument("--cache", type=Path, default=pose_cache.DEFAULT_DIR, help="pose cache folder")
     p.add_argument("--no-cache", action="store_true", help="run the full graph (detector and keypoints too)")
+    p.add_argument("--pose", choices=NETWORK_KINDS, help="a pose stage with this network (its shared model "
+                   "folder) in place of detector + keypoints; runs the full graph")
     p.add_argument("--cv", action="store_true", help="also leave-one-source-out cross-validation over CV_GRID")
     p.add_argument("-o", "--output", type=Path, default=Path("out/evaluate/falls"),
                    help="folder for falls.md, falls.json and the timelines/ PNGs")
@@ -433,13 +438,14 @@ def command(args) -> int:
         zones = {} if args.no_zones else clip_zones.load(args.zones)
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    tracked = None if args.no_cache else track_cached(clips, args.cache, models, args.lift)
+    tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models, args.lift)
     for n in names:   # every frame carries its stream's zones, as a graph's source gives them (run_full)
         for frame in (tracked or {}).get(Path(n).stem, []):
             frame.zones = zones.get(n, ())
 
     def evaluate_point(params: dict) -> tuple[list[dict], dict[str, ClipRun]]:
-        runs = run_full(clips, models, params, args.lift, zones) if tracked is None else run_plugin(tracked, models, params)
+        runs = run_full(clips, models, params, args.lift, zones, args.pose) if tracked is None \
+            else run_plugin(tracked, models, params)
         for n in names:
             shift_times(runs[Path(n).stem], offsets[n])
         lie = down_alarm_s(params)

@@ -34,6 +34,7 @@ import numpy as np
 from streampose.frame import Frame, Persons, StreamEvent
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path, find_model
+from streampose.posenets.networks import DEFAULT_MODELS
 from streampose.runtime.pipeline import Pipeline
 from streampose.runtime.stage import Stage, StageContext
 from streampose.tracking.cuts import THUMBNAIL_SIZE, thumbnail
@@ -210,3 +211,19 @@ def build_stages(graph_text: str, graph_dir: Path, model_paths: list[Path]) -> l
     return [STAGE_CLASSES[st.type](st.id, st, StageContext(graph_dir=graph_dir, output_dir=graph_dir,
                                                            model_paths=model_paths, streams=streams))
             for st in graph.spec.stages]
+
+
+TOP_DOWN = """\
+  - {{id: detect, type: detector, model: {detector}, batch: {{max_size: 4}}}}
+  - {{id: pose, type: keypoints, model: {keypoints}, batch: {{max_size: 4}}}}
+"""
+# --pose NETWORK: a detector-free pose stage (streampose.stages.pose) in place of detect + pose.
+POSE_STAGE = "  - {{id: pose, type: pose, network: {network}, model: {model}}}\n"
+
+
+def front_stages(detector: str, keypoints: str, network: str | None = None) -> str:
+    """The graph stages that find persons and their keypoints, for an evaluation's full graph:
+    detector + keypoints, or the pose stage with `network` (its shared model folder)."""
+    if network is None:
+        return TOP_DOWN.format(detector=detector, keypoints=keypoints)
+    return POSE_STAGE.format(network=network, model=DEFAULT_MODELS[network])

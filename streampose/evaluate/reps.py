@@ -35,6 +35,7 @@ from streampose.frame import Event, Frame
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
 from streampose.plugins.reps import EXERCISE_NAMES, RepParams
+from streampose.posenets.networks import NETWORK_KINDS
 from streampose.runtime.pipeline import Pipeline
 
 DETECTOR, KEYPOINTS = "picodet_s_192_lcnet_pedestrian_ov", "tinypose_128x96_ov"   # graphs/fitness.yml's
@@ -48,9 +49,7 @@ FULL_GRAPH = """\
 # Written by streampose evaluate reps --no-cache: every labelled clip through the fitness graph.
 sources: {sources}
 stages:
-  - {{id: detect, type: detector, model: {detector}, batch: {{max_size: 4}}}}
-  - {{id: pose, type: keypoints, model: {keypoints}, batch: {{max_size: 4}}}}
-{after}runtime: {{metrics: {{bind: null}}, log_level: warning}}
+{front}{after}runtime: {{metrics: {{bind: null}}, log_level: warning}}
 """
 
 # The parameters cross-validation chooses, and the values it tries (the others keep their
@@ -123,11 +122,12 @@ class _Collector(Pipeline):
         super()._on_leaf(frame)
 
 
-def run_full(clips: list[Path], models: list[Path], params: dict) -> dict[str, list[Event]]:
+def run_full(clips: list[Path], models: list[Path], params: dict, network: str | None = None) -> dict[str, list[Event]]:
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "reps.yml"
         sources = json.dumps([{"id": pose_cache.stream_id(c), "uri": str(c)} for c in clips])
-        path.write_text(FULL_GRAPH.format(sources=sources, detector=DETECTOR, keypoints=KEYPOINTS,
+        path.write_text(FULL_GRAPH.format(sources=sources,
+                                          front=pose_cache.front_stages(DETECTOR, KEYPOINTS, network),
                                           after=AFTER_POSE.format(params=json.dumps(params))))
         pipeline = _Collector(load_graph(path), model_paths=default_search_path(models), output_dir=Path(scratch))
         pipeline.start()
@@ -288,6 +288,8 @@ def add_parser(commands) -> None:
                    help="a reps plugin parameter, e.g. push_up_top_deg=40 (repeatable)")
     p.add_argument("--cache", type=Path, default=pose_cache.DEFAULT_DIR, help="pose cache folder")
     p.add_argument("--no-cache", action="store_true", help="run the full graph (detector and keypoints too)")
+    p.add_argument("--pose", choices=NETWORK_KINDS, help="the full graph with a detector-free pose stage with "
+                   "this network (its shared model folder) in place of detector + keypoints (docs/models.md)")
     p.add_argument("--cv", action="store_true", help="also leave-one-source-out cross-validation over GRID")
     p.add_argument("--jobs", type=int, default=1, help="processes for the --cv scan (default 1)")
     p.add_argument("-o", "--output", type=Path, default=Path("out/evaluate/reps"), help="folder for reps.md and reps.json")
@@ -316,18 +318,18 @@ def command(args) -> int:
     unknown = [n for n in names if n not in labels or not (args.videos / n).is_file()]
     if unknown:
         raise SystemExit(f"not labelled in {args.labels} or not in {args.videos}: {', '.join(unknown)}")
-    if args.cv and args.no_cache:
-        raise SystemExit("--cv replays the pose cache: leave out --no-cache")
+    if args.cv and (args.no_cache or args.pose):
+        raise SystemExit("--cv replays the pose cache: leave out --no-cache and --pose")
     clips = [args.videos / n for n in names]
     base = _parse_params(args.param, args.exercise)
     models = args.models or [Path(os.environ.get("STREAMPOSE_MODELS", "models"))]
 
     started = time.monotonic()
-    tracked = None if args.no_cache else track_cached(clips, args.cache, models)
+    tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models)
 
     def evaluate(params: dict, which: list[str]) -> list[dict]:
         if tracked is None:
-            events = run_full([args.videos / n for n in which], models, params)
+            events = run_full([args.videos / n for n in which], models, params, args.pose)
         else:
             events = run_plugin(tracked, models, params, [Path(n).stem for n in which])
         return [judge(n, labels[n], events[Path(n).stem], args.exercise) for n in which]
@@ -335,8 +337,9 @@ def command(args) -> int:
     results = evaluate(base, names)
     elapsed = time.monotonic() - started
     t = totals(results)
-    report = [f"# Repetition counting\n\nparams: {base or 'defaults'}; {DETECTOR} + {KEYPOINTS}; "
-              f"{'full graph' if args.no_cache else 'pose cache'}; {elapsed:.0f} s\n", table(results), "", summary(t)]
+    report = [f"# Repetition counting\n\nparams: {base or 'defaults'}; "
+              f"{f'pose stage {args.pose}' if args.pose else f'{DETECTOR} + {KEYPOINTS}'}; "
+              f"{'pose cache' if tracked is not None else 'full graph'}; {elapsed:.0f} s\n", table(results), "", summary(t)]
     print("\n".join(report[1:]), flush=True)
     out = {"params": base, "elapsed_s": round(elapsed, 1), "totals": t, "clips": results}
     if args.cv:

@@ -29,7 +29,7 @@ from streampose.sources.capture import NETWORK_SCHEMES, WEBCAM_PREFIX
 # Stage type -> (the task its model folder must do, as InferConfig.task names it; that task
 # for people), as each stage checks it when it loads its model (schema.ModelStage.MODEL_TASK).
 MODEL_TASKS = {name: params.MODEL_TASK for name, params in schema.STAGE_TYPES.items()
-               if issubclass(params, schema.ModelStage)}
+               if issubclass(params, schema.ModelStage) and params.MODEL_TASK is not None}
 
 
 class _Report:
@@ -65,7 +65,9 @@ def check_graph(graph: LoadedGraph, model_paths: list[Path], output_dir: Path | 
     for i, stage in enumerate(graph.spec.stages):
         if stage.type in MODEL_TASKS:
             _check_model(report, i, stage, model_paths, graph_dir)
-        if stage.type == "lift3d" and stage.calib is not None:
+        if stage.type == "pose":
+            _check_pose_model(report, i, stage, model_paths, graph_dir)
+        if stage.type in ("lift3d", "pose") and stage.calib is not None:
             _check_calib(report, i, stage, graph_dir, _streams_reaching(graph, stage.id))
         if stage.type == "publisher":
             _check_publisher(report, i, stage, graph_dir)
@@ -150,6 +152,20 @@ def _check_model(report: _Report, index: int, stage: schema.ModelStage, model_pa
         folder.require_task(task, description, ModelFolderError)
     except (OSError, ValueError) as error:
         fix = "" if isinstance(error, FileNotFoundError) else f"; give the {stage.type} stage {description}"
+        report.error(("stages", index, "model"), f"stage '{stage.id}'", "model", f"{error}{fix}")
+
+
+def _check_pose_model(report: _Report, index: int, stage: schema.Pose, model_paths: list[Path],
+                      graph_dir: Path) -> None:
+    """The pose stage's folder is found and holds its network kind's files, as the stage looks."""
+    from streampose.models.folder import find_model_dir
+    from streampose.posenets.networks import network_files
+
+    try:
+        network_files(find_model_dir(stage.model, model_paths, graph_dir), stage.network)
+    except (OSError, ValueError) as error:
+        fix = "" if isinstance(error, FileNotFoundError) else \
+            f"; give the pose stage a {stage.network} model folder (docs/models.md)"
         report.error(("stages", index, "model"), f"stage '{stage.id}'", "model", f"{error}{fix}")
 
 

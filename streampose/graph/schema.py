@@ -462,8 +462,9 @@ class Live(StageBase):
 class ModelStage(StageBase):
     """Keys shared by stages that run a neural network."""
 
-    # The task its model folder must do (InferConfig.task), and that task for people.
-    MODEL_TASK: ClassVar[tuple[str, str]]
+    # The task its model folder must do (InferConfig.task), and that task for people; None for a
+    # folder without infer_cfg.yml (the pose stage's networks, checked by their files).
+    MODEL_TASK: ClassVar[tuple[str, str] | None] = None
 
     model: str = Field(description="Model folder: a name looked up on the model search path, or a path.")
     engine: Literal["auto", "openvino", "paddle", "onnxruntime"] = Field(
@@ -478,7 +479,8 @@ class ModelStage(StageBase):
 
 
 class Detector(ModelStage):
-    """Finds persons: PP-PicoDet (any export form) or YOLOX, keeping the person class."""
+    """Finds persons: PP-PicoDet (any export form), PP-YOLOE / PP-YOLOE+ (arch YOLO, with or without NMS in
+    the network) or YOLOX, keeping the person class."""
 
     IMPLEMENTATION = "streampose.stages.detector:DetectorStage"
     STILL_IMAGES = True
@@ -507,6 +509,40 @@ class Keypoints(ModelStage):
     expand_ratio: float = Field(0.3, ge=0, le=2, description="Box growth before cropping, as a fraction of its size.")
     min_box_score: float = Field(0.3, ge=0, le=1, description="Persons with a lower detection score get no keypoints.")
     max_persons: int = Field(32, ge=1, le=1000, description="Most persons per frame given keypoints (largest first).")
+
+
+class Pose(ModelStage):
+    """Persons and their keypoints from one network, with no detector: in place of detector +
+    keypoints, it fills the same persons (17 COCO keypoints with confidences, boxes around the
+    confident keypoints), so tracker, smoother, lift3d, plugins and sinks work unchanged. The model
+    folder holds the network file(s) alone (docs/models.md, "Pose without a detector"):
+    openpose = bottom-up multi-person (Intel's human-pose-estimation-0001, Lightweight OpenPose;
+    its cost does not grow with the number of persons); movenet = MoveNet SinglePose, one person,
+    each frame cropped around the previous frame's keypoints; blazepose = MediaPipe BlazePose, one
+    person, detector + landmark network, with 3D joints in metres from the image (kpts3d, as
+    lift3d fills them)."""
+
+    IMPLEMENTATION = "streampose.stages.pose:PoseStage"
+    STILL_IMAGES = True
+
+    type: Literal["pose"]
+    network: Literal["openpose", "movenet", "blazepose"] = Field(description="Network kind: openpose, movenet "
+                                                                 "or blazepose; sets pre- and post-processing.")
+    min_score: float = Field(0.2, ge=0, le=1, description="Persons whose score (mean confidence of their "
+                             "keypoints; blazepose: its presence score) is lower are dropped, 0..1.")
+    max_persons: int = Field(32, ge=1, le=1000, description="openpose: most persons per frame, highest score "
+                             "first.")
+    peak_threshold: float = Field(0.1, gt=0, le=1, description="openpose: heatmap value a joint candidate must "
+                                  "exceed, 0..1.")
+    follow: bool = Field(True, description="movenet, blazepose: crop each frame around the previous frame's "
+                         "keypoints (Google's cropping algorithm) instead of taking the whole frame.")
+    world_3d: bool = Field(True, description="blazepose: fill the 3D joints (kpts3d, metres, camera frame) from "
+                           "the network's world landmarks, placed in front of the camera as lift3d places its "
+                           "skeletons; then no lift3d stage is needed.")
+    calib: str | dict[str, str] | None = Field(
+        None, description="blazepose with world_3d: camera calibration files, as lift3d's calib.")
+    assumed_hfov_deg: float = Field(60.0, gt=10, lt=170, description="blazepose with world_3d: horizontal "
+                                    "field of view assumed for streams without calibration, degrees.")
 
 
 class TrackerParams(StageBase):

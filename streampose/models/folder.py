@@ -88,8 +88,13 @@ def default_search_path(extra: list[Path] = ()) -> list[Path]:
 
 
 def find_model(name_or_path: str, search_path: list[Path], relative_to: Path | None = None) -> ModelFolder:
-    """The model folder named `name_or_path`: a path (absolute, or containing a separator, or
-    starting with "." or "~") is loaded as is, a relative one against `relative_to` (a graph's
+    """The model folder named `name_or_path` (see `find_model_dir`), loaded."""
+    return load_model_folder(find_model_dir(name_or_path, search_path, relative_to))
+
+
+def find_model_dir(name_or_path: str, search_path: list[Path], relative_to: Path | None = None) -> Path:
+    """The folder named `name_or_path`: a path (absolute, or containing a separator, or
+    starting with "." or "~") is taken as is, a relative one against `relative_to` (a graph's
     folder) when given; a bare name is looked up in each folder of `search_path`, first match
     wins. Raises ModelNotFoundError listing every path tried."""
     if os.sep in name_or_path or "/" in name_or_path or name_or_path.startswith(("~", ".")):
@@ -98,12 +103,12 @@ def find_model(name_or_path: str, search_path: list[Path], relative_to: Path | N
             folder = relative_to / folder
         if not folder.is_dir():
             raise ModelNotFoundError(f"model folder {folder} does not exist")
-        return load_model_folder(folder)
+        return folder
     tried = []
     for base in search_path:
         candidate = base / name_or_path
         if candidate.is_dir():
-            return load_model_folder(candidate)
+            return candidate
         tried.append(candidate)
     raise ModelNotFoundError(_not_found_message(name_or_path, tried))
 

@@ -20,7 +20,9 @@ from streampose.yaml_file import read_yaml
 
 log = logging.getLogger(__name__)
 
-DETECTOR_ARCHS = frozenset({"PicoDet", "GFL", "YOLOX"})
+# YOLO: what PaddleDetection's exporter writes for PP-YOLOE / PP-YOLOE+ (and YOLOv3): boxes with
+# scores, or NMS in the network, as PicoDet's post-processed forms (streampose.vision.picodet).
+DETECTOR_ARCHS = frozenset({"PicoDet", "GFL", "YOLOX", "YOLO"})
 KEYPOINT_ARCHS = frozenset({"HRNet"})
 # 2D->3D pose lifters (trainers/lifter): no image pre-processing, so Preprocess may be empty.
 LIFTER_ARCHS = frozenset({"PoseLifter"})

@@ -1,4 +1,5 @@
-"""The detector stage: finds the persons of each frame (PP-PicoDet in any export form, or YOLOX).
+"""The detector stage: finds the persons of each frame (PP-PicoDet in any export form, PP-YOLOE /
+PP-YOLOE+ with or without NMS in the network, or YOLOX).
 
 All frames of a batch (any streams) are pre-processed, run through the network in one
 engine call and decoded together. With `every_n_frames` > 1 a stream's frames between
@@ -79,6 +80,10 @@ class PersonDetector:
         elif self.form == picodet.DECODED:
             boxes, class_scores = picodet.split_decoded(outputs)
             scores = class_scores[..., self.person_class]
+            if "scale_factor" in self.network_input.batch_info:
+                # The network divided its boxes by scale_factor (PPYOLOEHead, PicoHead post_process):
+                # back to input pixels, where select_batch clips and rescales them.
+                boxes = boxes * np.tile(batch.scale_factor[:, None, ::-1], (1, 1, 2))
         else:
             return picodet.detections_from_graph_nms(outputs, self.person_class, [i.shape[:2] for i in images],
                                                      self.settings.score_threshold, self.settings.keep)
