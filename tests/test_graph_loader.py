@@ -40,7 +40,7 @@ MALFORMED = [
      ["{f}:7:13: stage 'detect': unknown key 'batch.max_sise' (did you mean 'max_size'?)"]),
     ("unknown stage type", GOOD.replace("type: noop", "type: nop"),
      ["{f}:6:11: stage 'detect': unknown stage type 'nop' (did you mean 'noop'?); valid types: "
-      "noop, publisher, recorder, jsonl, clips, mqtt, webhook, live, detector, keypoints, tracker, smoother, lift3d, jde, plugin"]),
+      "noop, publisher, recorder, jsonl, clips, mqtt, webhook, live, detector, keypoints, pose, tracker, smoother, lift3d, jde, plugin"]),
     ("wrong type", GOOD.replace("max_size: 4", "max_size: four"),
      ["{f}:7:23: stage 'detect': key 'batch.max_size': input should be a valid integer, got 'four'"]),
     ("out of range", GOOD.replace("max_size: 4", "max_size: 0"),

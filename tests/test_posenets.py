@@ -191,11 +191,11 @@ def test_movenet_follows_the_person_with_its_crop_and_agrees_with_top_down(top_d
         if i % 10 == 0:
             matched += agreement(f.persons.keypoints, top_down(image))[0]
     # After the first frame the crop is around the person, much smaller than the frame.
-    crop = stage.estimator.crops["s"]
+    crop = stage.memory.peek("s").crop
     assert crop[2] < 0.9 * max(frames[0][0].shape[:2])
     assert matched == 6
     stage.stream_event(StreamEvent(stream="s", kind="lost", segment=0))
-    assert "s" not in stage.estimator.crops
+    assert stage.memory.peek("s") is None
     stage.close()
 
 
