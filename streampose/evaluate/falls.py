@@ -42,12 +42,11 @@ import numpy as np
 import yaml
 
 from streampose.evaluate import clip_zones, pose_cache
-from streampose.evaluate.sources import clip_sources
+from streampose.evaluate.sources import add_clip_arguments, clip_sources
 from streampose.frame import Frame
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
 from streampose.plugins.fall import FallDetector
-from streampose.posenets.networks import NETWORK_KINDS
 from streampose.runtime.pipeline import Pipeline
 
 MAX_DELAY_S = 1.5          # a fall alarm this long after the body is on the ground is in time
@@ -383,18 +382,9 @@ def cv_table(cv: dict) -> str:
 
 def add_parser(commands) -> None:
     p = commands.add_parser("falls", help="score the fall plugin on the labelled videos (per event; pose cache)")
-    shared = Path(__import__("os").environ.get("STREAMPOSE_SHARED", Path.cwd().parent / "shared"))
-    p.add_argument("--videos", type=Path, default=shared / "media" / "video")
-    p.add_argument("--labels", type=Path, default=shared / "media" / "labels.yml")
-    p.add_argument("--sources", type=Path, help="SOURCES.md for --cv (default: beside the labels)")
-    p.add_argument("--models", type=Path, action="append", default=[], help="model folder (repeatable)")
-    p.add_argument("--clip", action="append", help="only this clip (file name); repeatable")
+    add_clip_arguments(p)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a fall plugin parameter, e.g. confirm_s=1.0 (repeatable)")
-    p.add_argument("--cache", type=Path, default=pose_cache.DEFAULT_DIR, help="pose cache folder")
-    p.add_argument("--no-cache", action="store_true", help="run the full graph (detector and keypoints too)")
-    p.add_argument("--pose", choices=NETWORK_KINDS, help="a pose stage with this network (its shared model "
-                   "folder) in place of detector + keypoints; runs the full graph")
     p.add_argument("--cv", action="store_true", help="also leave-one-source-out cross-validation over CV_GRID")
     p.add_argument("-o", "--output", type=Path, default=Path("out/evaluate/falls"),
                    help="folder for falls.md, falls.json and the timelines/ PNGs")

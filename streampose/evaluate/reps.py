@@ -30,12 +30,11 @@ import yaml
 from pydantic import ValidationError
 
 from streampose.evaluate import pose_cache
-from streampose.evaluate.sources import clip_sources
+from streampose.evaluate.sources import add_clip_arguments, clip_sources
 from streampose.frame import Event, Frame
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
 from streampose.plugins.reps import EXERCISE_NAMES, RepParams
-from streampose.posenets.networks import NETWORK_KINDS
 from streampose.runtime.pipeline import Pipeline
 
 DETECTOR, KEYPOINTS = "picodet_s_192_lcnet_pedestrian_ov", "tinypose_128x96_ov"   # graphs/fitness.yml's
@@ -276,20 +275,11 @@ def scores_table(cv: dict) -> str:
 
 def add_parser(commands) -> None:
     p = commands.add_parser("reps", help="score the repetition counter on the labelled videos (per clip and track)")
-    shared = Path(os.environ.get("STREAMPOSE_SHARED", Path.cwd().parent / "shared"))
-    p.add_argument("--videos", type=Path, default=shared / "media" / "video")
-    p.add_argument("--labels", type=Path, default=shared / "media" / "labels.yml")
-    p.add_argument("--sources", type=Path, help="SOURCES.md for --cv (default: beside the labels)")
-    p.add_argument("--models", type=Path, action="append", default=[], help="model folder (repeatable)")
-    p.add_argument("--clip", action="append", help="only this clip (file name); repeatable")
+    add_clip_arguments(p)
     p.add_argument("--exercise", choices=["auto", *EXERCISE_NAMES], default="auto",
                    help="count only this exercise (the plugin's exercise parameter); labels of others are ignored")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a reps plugin parameter, e.g. push_up_top_deg=40 (repeatable)")
-    p.add_argument("--cache", type=Path, default=pose_cache.DEFAULT_DIR, help="pose cache folder")
-    p.add_argument("--no-cache", action="store_true", help="run the full graph (detector and keypoints too)")
-    p.add_argument("--pose", choices=NETWORK_KINDS, help="the full graph with a detector-free pose stage with "
-                   "this network (its shared model folder) in place of detector + keypoints (docs/models.md)")
     p.add_argument("--cv", action="store_true", help="also leave-one-source-out cross-validation over GRID")
     p.add_argument("--jobs", type=int, default=1, help="processes for the --cv scan (default 1)")
     p.add_argument("-o", "--output", type=Path, default=Path("out/evaluate/reps"), help="folder for reps.md and reps.json")

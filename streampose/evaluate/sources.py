@@ -1,9 +1,30 @@
-"""Where each labelled clip comes from, for leave-one-source-out cross-validation."""
+"""The labelled clips an evaluation runs on: the command-line arguments that name them, and where
+each comes from, for leave-one-source-out cross-validation."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
 from pathlib import Path
+
+from streampose.evaluate import pose_cache
+from streampose.posenets.networks import NETWORK_KINDS
+
+
+def add_clip_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments every `streampose evaluate` command shares: which clips and labels, which
+    models, and how poses are found (the pose cache, the full graph or a detector-free network)."""
+    shared = Path(os.environ.get("STREAMPOSE_SHARED", Path.cwd().parent / "shared"))
+    p.add_argument("--videos", type=Path, default=shared / "media" / "video")
+    p.add_argument("--labels", type=Path, default=shared / "media" / "labels.yml")
+    p.add_argument("--sources", type=Path, help="SOURCES.md for --cv (default: beside the labels)")
+    p.add_argument("--models", type=Path, action="append", default=[], help="model folder (repeatable)")
+    p.add_argument("--clip", action="append", help="only this clip (file name); repeatable")
+    p.add_argument("--cache", type=Path, default=pose_cache.DEFAULT_DIR, help="pose cache folder")
+    p.add_argument("--no-cache", action="store_true", help="run the full graph (detector and keypoints too)")
+    p.add_argument("--pose", choices=NETWORK_KINDS, help="the full graph with a detector-free pose stage with "
+                   "this network (its shared model folder) in place of detector + keypoints (docs/models.md)")
 
 
 def clip_sources(sources_md: Path, names: list[str]) -> dict[str, str]:
