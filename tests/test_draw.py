@@ -73,6 +73,7 @@ def test_a_low_score_person_is_drawn_weaker_than_a_high_score_one(pose):
 
     confident = ink()
     frame.persons.scores[0] = 0.3
+    frame.changed()  # as the runtime does after a stage changes a frame: the drawn layer is stale
     doubtful = ink()
     assert 0.25 * confident < doubtful < 0.6 * confident  # weaker, but still plain to see
 
