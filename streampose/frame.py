@@ -125,7 +125,11 @@ class Frame:
                   state free it.
     encoded:      format -> the pose message as sinks encoded it (messages.encoded_pose), so
                   several sinks encode it once; the runtime empties it after every stage that
-                  changes frames.
+                  changes frames (`changed`).
+    drawn:        what every drawing sink draws the same (sinks.draw: zones, people, 3D inset),
+                  drawn once however many sinks draw the frame: the (H, W, 3) uint8 BGR image
+                  and the (x1, y1, x2, y2) pixel rectangles labels must not cover; None until a
+                  sink draws, and again after every stage that changes frames (`changed`).
     detected:     False when the detector skipped this frame (`every_n_frames`) and carried
                   its stream's last boxes over; the keypoints stage refits them to the
                   previous frame's keypoints.
@@ -145,8 +149,14 @@ class Frame:
     timings: dict[str, float] = field(default_factory=dict)
     failed_stages: list[str] = field(default_factory=list)
     encoded: dict[str, bytes] = field(default_factory=dict)
+    drawn: tuple[np.ndarray, tuple[tuple[int, int, int, int], ...]] | None = None
     detected: bool = True
     zones: tuple = ()
+
+    def changed(self) -> None:
+        """A stage changed this frame: what sinks derived from it (`encoded`, `drawn`) is stale."""
+        self.encoded.clear()
+        self.drawn = None
 
     @property
     def height(self) -> int:

@@ -73,6 +73,7 @@ def test_a_low_score_person_is_drawn_weaker_than_a_high_score_one(pose):
 
     confident = ink()
     frame.persons.scores[0] = 0.3
+    frame.changed()  # as the runtime does after a stage changes a frame: the drawn layer is stale
     doubtful = ink()
     assert 0.25 * confident < doubtful < 0.6 * confident  # weaker, but still plain to see
 
@@ -133,3 +134,28 @@ def test_track_colours_are_stable_distinct_and_never_alarm_red():
     gaps = [min(abs(a - b), 360 - abs(a - b)) for a, b in zip(hues, hues[1:])]
     assert min(gaps) > 60  # consecutive ids, usually in one scene together, differ clearly
     assert len(set(colours)) == len(colours)
+
+
+def test_a_frame_is_drawn_once_for_every_sink_and_each_sink_sees_what_it_drew_alone(pose):
+    """Recorder (overlay, banners) and clips (neither) share the frame's drawn layer; each gets
+    exactly the image it would get drawing the frame by itself, in either order."""
+    import copy
+
+    from streampose.frame import Event
+
+    posed = pose("hrnet_demo.jpg")
+    assert len(posed.persons) >= 1
+    banners = [Event("fall_confirmed", posed.stream, 1, 0.0, 0.0, score=0.9)]
+    overlay = {"fps": 9.9, "latency": "42 ms"}
+    alone_recorder = draw_frame(copy.copy(posed), overlay, banners)
+    alone_clips = draw_frame(copy.copy(posed))
+    assert (alone_recorder != alone_clips).any()  # the banner and overlay are the recorder's own
+    shared = copy.copy(posed)
+    assert shared.drawn is None
+    np.testing.assert_array_equal(draw_frame(shared), alone_clips)
+    layer = shared.drawn
+    np.testing.assert_array_equal(draw_frame(shared, overlay, banners), alone_recorder)
+    assert shared.drawn is layer and not layer[0].flags.writeable  # drawn once, and nobody draws on it
+    assert (layer[0] != posed.image).any()
+    shared.changed()  # a stage changed the frame: drawn again
+    assert shared.drawn is None

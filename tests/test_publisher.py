@@ -253,12 +253,20 @@ def test_ipc_endpoint(make_publisher, image, tmp_path):
 def test_latest_only_keeps_the_newest_message_of_each_topic(make_publisher, image):
     stage = make_publisher()
     frames = make_frames(image, per_stream=40)
-    with Subscriber(stage.endpoint, topics=("pose/", "status/"), conflate=True) as sub:
+    with (Subscriber(stage.endpoint, topics=(f"status/{PROBE}",)) as witness,
+          Subscriber(stage.endpoint, topics=("pose/", f"status/{PROBE}"), conflate=True) as sub):
+        wait_subscribed(stage, witness)
         wait_subscribed(stage, sub)
+        while witness.recv(0.2) is not None:  # the probes that waited for sub
+            pass
         stage.run(frames)
-        time.sleep(0.5)  # let them all reach the subscriber's queue
+        # All the frames are queued on sub before it reads: the witness, on the same publisher
+        # and I/O thread, gets a marker sent after them.
+        stage.stream_event(StreamEvent(PROBE, "ended", 1, wall_time=time.time()))
+        assert witness.recv(5) is not None, "the marker never arrived"
         received = receive_all(sub, quiet_s=0.3)
-    assert {topic: msg["frame"] for topic, msg in received} == {"pose/cam1": 39, "pose/cam2": 39}
+    assert {topic: msg.get("frame") for topic, msg in received} == {"pose/cam1": 39, "pose/cam2": 39,
+                                                                     f"status/{PROBE}": None}
     assert len(received) <= 6, f"latest-only handed out {len(received)} of {len(frames)} messages"
 
 
@@ -409,7 +417,6 @@ def test_subscriber_skips_malformed_messages(caplog, conflate):
                 pub.send_multipart([b"event/cam2", b"a", b"b"])
                 pub.send_multipart([b"status/cam3", messages.encode({**status, "v": 99})])
                 pub.send_multipart([b"status/cam4", messages.encode({**status, "stream": "cam4"})])
-                time.sleep(0.1)
                 received = sub.recv(2)
                 assert sub.recv(0.2) is None
     finally:

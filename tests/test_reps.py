@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import textwrap
-import time
 from pathlib import Path
 
 import av
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import MEDIA, MODELS, VIDEOS
+from test_publisher import wait_subscribed
 
 from streampose.client import Subscriber
 from streampose.frame import COCO_KEYPOINTS, Frame, Persons, StreamEvent
@@ -490,7 +490,7 @@ def graph_run(tmp_path_factory):
     events = {video.stem: [] for video in videos}
     ended = set()
     with Subscriber(bind, topics=("event/", "status/"), timeout_s=120.0) as subscriber:
-        time.sleep(0.3)
+        wait_subscribed(pipeline.runners["publish"].stage, subscriber)
         pipeline.start()
         while ended != set(events):  # a stream's "ended" status comes after all its frames
             received = subscriber.recv_dict()

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -317,6 +318,17 @@ def test_sigterm_drains_finalises_recording_and_serves_metrics(tmp_path):
     assert decoded >= 30
 
 
+def readiness(metrics_port: int) -> str | None:
+    """The daemon's /readyz state ("ready", "starting", "stopping"), None while it does not answer."""
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1).read()
+        return "ready"
+    except urllib.error.HTTPError as error:
+        return json.load(error)["state"]
+    except OSError:
+        return None
+
+
 def test_second_signal_exits_at_once(tmp_path):
     metrics_port = free_port()
     graph = write_graph(tmp_path, f"""
@@ -340,7 +352,10 @@ def test_second_signal_exits_at_once(tmp_path):
         while not in_flight() and time.monotonic() < deadline:
             time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while readiness(metrics_port) != "stopping" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert readiness(metrics_port) == "stopping"
         assert process.poll() is None, "the first signal must drain, not exit"
         start = time.monotonic()
         process.send_signal(signal.SIGTERM)

@@ -105,7 +105,7 @@ class StageRunner:
         self._costed = 0  # batches in that average, up to COST_MEMORY
         self._held: deque = deque()  # items taken from the inbox but deferred to the next batch
         self.errors = ErrorLog(stage.id)
-        # A stage that changes frames makes the sinks' cached encodings (frame.encoded) stale.
+        # A stage that changes frames makes what sinks derived from them stale (Frame.changed).
         self.changes_frames = getattr(stage.params, "ROLE", "processor") != "sink"
         self.thread = threading.Thread(target=self._run, name=f"stage-{stage.id}", daemon=True)
 
@@ -215,7 +215,7 @@ class StageRunner:
         self._send_emitted()
         for frame in batch:
             if self.changes_frames:
-                frame.encoded.clear()
+                frame.changed()
             frame.timings[self.stage.id] = elapsed
             self._finish(frame)
 

@@ -25,6 +25,7 @@ the 3D skeleton inset at the bottom-right.
 from __future__ import annotations
 
 import colorsys
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -92,25 +93,52 @@ def draw_frame(frame: Frame, overlay: dict[str, object] | None = None,
              {"fps": 9.9, "latency": "42 ms"}; floats are shown with one decimal.
     events:  the event banners to show (default: this frame's events); a recorder
              passes recent ones too so a banner stays up long enough to be read.
+
+    Zones, people and the 3D inset are the same for every sink: they are drawn once per frame
+    (`drawn_layer`) and each call adds its banners, overlay and the person labels (placed off
+    the banners and overlay, so they are the caller's) on a copy. Code that changes a frame
+    outside the runtime after drawing it calls `frame.changed()`, as the runtime does.
     """
-    image = frame.image.copy()
+    layer, kept_clear = drawn_layer(frame)
+    image = layer.copy()
     style = TextStyle.for_image(image)
-    persons = frame.persons
-    taken = _draw_zones(image, frame.zones, style)  # (x1, y1, x2, y2) of what labels must not cover
-    _draw_people(image, persons, style)
-    if persons.kpts3d is not None and len(persons):
-        inset = draw_inset(image, persons.kpts3d, [track_colour(int(t)) for t in persons.track_ids])
-        if inset is not None:
-            taken.append(inset)
+    taken = list(kept_clear)  # (x1, y1, x2, y2) of what labels must not cover
     taken += _draw_events(image, frame.events if events is None else events, style)
     if overlay:
         text = "  ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in overlay.items())
         taken.append(_draw_label(image, Label(text, OVERLAY_BACKGROUND), (0, image.shape[0] - 1), style,
                                  above=True))
+    persons = frame.persons
     labels = person_labels(persons)
     for label, rect in zip(labels, place_labels(persons.boxes, labels, image.shape, style, taken)):
         _fill_label(image, label, rect, style)
     return image
+
+
+# Frames are drawn by several sink threads at once (recorder, clips, live view): the first to
+# come draws the shared layer while the others of the same frame wait for it. Locks are striped
+# by frame so that different frames are still drawn in parallel.
+_LAYER_LOCKS = [threading.Lock() for _ in range(64)]
+
+
+def drawn_layer(frame: Frame) -> tuple[np.ndarray, tuple[tuple[int, int, int, int], ...]]:
+    """`frame.image` with its zones, people and 3D inset drawn, and the rectangles labels must
+    not cover; drawn on the first call and kept in `frame.drawn` (which the runtime clears when a
+    stage changes the frame). Read-only: callers draw on a copy."""
+    with _LAYER_LOCKS[id(frame) % len(_LAYER_LOCKS)]:
+        if frame.drawn is None:
+            image = frame.image.copy()
+            style = TextStyle.for_image(image)
+            persons = frame.persons
+            taken = _draw_zones(image, frame.zones, style)
+            _draw_people(image, persons, style)
+            if persons.kpts3d is not None and len(persons):
+                inset = draw_inset(image, persons.kpts3d, [track_colour(int(t)) for t in persons.track_ids])
+                if inset is not None:
+                    taken.append(inset)
+            image.flags.writeable = False
+            frame.drawn = image, tuple(taken)
+        return frame.drawn
 
 
 # ---------------------------------------------------------------------------------- words
