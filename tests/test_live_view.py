@@ -16,6 +16,7 @@ from test_mqtt import PROCESSING
 from test_webhook import Receiver
 
 from streampose.frame import Event, Frame
+from streampose.graph import schema
 from streampose.graph.loader import load_graph
 from streampose.runtime.metrics import Metrics
 from streampose.runtime.monitor import MonitorServer
@@ -130,7 +131,7 @@ def test_the_page_shows_live_video_the_alarm_within_a_second_its_clip_and_acknow
 
 
 def test_frames_are_encoded_only_while_watched_once_however_many_watch(tmp_path):
-    stage = LiveStage("live", LiveStage.Params(id="live", type="live", max_fps=60),
+    stage = LiveStage("live", schema.Live(id="live", type="live", max_fps=60),
                       StageContext(tmp_path, tmp_path, streams=["cam"], metrics=Metrics()))
     frames = first_frames(VIDEOS / "fall_faint_studio_1280x720.mp4", 6)
     told = []
@@ -153,6 +154,28 @@ def test_frames_are_encoded_only_while_watched_once_however_many_watch(tmp_path)
     assert stage.context.metrics.count("live_frames") == 1 and stage.latest("cam").seq == latest.seq
     assert [i.message["kind"] for i in stage.feed] == ["fall_confirmed"] and told == ["frame", "event"]
     assert stage.feed[0].snapshot[:2] == b"\xff\xd8"  # events get their snapshot, watched or not
+
+
+def test_an_event_raised_after_the_cameras_last_frame_joins_the_feed_without_a_snapshot(tmp_path):
+    # A fall confirmed because the camera dropped while someone lay down rides on no frame
+    # (Stage.emit -> on_events): the feed shows it, and its snapshot is a clear 404.
+    import asyncio
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    stage = LiveStage("live", schema.Live(id="live", type="live"),
+                      StageContext(tmp_path, tmp_path, streams=["cam"], metrics=Metrics()))
+    told = []
+    stage.listeners.append(lambda what, subject: told.append(what))
+    stage.on_events("cam", [Event("fall_confirmed", "cam", 3, 12.5, time.time()), Event("custom", "cam", 3, 12.5, 0.0)])
+    assert [i.message["kind"] for i in stage.feed] == ["fall_confirmed"] and told == ["event"]
+    assert stage.feed[0].message["frame"] is None and stage.feed[0].snapshot == b""
+    holder = SimpleNamespace(runners={"live": SimpleNamespace(stage=stage)})   # what the page reads of a pipeline
+    request = Request({"type": "http", "method": "GET", "path": "/", "query_string": b"", "headers": [],
+                       "path_params": {"id": stage.feed[0].id}})
+    answer = asyncio.run(LiveView(lambda: holder, None).snapshot(request))
+    assert answer.status_code == 404 and b"outside any frame" in answer.body
 
 
 def test_beyond_loopback_the_page_needs_the_token_and_the_probes_do_not(tmp_path):

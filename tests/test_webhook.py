@@ -12,6 +12,7 @@ from test_mqtt import write_graph
 
 from conftest import MODELS
 from streampose.frame import Event
+from streampose.graph import schema
 from streampose.graph.loader import load_graph
 from streampose.runtime.metrics import Metrics
 from streampose.runtime.pipeline import Pipeline
@@ -97,7 +98,7 @@ def event(kind="fall_confirmed", i=0):
 
 def make_stage(tmp_path, url, **params):
     params = {"id": "hook", "type": "webhook", "url": url, "secret": SECRET, **params}
-    return WebhookStage("hook", WebhookStage.Params(**params), StageContext(tmp_path, tmp_path, metrics=Metrics()))
+    return WebhookStage("hook", schema.Webhook(**params), StageContext(tmp_path, tmp_path, metrics=Metrics()))
 
 
 def test_the_queue_is_bounded_a_4xx_is_not_retried_and_only_chosen_kinds_go(tmp_path, receiver):

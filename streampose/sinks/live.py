@@ -60,7 +60,6 @@ Listener = Callable[[str, object], None]  # ("frame", stream) or ("event", FeedI
 
 
 class LiveStage(Stage):
-    Params = schema.Live
     params: schema.Live
 
     def __init__(self, stage_id: str, params: schema.Live, context: StageContext):

@@ -42,7 +42,6 @@ EARLY_ACKS = 64  # PUBACKs kept until their publish call has registered the mess
 
 
 class MqttStage(Stage):
-    Params = schema.Mqtt
     params: schema.Mqtt
 
     def __init__(self, stage_id: str, params: schema.Mqtt, context: StageContext):

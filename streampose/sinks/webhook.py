@@ -39,7 +39,6 @@ def signature(secret: str, body: bytes) -> str:
 
 
 class WebhookStage(Stage):
-    Params = schema.Webhook
     params: schema.Webhook
 
     def __init__(self, stage_id: str, params: schema.Webhook, context: StageContext):
