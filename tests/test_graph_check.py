@@ -88,6 +88,10 @@ CASES = [
      "cannot bind 'tcp://127.0.0.1:{port}': the address is in use"),
     ("subscribe without a scheme", "subscribe 127.0.0.1:5555 --timeout 0.1", None,
      "address '127.0.0.1:5555' has no scheme (did you mean 'tcp://127.0.0.1:5555'?)"),
+    ("evaluate falls: bad --param", "evaluate falls --param confirm_s=-1 --clip squat_side_view.mp4", None,
+     "--param: confirm_s: Input should be greater than or equal to 0"),
+    ("evaluate reps: unknown --param", "evaluate reps --param bogus=1 --clip squat_side_view.mp4", None,
+     "--param: bogus: Extra inputs are not permitted"),
 ]
 
 

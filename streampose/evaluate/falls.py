@@ -42,7 +42,7 @@ import numpy as np
 import yaml
 
 from streampose.evaluate import clip_zones, pose_cache
-from streampose.evaluate.sources import add_clip_arguments, clip_sources
+from streampose.evaluate.sources import add_clip_arguments, clip_sources, parse_params
 from streampose.frame import Frame
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
@@ -398,15 +398,6 @@ def add_parser(commands) -> None:
     p.set_defaults(func=command)
 
 
-def _parse_params(items: list[str]) -> dict:
-    params = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        params[key] = yaml.safe_load(value)
-    FallDetector.Params.model_validate(params)
-    return params
-
-
 def command(args) -> int:
     labels = yaml.safe_load(args.labels.read_text())
     names = args.clip or sorted(labels)
@@ -421,7 +412,7 @@ def command(args) -> int:
         for n in names:   # same file names, so the same stream ids
             offsets[n] = resample(args.videos / n, resampled / n, args.fps)
         clips = [resampled / n for n in names]
-    base = _parse_params(args.param) | ({"use_3d": True} if args.lift else {})
+    base = parse_params(args.param, FallDetector.Params) | ({"use_3d": True} if args.lift else {})
     models = args.models or [Path(__import__("os").environ.get("STREAMPOSE_MODELS", "models"))]
 
     try:

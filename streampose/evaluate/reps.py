@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from pydantic import ValidationError
 
 from streampose.evaluate import pose_cache
-from streampose.evaluate.sources import add_clip_arguments, clip_sources
+from streampose.evaluate.sources import add_clip_arguments, clip_sources, parse_params
 from streampose.frame import Event, Frame
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
@@ -286,21 +285,6 @@ def add_parser(commands) -> None:
     p.set_defaults(func=command)
 
 
-def _parse_params(items: list[str], exercise: str) -> dict:
-    params = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        params[key] = yaml.safe_load(value)
-    if exercise != "auto":
-        params["exercise"] = exercise
-    try:
-        RepParams.model_validate(params)
-    except ValidationError as error:
-        raise SystemExit("--param: " + "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}"
-                                                  for e in error.errors())) from None
-    return params
-
-
 def command(args) -> int:
     global _SHARED
     labels = yaml.safe_load(args.labels.read_text())
@@ -311,7 +295,7 @@ def command(args) -> int:
     if args.cv and (args.no_cache or args.pose):
         raise SystemExit("--cv replays the pose cache: leave out --no-cache and --pose")
     clips = [args.videos / n for n in names]
-    base = _parse_params(args.param, args.exercise)
+    base = parse_params(args.param, RepParams) | ({} if args.exercise == "auto" else {"exercise": args.exercise})
     models = args.models or [Path(os.environ.get("STREAMPOSE_MODELS", "models"))]
 
     started = time.monotonic()

@@ -6,7 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
 
 from streampose.evaluate import pose_cache
 from streampose.posenets.networks import NETWORK_KINDS
@@ -25,6 +29,23 @@ def add_clip_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="run the full graph (detector and keypoints too)")
     p.add_argument("--pose", choices=NETWORK_KINDS, help="the full graph with a detector-free pose stage with "
                    "this network (its shared model folder) in place of detector + keypoints (docs/models.md)")
+
+
+def parse_params(items: list[str], params_class: type[BaseModel]) -> dict:
+    """`--param KEY=VALUE` items (values read as YAML) as a plugin parameter dict, checked by the
+    plugin's own schema; a bad one exits with status 2 (a user error, as everywhere in the CLI)
+    and one line naming the key."""
+    params = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        params[key] = yaml.safe_load(value)
+    try:
+        params_class.model_validate(params)
+    except ValidationError as error:
+        print("--param: " + "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}"
+                                      for e in error.errors()), file=sys.stderr)
+        raise SystemExit(2) from None
+    return params
 
 
 def clip_sources(sources_md: Path, names: list[str]) -> dict[str, str]:
