@@ -79,7 +79,11 @@ def _to_onnx(folder: ModelFolder, out: Path) -> None:
     if importlib.util.find_spec("paddle2onnx") is None:
         raise ConvertError("converting to ONNX needs paddle2onnx, which is not installed (pip install paddle2onnx); "
                            "`--to openvino` works without it")
-    export = "import sys, paddle2onnx; paddle2onnx.export(*sys.argv[1:4], opset_version=int(sys.argv[4]))"
+    # optimize_tool onnxoptimizer (pinned in the lock), not paddle2onnx's default polygraphy: that
+    # one sets POLYGRAPHY_AUTOINSTALL_DEPS=1 and pip-installs onnx-graphsurgeon, sympy, mpmath and
+    # ml-dtypes, unpinned, into the running environment (seen in a clean-clone CI venv).
+    export = ("import sys, paddle2onnx; paddle2onnx.export(*sys.argv[1:4], opset_version=int(sys.argv[4]), "
+              "optimize_tool='onnxoptimizer')")
     child = subprocess.run([sys.executable, "-c", export, str(folder.network), str(folder.weights),
                             str(out / "model.onnx"), str(ONNX_OPSET)], capture_output=True, text=True)
     if child.returncode != 0 or not (out / "model.onnx").is_file():
