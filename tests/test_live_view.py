@@ -97,7 +97,9 @@ def test_the_page_shows_live_video_the_alarm_within_a_second_its_clip_and_acknow
         item = next(i for i in live.feed if i.id == item_id)
         delay_ms = int(alarm.get_attribute("data-received")) - item.raised_at * 1000
         assert delay_ms < 1000, f"the alarm reached the page {delay_ms:.0f} ms after it was raised"
-        assert browser.execute_script("return arguments[0].querySelector('img.snapshot').naturalWidth", alarm) > 0
+        # The snapshot is fetched once the alarm is in the page; wait for it to load, not for a guess.
+        wait_for(lambda: browser.execute_script("return arguments[0].querySelector('img.snapshot').naturalWidth",
+                                                alarm) > 0, 10, "the alarm's snapshot to load")
 
         video = wait_for(lambda: alarm.find_elements("css selector", "video.clip"), 30, "the alarm's clip")[0]
         browser.execute_script("arguments[0].play()", video)
