@@ -65,7 +65,7 @@ def run_in_runner(stage, frames: list):
         inbox.put(frame)
     inbox.put(STOP)
     metrics = Metrics()
-    runner = StageRunner(stage, inbox, upstreams=1, metrics=metrics, on_leaf=lambda frame: None)
+    runner = StageRunner(stage, inbox, upstreams=1, metrics=metrics, on_processed=lambda frame: None)
     runner.start()
     runner.thread.join(60)
     assert not runner.thread.is_alive()

@@ -40,7 +40,7 @@ MALFORMED = [
      ["{f}:7:13: stage 'detect': unknown key 'batch.max_sise' (did you mean 'max_size'?)"]),
     ("unknown stage type", GOOD.replace("type: noop", "type: nop"),
      ["{f}:6:11: stage 'detect': unknown stage type 'nop' (did you mean 'noop'?); valid types: "
-      "noop, publisher, recorder, jsonl, clips, mqtt, webhook, live, detector, keypoints, pose, tracker, smoother, lift3d, jde, plugin"]),
+      "noop, noop_sink, publisher, recorder, jsonl, clips, mqtt, webhook, live, detector, keypoints, pose, tracker, smoother, lift3d, jde, plugin"]),
     ("wrong type", GOOD.replace("max_size: 4", "max_size: four"),
      ["{f}:7:23: stage 'detect': key 'batch.max_size': input should be a valid integer, got 'four'"]),
     ("out of range", GOOD.replace("max_size: 4", "max_size: 0"),
@@ -64,7 +64,7 @@ MALFORMED = [
       "each frame 2 times; give it one of them as input (a graph is a chain of stages that fill in frames, "
       "with sinks branching off it)",
       "{f}:7:36: stage 'left': 'a' hands each frame to it and to 'right' at once, and it changes the frame the "
-      "branches share; chain the stages that change frames and branch off only sinks (publisher, recorder, "
+      "branches share; chain the stages that change frames and branch off only sinks (noop_sink, publisher, recorder, "
       "jsonl, clips, mqtt, webhook, live) after the last of them"]),
     ("two sinks feeding one", GOOD + "  - {id: log, type: jsonl, inputs: [detect, publish]}\n",
      ["{f}:10:36: stage 'log': frames of 'cam1' reach it by 2 paths (through detect and publish): it would "
@@ -72,7 +72,7 @@ MALFORMED = [
       "frames, with sinks branching off it)"]),
     ("a processor beside a sink", GOOD + "  - {id: more, type: noop, inputs: [detect]}\n",
      ["{f}:10:36: stage 'more': 'detect' hands each frame to it and to 'publish' at once, and it changes the "
-      "frame the branches share; chain the stages that change frames and branch off only sinks (publisher, "
+      "frame the branches share; chain the stages that change frames and branch off only sinks (noop_sink, publisher, "
       "recorder, jsonl, clips, mqtt, webhook, live) after the last of them"]),
     ("unset environment variable", GOOD.replace("clip.mp4", "${STREAMPOSE_TEST_UNSET_VAR}"),
      ["{f}:3:10: source 'cam1': environment variable STREAMPOSE_TEST_UNSET_VAR is not set "

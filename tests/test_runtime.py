@@ -377,3 +377,35 @@ def test_metrics_count_by_label():
     assert metrics.count_by("events", "kind", stream="a") == {"rep": 3, "fall_confirmed": 1}
     assert metrics.count_by("events", "stream") == {"a": 4, "b": 1}
     assert metrics.count_by("events", "kind", stream="c") == {}
+
+
+def test_a_slow_sink_skips_live_frames_without_slowing_the_pose_path(tmp_path):
+    # The sink takes 200 ms a frame, a live 30 fps stream brings one every 33 ms. Its frames'
+    # slots are freed when the processor chain is done, so the chain keeps up with the stream
+    # while the slow sink skips what its own queue cannot hold, and a fast sink beside it
+    # writes every frame. (Were slots held until every sink finished, about one frame in
+    # three would get in: 2 in flight per 200 ms.)
+    graph = write_graph(tmp_path, f"""
+        sources: [{{id: live, uri: {JACKS}, options: {{realtime: true}}}}]
+        stages:
+          - {{id: work, type: noop, delay_ms: 2}}
+          - {{id: slow, type: noop_sink, inputs: [work], delay_ms: 200}}
+          - {{id: log, type: jsonl, inputs: [work], path: "{{stream}}.jsonl"}}
+        runtime: {{metrics: {{bind: null}}, in_flight: 2, queue_size: 4, even_drops: false}}
+    """)
+    pipeline = Pipeline(load_graph(graph), output_dir=tmp_path / "out")
+    pipeline.start()
+    deadline = time.monotonic() + 60
+    while pipeline.metrics.count("frames", stage="work") < 90:      # 3 s of the stream
+        assert time.monotonic() < deadline, "90 frames were not processed in 60 s"
+        time.sleep(0.05)
+    report = health.report(pipeline)[1]["streams"]["live"]
+    assert pipeline.shutdown()
+    count = pipeline.metrics.count
+    processed, captured = count("frames", stage="work"), count("frames_captured", stream="live")
+    assert processed >= 0.8 * captured, (processed, captured)
+    skipped = count("sink_drops", stage="slow", stream="live")
+    assert skipped > 0 and report["sink_drops"]["slow"] > 0
+    assert count("frames", stage="slow") + skipped == processed
+    assert count("sink_drops", stage="log") == 0
+    assert len(jsonl_frames(tmp_path / "out" / "live.jsonl")) == processed

@@ -30,7 +30,7 @@ CONTEXT = StageContext(graph_dir=Path("."), output_dir=Path("."))
 def chain(*stages: Stage) -> tuple[list[StageRunner], list[Frame]]:
     """Runners for `stages` joined in a line; the frames the last one finishes land in the list."""
     metrics, leaves = Metrics(), []
-    runners = [StageRunner(stage, queue.Queue(), upstreams=1, metrics=metrics, on_leaf=leaves.append)
+    runners = [StageRunner(stage, queue.Queue(), upstreams=1, metrics=metrics, on_processed=leaves.append)
                for stage in stages]
     for runner, after in zip(runners, runners[1:]):
         runner.outboxes = [after.inbox]

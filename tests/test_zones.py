@@ -144,9 +144,9 @@ class EventCollector(Pipeline):
         super().__init__(*args, **kwargs)
         self.events = []
 
-    def _on_leaf(self, frame: Frame) -> None:
+    def _on_processed(self, frame: Frame) -> None:
         self.events += frame.events
-        super()._on_leaf(frame)
+        super()._on_processed(frame)
 
 
 def test_a_graph_carries_its_sources_zones_to_the_plugin_and_the_recording(tmp_path):

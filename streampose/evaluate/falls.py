@@ -151,15 +151,15 @@ def _replay_graph(clips: list[Path], params: dict, lift: bool = False) -> str:
 
 
 class _Collector(Pipeline):
-    """The full graph, keeping what the fall plugin (its leaf) made of every frame."""
+    """The full graph, keeping what the fall plugin (the last stage) made of every frame."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.runs = {sid: ClipRun() for sid in self.streams}
 
-    def _on_leaf(self, frame: Frame) -> None:
+    def _on_processed(self, frame: Frame) -> None:
         self.runs[frame.stream].add(frame)
-        super()._on_leaf(frame)
+        super()._on_processed(frame)
 
 
 def run_full(clips: list[Path], models: list[Path], params: dict, lift: bool = False,

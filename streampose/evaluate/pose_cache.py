@@ -127,14 +127,14 @@ class _Recorder(Pipeline):
         super().__init__(*args, **kwargs)
         self.seen: dict[str, list[tuple]] = {sid: [] for sid in self.streams}
 
-    def _on_leaf(self, frame: Frame) -> None:
+    def _on_processed(self, frame: Frame) -> None:
         p = frame.persons
         keypoints = p.keypoints if p.keypoints is not None else np.zeros((len(p), 17, 3), np.float32)
         pose_scores = p.pose_scores if p.pose_scores is not None else np.zeros(len(p), np.float32)
         self.seen[frame.stream].append((frame.index, frame.segment, frame.media_time, frame.width, frame.height,
                                         p.boxes.copy(), p.scores.copy(), keypoints.copy(), pose_scores.copy(),
                                         thumbnail(frame.image)))
-        super()._on_leaf(frame)
+        super()._on_processed(frame)
 
 
 def _pack(stream: str, seen: list[tuple]) -> CachedClip:

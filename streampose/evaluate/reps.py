@@ -109,15 +109,15 @@ def run_plugin(tracked: dict[str, list[Frame]], models: list[Path], params: dict
 
 
 class _Collector(Pipeline):
-    """The full graph, keeping the `rep` events the plugin (its leaf) raised."""
+    """The full graph, keeping the `rep` events the plugin (the last stage) raised."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.events: dict[str, list[Event]] = {sid: [] for sid in self.streams}
 
-    def _on_leaf(self, frame: Frame) -> None:
+    def _on_processed(self, frame: Frame) -> None:
         self.events[frame.stream] += [e for e in frame.events if e.kind == "rep"]
-        super()._on_leaf(frame)
+        super()._on_processed(frame)
 
 
 def run_full(clips: list[Path], models: list[Path], params: dict, network: str | None = None) -> dict[str, list[Event]]:

@@ -253,6 +253,17 @@ class Noop(StageBase):
     batch: Batch = Field(default_factory=Batch, description="Batching.")
 
 
+class NoopSink(StageBase):
+    """Reads frames and does nothing with them, after an optional delay: a stand-in for a slow
+    disk or encoder (tests and benchmarks)."""
+
+    IMPLEMENTATION = "streampose.stages.noop:NoopStage"
+    ROLE = "sink"
+
+    type: Literal["noop_sink"]
+    delay_ms: float = Field(0.0, ge=0, le=60000, description="Time to spend on each batch, milliseconds.")
+
+
 class Publisher(StageBase):
     """Publishes pose, event and status messages on a ZeroMQ PUB socket."""
 

@@ -149,6 +149,10 @@ def report(pipeline: Pipeline | None) -> tuple[bool, dict]:
                         "admit_every": pipeline.admissions[sid].every}
         if reason:
             streams[sid]["reason"] = reason
+        sink_drops = metrics.count_by("sink_drops", "stage", stream=sid)
+        sink_drops = {stage_id: n for stage_id, n in sink_drops.items() if n}
+        if sink_drops:
+            streams[sid]["sink_drops"] = sink_drops  # stage id -> live frames it skipped, falling behind
         paused = {stage_id: why for stage_id, runner in pipeline.runners.items()
                   if (why := runner.stage.paused_reason(sid))}
         if paused:

@@ -36,6 +36,8 @@ COUNTERS = {
     "frames_captured": "Frames decoded by the source, by stream; its rate is the stream's frame rate.",
     "drops": "Live frames dropped at the graph's entrance, unconverted: the stream had too many frames in "
              "flight, or was being thinned to every k-th frame (admit_every).",
+    "sink_drops": "Live frames a sink skipped because its own queue was full (the sink fell behind; the pose "
+                  "path went on without waiting for it), by stage and stream.",
     "errors": "Frames (or stream events, or the closing) on which a stage raised, by stage and stream.",
     "reconnects": "Times a live source reopened its stream after losing it.",
     "decode_errors": "Corrupt or undecodable packets skipped, by stream.",
@@ -52,7 +54,8 @@ COUNTERS = {
 }
 HISTOGRAMS = {
     "stage_latency": "Seconds a stage spent on one batch, by stage.",
-    "e2e_latency": "Seconds from a frame's capture to the end of the graph, by stream.",
+    "e2e_latency": "Seconds from a frame's capture to the end of the processor chain (its poses and events are "
+                   "ready; sinks then write them), by stream.",
     "batch_wait": "Seconds a stage waited for its batch to fill after taking the batch's first frame, by stage.",
     "webhook_latency": "Seconds from an event's capture to its webhook's successful answer, by stage.",
     "mqtt_latency": "Seconds from an event's capture to the broker's acknowledgement of its message, by stage.",

@@ -156,7 +156,9 @@ class PeriodicLog:
             latency = metrics.quantiles("e2e_latency", stream=stream)
             shown = f" e2e p50 {latency[0] * 1e3:.0f} ms p95 {latency[1] * 1e3:.0f} ms" if latency else ""
             state, _ = health.stream_state(self.pipeline, stream)
-            parts.append(f"{stream} [{state}] {fps:.1f} fps, drops {metrics.count('drops', stream=stream)}{shown}")
+            sink_drops = metrics.count("sink_drops", stream=stream)
+            behind = f", sink drops {sink_drops}" if sink_drops else ""
+            parts.append(f"{stream} [{state}] {fps:.1f} fps, drops {metrics.count('drops', stream=stream)}{behind}{shown}")
         for stage_id in self.pipeline.runners:
             latency = metrics.quantiles("stage_latency", stage=stage_id)
             if latency:

@@ -4,9 +4,12 @@ Flow control happens once, at the entrance: each stream may have at most
 `runtime.in_flight` frames inside the graph. A live stream's frame that finds no
 free slot is dropped there and counted, so the freshest frames get in and no
 backlog builds; a file stream's frame waits for a slot, so every frame is
-processed. A frame's slot is freed when every leaf stage it reaches is done. The
-source asks before converting a frame (runtime.admission), so a dropped frame costs
-only its decoding, and an overloaded live stream is let in at an even rate.
+processed. A frame's slot is freed when the last stage that changes frames (the end
+of the processor chain) is done with it: sinks (recorders, clips, sockets, the live
+view) read frames from their own bounded queues (SinkInbox), so a slow disk or
+encoder never holds a frame's slot. The source asks before converting a frame
+(runtime.admission), so a dropped frame costs only its decoding, and an overloaded
+live stream is let in at an even rate.
 """
 
 from __future__ import annotations
@@ -68,6 +71,28 @@ class EntranceGate:
         self.slots.release()
 
 
+class SinkInbox(queue.Queue):
+    """A sink's queue. A live stream's frame that finds it full is dropped there and counted
+    (`sink_drops`): the sink falls behind, the pose path does not wait for it. A file stream's
+    frame waits for room, so a recording of a file has every frame; events and the end of a
+    stream always wait (they are few and must not be lost)."""
+
+    def __init__(self, maxsize: int, stage_id: str, live_streams: set[str], metrics: Metrics):
+        super().__init__(maxsize)
+        self.stage_id = stage_id
+        self.live_streams = live_streams
+        self.metrics = metrics
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        if isinstance(item, Frame) and item.stream in self.live_streams:
+            try:
+                super().put(item, block=False)
+            except queue.Full:
+                self.metrics.inc("sink_drops", stage=self.stage_id, stream=item.stream)
+            return
+        super().put(item, block, timeout)
+
+
 class Pipeline:
     """Builds the stages of a graph and runs them until the sources end or `stop()`."""
 
@@ -83,13 +108,17 @@ class Pipeline:
         budget = spec.runtime.disk_budget_mb
         self.disk_budget = DiskBudget(self.output_dir, budget, self._stop) if budget else None
         self._lock = threading.Lock()
-        self._remaining: dict[tuple[str, int], int] = {}
 
         downstream: dict[str, list[str]] = {name: [] for name in [s.id for s in spec.sources] + list(graph.inputs)}
         for stage_id, inputs in graph.inputs.items():
             for name in inputs:
                 downstream[name].append(stage_id)
-        self._paths_to_leaves = {s.id: self._count_paths(s.id, downstream) for s in spec.sources}
+        roles = {st.id: st.ROLE for st in spec.stages}
+        # The loader lets each stream through one chain of processors with sinks branching off its
+        # end, so a frame leaves exactly one chain end; a source feeding only sinks is its own.
+        processing_ends = {name for name in downstream
+                           if roles.get(name, "processor") == "processor"
+                           and not any(roles[child] == "processor" for child in downstream[name])}
         self._declare_metrics()
 
         self.cores = plan_cores(spec)
@@ -103,7 +132,9 @@ class Pipeline:
                                           self.loads[sid].record if sid in self.loads else None,
                                           self.metrics, self._stop)
                            for sid, cap in self.captures.items()}
-        self.inboxes = {st.id: queue.Queue(spec.runtime.queue_size) for st in spec.stages}
+        live = {sid for sid, cap in self.captures.items() if cap.live}
+        self.inboxes = {st.id: SinkInbox(spec.runtime.queue_size, st.id, live, self.metrics) if st.ROLE == "sink"
+                        else queue.Queue(spec.runtime.queue_size) for st in spec.stages}
         self.runners: dict[str, StageRunner] = {}
         for st in spec.stages:
             context = StageContext(graph_dir=graph.path.parent, output_dir=self.output_dir,
@@ -115,21 +146,17 @@ class Pipeline:
             except Exception as error:
                 raise StageBuildError(f"stage '{st.id}' ({st.type}): {error}") from error
             self.runners[st.id] = StageRunner(stage, self.inboxes[st.id], upstreams=len(graph.inputs[st.id]),
-                                              metrics=self.metrics, on_leaf=self._on_leaf)
+                                              metrics=self.metrics,
+                                              on_processed=self._on_processed if st.id in processing_ends else None)
             self.metrics.gauge("queue_depth", self.inboxes[st.id].qsize, stage=st.id)
         for stage_id, runner in self.runners.items():
             runner.outboxes = [self.inboxes[d] for d in downstream[stage_id]]
         self._source_outboxes = {sid: [self.inboxes[d] for d in downstream[sid]] for sid in self.captures}
+        self._processed_at_source = {sid for sid in self.captures if sid in processing_ends}
         self.source_threads = {sid: threading.Thread(target=self._pump, args=(sid,), name=f"source-{sid}", daemon=True)
                                for sid in self.captures}
 
     # ------------------------------------------------------------------ topology
-
-    @staticmethod
-    def _count_paths(node: str, downstream: dict[str, list[str]]) -> int:
-        """How many times a frame from `node` arrives at a leaf (once per path)."""
-        children = downstream[node]
-        return sum(Pipeline._count_paths(c, downstream) if downstream[c] else 1 for c in children)
 
     def _declare_metrics(self) -> None:
         """Every series the graph can emit, at zero, so each exists before its first event."""
@@ -143,6 +170,8 @@ class Pipeline:
             for stream in self._streams_reaching(st.id):
                 self.metrics.declare("frames", stage=st.id, stream=stream)
                 self.metrics.declare("errors", stage=st.id, stream=stream)
+                if st.ROLE == "sink":
+                    self.metrics.declare("sink_drops", stage=st.id, stream=stream)
             if st.type == "publisher":
                 for kind in messages.KINDS:
                     self.metrics.declare("published", kind=kind)
@@ -208,7 +237,7 @@ class Pipeline:
     def _pump(self, stream: str) -> None:
         """Source thread: send the frames the stream's admission lets in, and its events, downstream."""
         capture, outboxes = self.captures[stream], self._source_outboxes[stream]
-        leaves = self._paths_to_leaves[stream]
+        processed = stream in self._processed_at_source
         try:
             for item in capture.frames(self._stop, admit=self.admissions[stream].admit):
                 if isinstance(item, StreamEvent):
@@ -216,8 +245,8 @@ class Pipeline:
                     for outbox in outboxes:
                         outbox.put(item)
                     continue
-                with self._lock:
-                    self._remaining[stream, item.index] = leaves
+                if processed:
+                    self._on_processed(item)
                 for outbox in outboxes:
                     outbox.put(item)
         except Exception as error:
@@ -239,20 +268,15 @@ class Pipeline:
         log.log(level, "stream %s %s%s", event.stream, "failed" if event.failed else event.kind,
                 f": {event.detail}" if event.detail else "")
 
-    def _on_leaf(self, frame: Frame) -> None:
-        key = (frame.stream, frame.index)
+    def _on_processed(self, frame: Frame) -> None:
+        """The frame has left the processor chain: its result is judged (a later stage's success
+        must not hide an earlier one's failure; sinks count their own errors and drops), its
+        slot is free, and its end-to-end latency is what subscribers of its poses see."""
         now = time.time()
         with self._lock:
-            self._remaining[key] -= 1
-            done = self._remaining[key] == 0
-            if done:
-                del self._remaining[key]
-                # Judged once the frame has passed the whole graph: a later stage's
-                # success must not hide an earlier stage's failure.
-                self._record_result(frame, ok=not frame.failed_stages, now=now)
-        if done:
-            self.gates[frame.stream].release()
-            self.metrics.observe("e2e_latency", now - frame.capture_time, stream=frame.stream)
+            self._record_result(frame, ok=not frame.failed_stages, now=now)
+        self.gates[frame.stream].release()
+        self.metrics.observe("e2e_latency", now - frame.capture_time, stream=frame.stream)
 
     def _record_result(self, frame: Frame, ok: bool, now: float) -> None:
         state = self.streams[frame.stream]

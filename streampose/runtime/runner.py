@@ -82,17 +82,18 @@ class StageRunner:
     Frames, stream events and emitted events leave in the order they came, per stream; what
     the stage emits goes out before the frames or stream event it was handling. The runner
     stops after every upstream has sent STOP, then closes the stage and sends STOP on.
-    `on_leaf(frame)` is called for every frame it finished when it has no downstream.
+    `on_processed(frame)`, given to the last processor of the chain, is called for every frame
+    it finished, before the frame goes on to the sinks.
     """
 
     def __init__(self, stage: Stage, inbox: queue.Queue, upstreams: int, metrics: Metrics,
-                 on_leaf: Callable[[Frame], None]):
+                 on_processed: Callable[[Frame], None] | None = None):
         self.stage = stage
         self.inbox = inbox
         self.outboxes: list[queue.Queue] = []
         self.upstreams = upstreams
         self.metrics = metrics
-        self.on_leaf = on_leaf
+        self.on_processed = on_processed
         self.abort = threading.Event()  # set: discard frames instead of processing them
         self.done = False  # the loop ended normally; a thread gone without it died (see health.py)
         self.busy_since: float | None = None  # monotonic time the current batch started; None when idle
@@ -232,10 +233,9 @@ class StageRunner:
 
     def _finish(self, frame: Frame) -> None:
         self.metrics.inc("frames", stage=self.stage.id, stream=frame.stream)
-        if self.outboxes:
-            self._send(frame)
-        else:
-            self.on_leaf(frame)
+        if self.on_processed:
+            self.on_processed(frame)
+        self._send(frame)
 
     def _call(self, function, what: str, stream: str) -> None:
         try:

@@ -1,5 +1,5 @@
 """A stage that passes frames on, optionally after a delay: a stand-in for a
-model's cost in tests and the runtime benchmark."""
+model's cost (`noop`) or a slow sink's (`noop_sink`) in tests and benchmarks."""
 
 import time
 
