@@ -147,17 +147,17 @@ class Metrics:
                     totals[dict(key)[label]] += value
         return dict(totals)
 
-    def quantiles(self, name: str, since_s: float | None = None, **labels: str) -> tuple[float, float] | None:
-        """(p50, p95) in seconds of the recent values (of the last `since_s` seconds if given),
-        or None if there are none."""
+    def quantiles(self, name: str, since_s: float | None = None, percents: tuple[float, ...] = (50, 95),
+                  **labels: str) -> tuple[float, ...] | None:
+        """The `percents` percentiles (p50, p95 unless told) in seconds of the recent values (of
+        the last `since_s` seconds if given), or None if there are none."""
         oldest = -np.inf if since_s is None else time.monotonic() - since_s
         with self._lock:
             series = self._latencies.get((name, _key(labels)))
             values = [v for t, v in series.recent if t >= oldest] if series else []
         if not values:
             return None
-        p50, p95 = np.percentile(values, (50, 95))
-        return float(p50), float(p95)
+        return tuple(float(v) for v in np.percentile(values, percents))
 
     def collect(self):
         """prometheus_client collector protocol."""
