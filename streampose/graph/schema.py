@@ -173,10 +173,10 @@ class Runtime(Strict):
     queue_size: int = Field(8, ge=1, le=1024, description="Capacity of each queue between stages, frames.")
     in_flight: int = Field(2, ge=1, le=256, description="Most frames of one stream inside the graph at once; "
                            "live frames beyond it are dropped at the door, file frames wait.")
-    even_drops: bool = Field(True, description="Under sustained overload, let a live stream in every k-th frame "
-                             "(k the smallest that keeps drops at the door under 10%, shown as admit_every in "
-                             "/health and metrics) instead of whichever frames find a free slot: an even, reduced "
-                             "rate rather than random gaps.")
+    even_drops: bool = Field(True, description="Under sustained overload, let an evenly spaced share of a live "
+                             "stream's frames in (the largest that keeps drops at the door under 10%; 1 / share shown "
+                             "as admit_every in /health and metrics) instead of whichever frames find a free slot: an "
+                             "even, reduced rate rather than random gaps.")
     drain_timeout_s: float = Field(10.0, ge=0, le=600, description="On stop, longest wait for frames in flight, seconds.")
     degraded_after: int = Field(5, ge=1, description="Failed frames in a row that mark a stream degraded.")
     output_dir: str = Field("out", description="Folder all sinks write under; relative to the working directory.")

@@ -8,8 +8,8 @@ threads' work went to frames then dropped, issue 17).
 A file stream's frame waits for a free slot at the gate, so every frame is processed. A live
 stream's frame that finds no free slot is dropped. Under sustained overload such drops fall
 wherever a slot happens to be busy, which leaves uneven gaps in the stream; `Thinning` lets in
-every k-th frame instead, with k the smallest that keeps the gate's drops rare, so a live
-stream is processed at an even, reduced rate (1/k of its frames).
+an evenly spaced share of the frames instead, the largest that keeps the gate's drops rare, so
+a live stream is processed at an even, reduced rate.
 """
 
 from __future__ import annotations
@@ -19,37 +19,46 @@ from collections.abc import Callable
 
 from streampose.runtime.metrics import Metrics
 
-# Thinning decides once per WINDOW frames it lets through to the gate. More than
-# RAISE_SHARE of them dropped there: k grows so that the gate would have taken about all of
-# them (back to the last calm k when a try at a lower one failed). None dropped for a number
-# of windows in a row (CALM_WINDOWS, doubled after each failed try up to MAX_CALM_WINDOWS):
-# k shrinks by one, to try a higher rate, since load changes. At 25 fps and k = 2 a window is
-# 1.6 s of video. A gate with one free slot wastes the slots freed between tried frames, so
-# the drop share at k - 1 overstates the overload: hence the return to the calm k.
+# Thinning decides once per WINDOW frames it lets through to the gate. More than RAISE_SHARE of
+# them dropped there: the rate falls to the share the gate took (but not below the last calm rate
+# when a try at a higher one failed: a gate with one free slot wastes the slots freed between
+# tried frames, so a drop share measured above the capacity overstates the overload). None
+# dropped for a number of windows in a row (CALM_WINDOWS, doubled after each failed try up to
+# MAX_CALM_WINDOWS): the rate tries half-way up to every frame, since load changes. A fractional
+# rate keeps what the machine can do: with a whole k (every k-th frame), a stream the graph could
+# take 85% of would get 50% (k = 2). At 25 fps and rate 0.5 a window is 1.6 s of video.
 WINDOW = 20
 RAISE_SHARE = 0.1
 CALM_WINDOWS = 4
 MAX_CALM_WINDOWS = 32
-MAX_EVERY = 50
+MIN_RATE = 1 / 50
+FULL_RATE = 0.95  # a try that would reach this lets every frame through
 
 
 class Thinning:
-    """Lets every k-th frame of a live stream try the gate, and adapts k to the drops there."""
+    """Lets an even share of a live stream's frames try the gate, and adapts the share to the
+    drops there. Frames are let through where the running sum of the rate crosses a whole
+    number, so gaps differ by at most one frame (rate 0.4: 3, 2, 3, 2, ...)."""
 
     def __init__(self) -> None:
-        self.every = 1  # k
-        self._skipped = 0  # frames skipped since the last one that tried the gate
+        self.rate = 1.0  # share of the stream's frames let through to the gate
+        self._credit = 0.0  # the running sum's fraction
         self._tried = self._dropped = 0  # this window's frames that tried the gate, and their drops
         self._calm = 0  # windows in a row without a drop
         self._calm_needed = CALM_WINDOWS
-        self._calm_every: int | None = None  # the k that was calm before the current try, if trying
+        self._calm_rate: float | None = None  # the rate that was calm before the current try, if trying
+
+    @property
+    def every(self) -> float:
+        """1 / rate: a frame in this many tries the gate (1: every frame)."""
+        return 1 / self.rate
 
     def offer(self) -> bool:
         """Whether the next frame of the stream tries the gate (False: it is skipped)."""
-        if self._skipped >= self.every - 1:
-            self._skipped = 0
+        self._credit += self.rate
+        if self._credit >= 1 - 1e-9:
+            self._credit -= 1
             return True
-        self._skipped += 1
         return False
 
     def result(self, admitted: bool) -> None:
@@ -60,25 +69,26 @@ class Thinning:
             return
         share = self._dropped / self._tried
         if share > RAISE_SHARE:
-            if self._calm_every is not None and self._calm_every > self.every:  # the try failed
+            taken = self.rate * (1 - share)
+            if self._calm_rate is not None and self._calm_rate < self.rate:  # the try failed
                 self._calm_needed = min(2 * self._calm_needed, MAX_CALM_WINDOWS)
-                self._set(self._calm_every)
-            else:  # more load: the gate took (1 - share) of the tried frames
-                self._set(min(MAX_EVERY, max(self.every + 1, round(self.every / max(1 - share, 1 / MAX_EVERY)))))
-            self._calm_every = None
+                taken = max(taken, self._calm_rate)
+            self._set(max(MIN_RATE, taken))
+            self._calm_rate = None
         elif self._dropped == 0:
             self._calm += 1
-            if self._calm_every is not None and self._calm >= CALM_WINDOWS:  # the try held
-                self._calm_every, self._calm_needed = None, CALM_WINDOWS
-            if self.every > 1 and self._calm >= self._calm_needed:
-                self._calm_every = self.every
-                self._set(self.every - 1)
+            if self._calm_rate is not None and self._calm >= CALM_WINDOWS:  # the try held
+                self._calm_rate, self._calm_needed = None, CALM_WINDOWS
+            if self.rate < 1 and self._calm >= self._calm_needed:
+                self._calm_rate = self.rate
+                higher = (self.rate + 1) / 2
+                self._set(1.0 if higher >= FULL_RATE else higher)
         else:
             self._calm = 0
         self._tried = self._dropped = 0
 
-    def _set(self, every: int) -> None:
-        self.every, self._calm = every, 0
+    def _set(self, rate: float) -> None:
+        self.rate, self._calm = rate, 0
 
 
 class Admission:
@@ -97,9 +107,10 @@ class Admission:
         metrics.gauge("admit_every", lambda: self.every, stream=stream)
 
     @property
-    def every(self) -> int:
-        """k: the stream is let in every k-th frame (1: every frame that finds a slot)."""
-        return self.thinning.every if self.thinning else 1
+    def every(self) -> float:
+        """1 / the thinning rate: one frame in this many tries to enter (1: every frame that finds
+        a slot; 2.5: two in five, evenly spaced)."""
+        return self.thinning.every if self.thinning else 1.0
 
     def admit(self) -> bool:
         """Whether the frame just decoded enters the graph (it then holds a slot)."""

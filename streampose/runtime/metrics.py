@@ -35,7 +35,7 @@ COUNTERS = {
     "frames": "Frames a stage finished (processed, failed or discarded), by stage and stream.",
     "frames_captured": "Frames decoded by the source, by stream; its rate is the stream's frame rate.",
     "drops": "Live frames dropped at the graph's entrance, unconverted: the stream had too many frames in "
-             "flight, or was being thinned to every k-th frame (admit_every).",
+             "flight, or was being thinned to an even share of its frames (admit_every).",
     "sink_drops": "Live frames a sink skipped because its own queue was full (the sink fell behind; the pose "
                   "path went on without waiting for it), by stage and stream.",
     "errors": "Frames (or stream events, or the closing) on which a stage raised, by stage and stream.",
@@ -62,8 +62,9 @@ HISTOGRAMS = {
 }
 GAUGES = {
     "queue_depth": "Frames and stream events waiting in a stage's input queue, by stage.",
-    "admit_every": "k: a live stream is let into the graph every k-th frame (1: every frame that finds a free "
-                   "slot; more under sustained overload, runtime.even_drops), by stream.",
+    "admit_every": "1 / the share of a live stream's frames let into the graph, evenly spaced (1: every frame "
+                   "that finds a free slot; 2.5: two in five, under sustained overload, runtime.even_drops), by "
+                   "stream.",
     "clip_buffer_bytes": "Bytes of JPEG frames held in a clips stage's ring buffer, by stage and stream.",
     "clip_buffer_seconds": "Seconds of video held in a clips stage's ring buffer, by stage and stream.",
     "mqtt_connected": "1 while an mqtt stage is connected to its broker, by stage.",
