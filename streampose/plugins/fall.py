@@ -162,6 +162,7 @@ class Observation:
     head, shoulders, hips, ankles: (2,) centres of the seen joints of each group.
     top_y, bottom_y: rows of the highest and lowest seen joints of the BODY (arms left out).
     legs_seen: a knee or an ankle is seen.
+    ankles_seen: an ankle is seen (floor_y is read from it).
     floor_y: the row of the lower seen ankle, where the person stands; without one the box's
              bottom (where a lying body touches the floor; at the bottom edge, a bound: the
              floor is there or lower). When the box touches the bottom edge the legs are taken
@@ -184,6 +185,7 @@ class Observation:
     bottom_y: float
     legs_seen: bool
     floor_y: float
+    ankles_seen: bool
     box_centre_y: float
     box_top_y: float
     box_height: float
@@ -211,6 +213,7 @@ def observe(keypoints: np.ndarray, box: np.ndarray, width: int, height: int,
         top_y=rows.min() if len(rows) else np.nan, bottom_y=rows.max() if len(rows) else np.nan,
         legs_seen=bool(seen[LEGS].any()),
         floor_y=xy[ANKLES, 1][seen[ANKLES]].max() if seen[ANKLES].any() else y2,
+        ankles_seen=bool(seen[ANKLES].any()),
         box_centre_y=(y1 + y2) / 2 if rows_ok else np.nan,
         box_top_y=y1 if y1 > edge_margin * height else np.nan,
         box_height=y2 - y1 if rows_ok and not side_cut else np.nan,
@@ -261,6 +264,7 @@ class Sample:
     upright: bool          # measured upright, before any fall
     rows: np.ndarray       # (4,)
     floor: float
+    floor_seen: bool       # the floor row is an ankle's (else the box's bottom)
     points: np.ndarray     # (2, 3) shoulders, hips; NaN without 3D
     descent: float = 0.0
 
@@ -290,6 +294,8 @@ class FallTrack:
     standing_s: float = 0.0        # time on their feet (posture at most standing_max), in a row
     lying_s: float = 0.0           # time down, in a row (ended by recover_s not down), for the long-lie alarm
     long_lie_raised: bool = False  # person_down raised for the current time down
+    went_down: float | None = None # when the person last went down, until on their feet again
+    exercising_until: float = -np.inf  # no fall starts before this: down and up again quickly (exercise_cycle_s)
     fall_descent: float = 0.0      # descent evidence when the current fall started
     features: dict = field(default_factory=dict)   # the latest frame's, for events
     zone: Zone | None = None       # the stream's zone the body point is in (streampose.geometry.zones)
@@ -343,6 +349,12 @@ class FallDetector(Plugin):
                                     "down this long (not down for less than recover_s in between) raises "
                                     "person_down, the long-lie alarm, whether or not the way down looked like a "
                                     "fall, seconds of media time; 0 = never.")
+        exercise_cycle_s: float = Field(3.0, ge=0, le=60, description="A person who goes down and is on their "
+                                        "feet again (posture at most standing_max) within this long, seconds, is "
+                                        "exercising (burpees, floor dance moves): no fall starts for exercise_memory_s "
+                                        "after; the long-lie alarm still holds. 0 = never.")
+        exercise_memory_s: float = Field(10.0, ge=0, le=600, description="How long after a quick down-and-up "
+                                         "(exercise_cycle_s) no fall starts, seconds of media time.")
         use_3d: bool = Field(False, description="Measure the torso angle and the heights from 3D joints when a "
                              "lift3d stage ran before this one. Off by default: on monocular video the 2D cues "
                              "proved more reliable (on fall_room_chair the 3D cues scored the fall 0.496, under "
@@ -398,7 +410,7 @@ class FallDetector(Plugin):
         # measured from before the fall.
         upright = measured <= p.upright_max and not state.down and state.state not in ("falling", "fallen")
         sample = Sample(now, upright, np.array([obs.shoulders[1], obs.hips[1], obs.box_centre_y, obs.box_top_y]),
-                        obs.floor_y,
+                        obs.floor_y, obs.ankles_seen,
                         np.full((2, 3), np.nan) if body3d is None else np.stack([body3d.shoulders, body3d.hips]))
         sample.descent, drop, speed, floor_drop = self._descent(state, sample, body_height, body3d)
         # The end of a deep, fast drop is no upright reference, whatever its few cues say (sitting
@@ -536,6 +548,13 @@ class FallDetector(Plugin):
             return 0.0, np.nan, np.nan, np.nan
         then_rows, then_floor = np.array([s.rows for s in upright]), np.array([s.floor for s in upright])
         shift = np.where(np.isfinite(then_floor) & np.isfinite(sample.floor), sample.floor - then_floor, 0.0)
+        # A floor row read from the box's bottom also rises when the legs are lifted or hidden
+        # (a breakdance freeze, legs behind furniture), not only when the person walks away:
+        # only ankles seen in both frames show the floor moving up the image (in
+        # adl_breakdance_floor_moves_gym_crowd the box's bottom rising 0.25-1.1 body heights
+        # read as that much drop, and two freezes as falls).
+        ankles_both = np.array([s.floor_seen for s in upright]) & sample.floor_seen
+        shift = np.where((shift < 0) & ~ankles_both, 0.0, shift)
         drops = (sample.rows - then_rows - shift[:, None]) / body_height             # (M, 4)
         if body3d is not None:
             heights = np.array([s.points for s in upright]) @ state.up                 # (M, 2)
@@ -584,6 +603,16 @@ class FallDetector(Plugin):
                 state.lying_s, state.long_lie_raised = 0.0, False
         standing = known and posture <= p.standing_max
         state.standing_s = state.standing_s + span if standing else 0.0
+        if state.down and not was_down:
+            state.went_down = now
+        elif standing and state.went_down is not None:
+            # Down for as long as a fall is confirmed after, and on their feet again within
+            # exercise_cycle_s: a burpee, a floor dance move, a squat thrust. Someone who falls
+            # is rarely up again that soon; a posture flickering across lying_threshold for a
+            # frame or two is no cycle.
+            if state.lying_s >= p.confirm_s and now - state.went_down <= p.exercise_cycle_s:
+                state.exercising_until = now + p.exercise_memory_s
+            state.went_down = None
         events = []
         if (state.down and state.reference is not None and not state.long_lie_raised and p.down_alarm_s > 0
                 and state.lying_s >= p.down_alarm_s and not state.resting):
@@ -596,7 +625,8 @@ class FallDetector(Plugin):
         p, now, known = self.params, frame.media_time, np.isfinite(posture)
         if state.state in ("upright", "down", "recovered"):
             score = min(descent, posture) if known else 0.0
-            if score >= 0.5 and now - state.first_seen >= p.min_track_age_s and not state.resting:
+            if (score >= 0.5 and now - state.first_seen >= p.min_track_age_s and not state.resting
+                    and now > state.exercising_until):
                 state.state, state.down, state.down_s, state.up_s = "falling", True, 0.0, 0.0
                 state.fall_descent = descent
                 return [self._event(frame, i, "fall_started", score, state)]
@@ -636,7 +666,15 @@ class FallDetector(Plugin):
         return best
 
     def end_track(self, frame: Frame | None, track_id: int, state: FallTrack) -> list[Event]:
-        if state.resting or not (self.params.confirm_when_lost and state.state == "falling" and state.down):
+        p = self.params
+        falling = state.state == "falling" and state.down
+        # Lost in the middle of a deep, fast drop, half way down (posture past lying_release): a
+        # lying body is what a pedestrian detector misses most, and furniture or a falling
+        # object hides it (fall_cctv_street_hit_by_falling_branch: lost at posture 0.41).
+        going_down = (state.state in ("upright", "down", "recovered") and state.features.get("descent", 0.0) >= 0.5
+                      and state.posture >= p.lying_release and state.last_seen > state.exercising_until
+                      and state.last_seen - state.first_seen >= p.min_track_age_s)
+        if state.resting or not (p.confirm_when_lost and (falling or going_down)):
             return []
         data = {"lost_while_down": True, "last_seen": round(state.last_seen, 3),
                 "down_s": round(state.down_s, 3), **_rounded(state.features)}
