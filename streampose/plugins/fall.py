@@ -36,11 +36,13 @@ States (annotation `fall_state`) and the events that leave them:
     falling --not down for recover_s--> upright                               (none: a stumble)
     fallen --on their feet (posture <= standing_max) for recover_s--> recovered (fall_recovered)
 
+Someone who goes down for confirm_s and is on their feet again within `exercise_cycle_s`
+(burpees, floor dance moves) is exercising: no fall starts for `exercise_memory_s` after.
 Besides the states, a person seen upright who has been down for `down_alarm_s` raises
-`person_down`, the long-lie alarm, however they got there. The descent is also measured from
-the last upright frame up to `descent_max_s` ago (a slow, supported or stepwise fall), and a
-body as far below its last upright height as one on the floor (`floor_drop`) reads down
-whatever its posture cues say.
+`person_down`, the long-lie alarm, however they got there, exercising or not. The descent is
+also measured from the last upright frame up to `descent_max_s` ago (a slow, supported or
+stepwise fall), and a body as far below its last upright height as one on the floor
+(`floor_drop`) reads down whatever its posture cues say.
 
 "down" has hysteresis: posture >= lying_threshold to enter, < lying_release to leave. A
 posture that cannot be measured (too few cues: a lying body's joints are often missed, or
@@ -58,8 +60,8 @@ lose the person and start a new id for the body on the floor. A new track whose 
 the last box of a track of the same stream that was not seen for at most `handover_s`
 continues that track's history and state (Plugin.continues: the plugin stage moves the state
 to the new id; the old id has none left). A track that ends while
-falling and down (slid out of view, hidden on the floor) is confirmed at its end when
-`confirm_when_lost` is set.
+falling and down (slid out of view, hidden on the floor), or lost half way down a deep, fast
+drop, is confirmed at its end when `confirm_when_lost` is set.
 """
 
 from __future__ import annotations
@@ -375,7 +377,9 @@ class FallDetector(Plugin):
                                    "used; at the top or bottom edge neither its centre nor its aspect ratio, and at "
                                    "the bottom edge neither the knees nor the ankles.")
         confirm_when_lost: bool = Field(True, description="A track that ends while falling and down (slid out of "
-                                        "view, hidden on the floor) raises fall_confirmed at its end.")
+                                        "view, hidden on the floor), or half way down a deep, fast drop (posture past "
+                                        "lying_release: a lying body the detector misses), raises fall_confirmed at "
+                                        "its end.")
 
         @model_validator(mode="after")
         def _hysteresis(self):
@@ -606,10 +610,10 @@ class FallDetector(Plugin):
         if state.down and not was_down:
             state.went_down = now
         elif standing and state.went_down is not None:
-            # Down for as long as a fall is confirmed after, and on their feet again within
-            # exercise_cycle_s: a burpee, a floor dance move, a squat thrust. Someone who falls
-            # is rarely up again that soon; a posture flickering across lying_threshold for a
-            # frame or two is no cycle.
+            # Down for at least confirm_s (as long as a confirmed fall) and on their feet again
+            # within exercise_cycle_s: a burpee, a floor dance move, a squat thrust. Someone who
+            # falls is rarely up again that soon; a posture flickering across lying_threshold
+            # for a frame or two is no cycle.
             if state.lying_s >= p.confirm_s and now - state.went_down <= p.exercise_cycle_s:
                 state.exercising_until = now + p.exercise_memory_s
             state.went_down = None
