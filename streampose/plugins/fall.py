@@ -18,8 +18,9 @@ and far people, any image size and any frame rate:
 Heights are in body heights. Body height is not read from the box (which shrinks when a
 person sits or lies and is cut by the frame edge): each frame estimates it from the lengths
 of the visible limb and torso segments divided by their share of standing height, and the
-track keeps a high percentile of the last `height_memory_s` of estimates taken while it was
-not down. Keypoints outside the frame or less confident than `min_confidence` are ignored,
+track keeps the median of the last `height_memory_s` of estimates taken while it was not
+down; after a confirmed fall, until the person is on their feet again, the height they stood
+at (their upright reference's). Keypoints outside the frame or less confident than `min_confidence` are ignored,
 and cues needing them are left out of the mean: legs cut by the frame edge, a face turned
 away, a box cut at the top or bottom each remove cues, not the person.
 
@@ -260,7 +261,8 @@ def posture_score(values: dict[str, float], side_cut: bool) -> float:
 class Sample:
     """What the descent window keeps of one frame: time, whether upright, the body's centres as image
     rows (shoulders, hips, box centre, box top; pixels) with the floor row under the person, with 3D joints
-    the centres as points (metres), and the descent evidence measured at that frame."""
+    the centres as points (metres), the track's body height then (pixels), and the descent evidence
+    measured at that frame."""
 
     time: float
     upright: bool          # measured upright, before any fall
@@ -268,6 +270,7 @@ class Sample:
     floor: float
     floor_seen: bool       # the floor row is an ankle's (else the box's bottom)
     points: np.ndarray     # (2, 3) shoulders, hips; NaN without 3D
+    height: float          # the track's body height then, pixels
     descent: float = 0.0
 
 
@@ -366,7 +369,8 @@ class FallDetector(Plugin):
         height_memory_s: float = Field(3.0, gt=0, le=60, description="Body height is the median of the per-frame "
                                        "estimates of the last this many seconds the person was not down, only those "
                                        "taken upright and whole in the picture (box touching no edge) if there are "
-                                       "any; with none in this time the last height holds.")
+                                       "any; with none in this time the last height holds. After a confirmed fall, "
+                                       "until recovered, the height the person stood at.")
         max_gap_s: float = Field(0.7, gt=0, le=10, description="Time between two observations of a track counts "
                                  "(as down or not down) only when they are at most this far apart, seconds.")
         handover_s: float = Field(1.5, ge=0, le=10, description="A new track overlapping the last box of a track "
@@ -415,7 +419,8 @@ class FallDetector(Plugin):
         upright = measured <= p.upright_max and not state.down and state.state not in ("falling", "fallen")
         sample = Sample(now, upright, np.array([obs.shoulders[1], obs.hips[1], obs.box_centre_y, obs.box_top_y]),
                         obs.floor_y, obs.ankles_seen,
-                        np.full((2, 3), np.nan) if body3d is None else np.stack([body3d.shoulders, body3d.hips]))
+                        np.full((2, 3), np.nan) if body3d is None else np.stack([body3d.shoulders, body3d.hips]),
+                        body_height)
         sample.descent, drop, speed, floor_drop = self._descent(state, sample, body_height, body3d)
         # The end of a deep, fast drop is no upright reference, whatever its few cues say (sitting
         # hard on the floor after a backward fall, legs cut by the frame edge, reads upright):
@@ -465,8 +470,17 @@ class FallDetector(Plugin):
         the picture (box touching no frame edge) when there are any. Estimates taken while down
         (lying joints are often wrong and foreshortened) are not used, and with no estimate in
         the memory the last height holds: a body cut by the frame edge, or lying, keeps the
-        size it was seen at."""
+        size it was seen at. After a confirmed fall, until recovered, it is the height at the
+        upright reference."""
         p = self.params
+        # After a confirmed fall, until the person is on their feet again, the height is the one
+        # they stood at: segments measured on the floor, legs lifted or folded towards the camera,
+        # read a body far taller than it is (fall_outdoor_rollerblader_slides_down_pole: 107 px
+        # standing, estimates growing to 273 px while he sits on the asphalt), and with it a
+        # sitting body read upright in body heights and "on their feet" while he never got up.
+        # A person who does get up is measured with the segments they stood with.
+        if state.state == "fallen" and state.reference is not None and np.isfinite(state.reference.height):
+            return state.reference.height
         if np.isfinite(obs.size) and obs.size > 0 and not state.down:
             whole = np.isfinite(obs.box_height) and bool(state.window) and state.window[-1].upright
             state.sizes.append((now, obs.size, whole))
