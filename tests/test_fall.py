@@ -264,6 +264,41 @@ def test_a_person_who_leaves_the_frame_while_on_the_floor_is_confirmed_when_the_
     assert kinds(events) == ["fall_started"]
 
 
+@pytest.mark.parametrize(("angle", "confirmed"), [(60, True), (50, False), (0, False)])
+def test_a_person_lost_half_way_down_a_fast_fall_is_confirmed_when_the_track_ends(angle, confirmed):
+    """Tips 60 degrees in 0.3 s (posture 0.49: past lying_release, not yet down) and is lost
+    (a lying body the detector misses, a falling object hiding it): confirmed when the tracker
+    ends the track. Bending 50 degrees (posture 0.18) or walking out of view is no fall."""
+    shots = [Shot(t, [(1, tipped(angle * float(np.clip((t - 2) / 0.3, 0, 1))), 0.0)]) for t in times(10, 0, 2.6)]
+    shots += [Shot(t, []) for t in times(10, 2.6, 3.0)] + [Shot(3.0, [], ended=(1,))]
+    events, _, _ = play(shots)
+    if confirmed:
+        assert kinds(events) == ["fall_confirmed"] and events[0].media_time == 3.0
+        assert events[0].data["lost_while_down"] is True and events[0].data["last_seen"] == pytest.approx(2.5)
+    else:
+        assert events == []
+
+
+def test_walking_behind_a_counter_is_no_drop():
+    """Steps behind a kitchen counter that hides legs and hips within 0.1 s: the box's bottom
+    rises to the counter's top, which is no floor moving up the image (only ankles seen in both
+    frames show that), so the body has not dropped and nothing is raised. Read as a floor 0.6
+    body heights higher, it was a fall of about that depth."""
+    view = View()
+    counter_top = view.floor_y - 0.6 * view.body_px
+    spec = schema.Plugin(id="fall", type="plugin", plugin="fall", params={})
+    stage = PluginStage("fall", spec, StageContext(graph_dir=Path("."), output_dir=Path(".")))
+    events = []
+    for frame in shot_frames([Shot(t, [(1, STANDING, 0.0)]) for t in times(10, 0, 5)], view):
+        if frame.media_time >= 2.0:
+            hidden = frame.persons.keypoints[0, :, 1] > counter_top
+            frame.persons.keypoints[0, hidden, 2] = 0.05
+            frame.persons.boxes[0, 3] = counter_top
+        stage.run([frame])
+        events += frame.events
+    assert events == []
+
+
 def test_a_lying_body_cut_by_the_side_edge_is_confirmed():
     """Falls towards the right edge and lies there with the head outside the frame."""
     view = View(foot_x=380)   # lying, the head reaches 380 + 0.93 * 300 = 659 > 640

@@ -25,6 +25,7 @@ from streampose.stages.keypoints import KeypointStage
 from streampose.stages.tracker import TrackerStage
 from streampose.tracking import kalman
 from streampose.tracking.association import iou_matrix, match, oks_matrix
+from streampose.tracking.cuts import CutDetector
 from streampose.tracking.kalman import BoxKalman
 from streampose.tracking.ocsort import HISTORY, OcSortTracker
 from streampose.tracking.track import Observations
@@ -401,6 +402,35 @@ def test_a_hard_cut_ends_every_track_and_ids_start_afresh(algorithm):
     assert [f.ended_tracks for f in frames] == [[]] * 5 + [[1], [], []]
     never = track_frames(tracker(algorithm=algorithm, min_hits=1, cut_threshold=-1), shots())
     assert [ids_of(f) for f in never] == [[1]] * 8
+
+
+def cut_times(video: str, start: float, end: float) -> list[float]:
+    """Media times of the frames of a shared video between start and end that the default cut
+    detector reads as cuts from the frame before."""
+    detector = CutDetector(schema.TrackerParams.model_fields["cut_threshold"].default)
+    cuts, last = [], None
+    with av.open(str(VIDEOS / video)) as container:
+        for decoded in container.decode(video=0):
+            if decoded.time > end:
+                break
+            if decoded.time >= start:
+                look = detector.look(decoded.to_ndarray(format="bgr24"))
+                if detector.is_cut(last, look):
+                    cuts.append(round(float(decoded.time), 2))
+                last = look
+    return cuts
+
+
+def test_cuts_between_shots_of_one_place_and_no_cut_within_a_shot():
+    """Edited footage cutting and zooming between a wide and a close shot of one gym keeps its
+    colours (histograms 0.98) but not its layout: each is a cut, so the id of a man crossing the
+    wide shot does not pass to the dancer on the floor of the close one. A burpee filling a third
+    of the picture, a camera panning after a falling worker and a phone's exposure jumps are not."""
+    assert cut_times("adl_breakdance_floor_moves_gym_crowd.mp4", 3.5, 3.8) == [3.63, 3.67]
+    assert cut_times("adl_breakdance_floor_moves_gym_crowd.mp4", 6.3, 6.5) == [6.4]
+    assert cut_times("reps_burpees_side_studio.mp4", 4.5, 5.0) == []
+    assert cut_times("fall_warehouse_worker_slip_backward.mp4", 3.5, 4.5) == []
+    assert cut_times("jumping_jacks_Ibbu_1.mp4", 2.0, 5.0) == []
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

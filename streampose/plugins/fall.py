@@ -18,8 +18,9 @@ and far people, any image size and any frame rate:
 Heights are in body heights. Body height is not read from the box (which shrinks when a
 person sits or lies and is cut by the frame edge): each frame estimates it from the lengths
 of the visible limb and torso segments divided by their share of standing height, and the
-track keeps a high percentile of the last `height_memory_s` of estimates taken while it was
-not down. Keypoints outside the frame or less confident than `min_confidence` are ignored,
+track keeps the median of the last `height_memory_s` of estimates taken while it was not
+down; after a confirmed fall, until the person is on their feet again, the height they stood
+at (their upright reference's). Keypoints outside the frame or less confident than `min_confidence` are ignored,
 and cues needing them are left out of the mean: legs cut by the frame edge, a face turned
 away, a box cut at the top or bottom each remove cues, not the person.
 
@@ -36,11 +37,13 @@ States (annotation `fall_state`) and the events that leave them:
     falling --not down for recover_s--> upright                               (none: a stumble)
     fallen --on their feet (posture <= standing_max) for recover_s--> recovered (fall_recovered)
 
+Someone who goes down for confirm_s and is on their feet again within `exercise_cycle_s`
+(burpees, floor dance moves) is exercising: no fall starts for `exercise_memory_s` after.
 Besides the states, a person seen upright who has been down for `down_alarm_s` raises
-`person_down`, the long-lie alarm, however they got there. The descent is also measured from
-the last upright frame up to `descent_max_s` ago (a slow, supported or stepwise fall), and a
-body as far below its last upright height as one on the floor (`floor_drop`) reads down
-whatever its posture cues say.
+`person_down`, the long-lie alarm, however they got there, exercising or not. The descent is
+also measured from the last upright frame up to `descent_max_s` ago (a slow, supported or
+stepwise fall), and a body as far below its last upright height as one on the floor
+(`floor_drop`) reads down whatever its posture cues say.
 
 "down" has hysteresis: posture >= lying_threshold to enter, < lying_release to leave. A
 posture that cannot be measured (too few cues: a lying body's joints are often missed, or
@@ -58,8 +61,8 @@ lose the person and start a new id for the body on the floor. A new track whose 
 the last box of a track of the same stream that was not seen for at most `handover_s`
 continues that track's history and state (Plugin.continues: the plugin stage moves the state
 to the new id; the old id has none left). A track that ends while
-falling and down (slid out of view, hidden on the floor) is confirmed at its end when
-`confirm_when_lost` is set.
+falling and down (slid out of view, hidden on the floor), or lost half way down a deep, fast
+drop, is confirmed at its end when `confirm_when_lost` is set.
 """
 
 from __future__ import annotations
@@ -162,6 +165,7 @@ class Observation:
     head, shoulders, hips, ankles: (2,) centres of the seen joints of each group.
     top_y, bottom_y: rows of the highest and lowest seen joints of the BODY (arms left out).
     legs_seen: a knee or an ankle is seen.
+    ankles_seen: an ankle is seen (floor_y is read from it).
     floor_y: the row of the lower seen ankle, where the person stands; without one the box's
              bottom (where a lying body touches the floor; at the bottom edge, a bound: the
              floor is there or lower). When the box touches the bottom edge the legs are taken
@@ -184,6 +188,7 @@ class Observation:
     bottom_y: float
     legs_seen: bool
     floor_y: float
+    ankles_seen: bool
     box_centre_y: float
     box_top_y: float
     box_height: float
@@ -211,6 +216,7 @@ def observe(keypoints: np.ndarray, box: np.ndarray, width: int, height: int,
         top_y=rows.min() if len(rows) else np.nan, bottom_y=rows.max() if len(rows) else np.nan,
         legs_seen=bool(seen[LEGS].any()),
         floor_y=xy[ANKLES, 1][seen[ANKLES]].max() if seen[ANKLES].any() else y2,
+        ankles_seen=bool(seen[ANKLES].any()),
         box_centre_y=(y1 + y2) / 2 if rows_ok else np.nan,
         box_top_y=y1 if y1 > edge_margin * height else np.nan,
         box_height=y2 - y1 if rows_ok and not side_cut else np.nan,
@@ -255,13 +261,16 @@ def posture_score(values: dict[str, float], side_cut: bool) -> float:
 class Sample:
     """What the descent window keeps of one frame: time, whether upright, the body's centres as image
     rows (shoulders, hips, box centre, box top; pixels) with the floor row under the person, with 3D joints
-    the centres as points (metres), and the descent evidence measured at that frame."""
+    the centres as points (metres), the track's body height then (pixels), and the descent evidence
+    measured at that frame."""
 
     time: float
     upright: bool          # measured upright, before any fall
     rows: np.ndarray       # (4,)
     floor: float
+    floor_seen: bool       # the floor row is an ankle's (else the box's bottom)
     points: np.ndarray     # (2, 3) shoulders, hips; NaN without 3D
+    height: float          # the track's body height then, pixels
     descent: float = 0.0
 
 
@@ -290,6 +299,8 @@ class FallTrack:
     standing_s: float = 0.0        # time on their feet (posture at most standing_max), in a row
     lying_s: float = 0.0           # time down, in a row (ended by recover_s not down), for the long-lie alarm
     long_lie_raised: bool = False  # person_down raised for the current time down
+    went_down: float | None = None # when the person last went down, until on their feet again
+    exercising_until: float = -np.inf  # no fall starts before this: down and up again quickly (exercise_cycle_s)
     fall_descent: float = 0.0      # descent evidence when the current fall started
     features: dict = field(default_factory=dict)   # the latest frame's, for events
     zone: Zone | None = None       # the stream's zone the body point is in (streampose.geometry.zones)
@@ -343,6 +354,12 @@ class FallDetector(Plugin):
                                     "down this long (not down for less than recover_s in between) raises "
                                     "person_down, the long-lie alarm, whether or not the way down looked like a "
                                     "fall, seconds of media time; 0 = never.")
+        exercise_cycle_s: float = Field(3.0, ge=0, le=60, description="A person who goes down and is on their "
+                                        "feet again (posture at most standing_max) within this long, seconds, is "
+                                        "exercising (burpees, floor dance moves): no fall starts for exercise_memory_s "
+                                        "after; the long-lie alarm still holds. 0 = never.")
+        exercise_memory_s: float = Field(10.0, ge=0, le=600, description="How long after a quick down-and-up "
+                                         "(exercise_cycle_s) no fall starts, seconds of media time.")
         use_3d: bool = Field(False, description="Measure the torso angle and the heights from 3D joints when a "
                              "lift3d stage ran before this one. Off by default: on monocular video the 2D cues "
                              "proved more reliable (on fall_room_chair the 3D cues scored the fall 0.496, under "
@@ -352,7 +369,8 @@ class FallDetector(Plugin):
         height_memory_s: float = Field(3.0, gt=0, le=60, description="Body height is the median of the per-frame "
                                        "estimates of the last this many seconds the person was not down, only those "
                                        "taken upright and whole in the picture (box touching no edge) if there are "
-                                       "any; with none in this time the last height holds.")
+                                       "any; with none in this time the last height holds. After a confirmed fall, "
+                                       "until recovered, the height the person stood at.")
         max_gap_s: float = Field(0.7, gt=0, le=10, description="Time between two observations of a track counts "
                                  "(as down or not down) only when they are at most this far apart, seconds.")
         handover_s: float = Field(1.5, ge=0, le=10, description="A new track overlapping the last box of a track "
@@ -363,7 +381,9 @@ class FallDetector(Plugin):
                                    "used; at the top or bottom edge neither its centre nor its aspect ratio, and at "
                                    "the bottom edge neither the knees nor the ankles.")
         confirm_when_lost: bool = Field(True, description="A track that ends while falling and down (slid out of "
-                                        "view, hidden on the floor) raises fall_confirmed at its end.")
+                                        "view, hidden on the floor), or half way down a deep, fast drop (posture past "
+                                        "lying_release: a lying body the detector misses), raises fall_confirmed at "
+                                        "its end.")
 
         @model_validator(mode="after")
         def _hysteresis(self):
@@ -398,8 +418,9 @@ class FallDetector(Plugin):
         # measured from before the fall.
         upright = measured <= p.upright_max and not state.down and state.state not in ("falling", "fallen")
         sample = Sample(now, upright, np.array([obs.shoulders[1], obs.hips[1], obs.box_centre_y, obs.box_top_y]),
-                        obs.floor_y,
-                        np.full((2, 3), np.nan) if body3d is None else np.stack([body3d.shoulders, body3d.hips]))
+                        obs.floor_y, obs.ankles_seen,
+                        np.full((2, 3), np.nan) if body3d is None else np.stack([body3d.shoulders, body3d.hips]),
+                        body_height)
         sample.descent, drop, speed, floor_drop = self._descent(state, sample, body_height, body3d)
         # The end of a deep, fast drop is no upright reference, whatever its few cues say (sitting
         # hard on the floor after a backward fall, legs cut by the frame edge, reads upright):
@@ -449,8 +470,17 @@ class FallDetector(Plugin):
         the picture (box touching no frame edge) when there are any. Estimates taken while down
         (lying joints are often wrong and foreshortened) are not used, and with no estimate in
         the memory the last height holds: a body cut by the frame edge, or lying, keeps the
-        size it was seen at."""
+        size it was seen at. After a confirmed fall, until recovered, it is the height at the
+        upright reference."""
         p = self.params
+        # After a confirmed fall, until the person is on their feet again, the height is the one
+        # they stood at: segments measured on the floor, legs lifted or folded towards the camera,
+        # read a body far taller than it is (fall_outdoor_rollerblader_slides_down_pole: 107 px
+        # standing, estimates growing to 273 px while he sits on the asphalt), and with it a
+        # sitting body read upright in body heights and "on their feet" while he never got up.
+        # A person who does get up is measured with the segments they stood with.
+        if state.state == "fallen" and state.reference is not None and np.isfinite(state.reference.height):
+            return state.reference.height
         if np.isfinite(obs.size) and obs.size > 0 and not state.down:
             whole = np.isfinite(obs.box_height) and bool(state.window) and state.window[-1].upright
             state.sizes.append((now, obs.size, whole))
@@ -536,6 +566,13 @@ class FallDetector(Plugin):
             return 0.0, np.nan, np.nan, np.nan
         then_rows, then_floor = np.array([s.rows for s in upright]), np.array([s.floor for s in upright])
         shift = np.where(np.isfinite(then_floor) & np.isfinite(sample.floor), sample.floor - then_floor, 0.0)
+        # A floor row read from the box's bottom also rises when the legs are lifted or hidden
+        # (a breakdance freeze, legs behind furniture), not only when the person walks away:
+        # only ankles seen in both frames show the floor moving up the image (in
+        # adl_breakdance_floor_moves_gym_crowd the box's bottom rising 0.25-1.1 body heights
+        # read as that much drop, and two freezes as falls).
+        ankles_both = np.array([s.floor_seen for s in upright]) & sample.floor_seen
+        shift = np.where((shift < 0) & ~ankles_both, 0.0, shift)
         drops = (sample.rows - then_rows - shift[:, None]) / body_height             # (M, 4)
         if body3d is not None:
             heights = np.array([s.points for s in upright]) @ state.up                 # (M, 2)
@@ -584,6 +621,16 @@ class FallDetector(Plugin):
                 state.lying_s, state.long_lie_raised = 0.0, False
         standing = known and posture <= p.standing_max
         state.standing_s = state.standing_s + span if standing else 0.0
+        if state.down and not was_down:
+            state.went_down = now
+        elif standing and state.went_down is not None:
+            # Down for at least confirm_s (as long as a confirmed fall) and on their feet again
+            # within exercise_cycle_s: a burpee, a floor dance move, a squat thrust. Someone who
+            # falls is rarely up again that soon; a posture flickering across lying_threshold
+            # for a frame or two is no cycle.
+            if state.lying_s >= p.confirm_s and now - state.went_down <= p.exercise_cycle_s:
+                state.exercising_until = now + p.exercise_memory_s
+            state.went_down = None
         events = []
         if (state.down and state.reference is not None and not state.long_lie_raised and p.down_alarm_s > 0
                 and state.lying_s >= p.down_alarm_s and not state.resting):
@@ -596,7 +643,8 @@ class FallDetector(Plugin):
         p, now, known = self.params, frame.media_time, np.isfinite(posture)
         if state.state in ("upright", "down", "recovered"):
             score = min(descent, posture) if known else 0.0
-            if score >= 0.5 and now - state.first_seen >= p.min_track_age_s and not state.resting:
+            if (score >= 0.5 and now - state.first_seen >= p.min_track_age_s and not state.resting
+                    and now > state.exercising_until):
                 state.state, state.down, state.down_s, state.up_s = "falling", True, 0.0, 0.0
                 state.fall_descent = descent
                 return [self._event(frame, i, "fall_started", score, state)]
@@ -636,7 +684,15 @@ class FallDetector(Plugin):
         return best
 
     def end_track(self, frame: Frame | None, track_id: int, state: FallTrack) -> list[Event]:
-        if state.resting or not (self.params.confirm_when_lost and state.state == "falling" and state.down):
+        p = self.params
+        falling = state.state == "falling" and state.down
+        # Lost in the middle of a deep, fast drop, half way down (posture past lying_release): a
+        # lying body is what a pedestrian detector misses most, and furniture or a falling
+        # object hides it (fall_cctv_street_hit_by_falling_branch: lost at posture 0.41).
+        going_down = (state.state in ("upright", "down", "recovered") and state.features.get("descent", 0.0) >= 0.5
+                      and state.posture >= p.lying_release and state.last_seen > state.exercising_until
+                      and state.last_seen - state.first_seen >= p.min_track_age_s)
+        if state.resting or not (p.confirm_when_lost and (falling or going_down)):
             return []
         data = {"lost_while_down": True, "last_seen": round(state.last_seen, 3),
                 "down_s": round(state.down_s, 3), **_rounded(state.features)}

@@ -32,7 +32,7 @@ from streampose.tracking.track import Observations, Tracker
 class _LastLook:
     """A stream's previous frame as the cut detector compares it (CutDetector.look)."""
 
-    look: tuple[np.ndarray, np.ndarray] | None = None
+    look: np.ndarray | None = None
 
 
 ALGORITHMS: dict[str, type[Tracker]] = {"bytetrack": ByteTracker, "ocsort": OcSortTracker}
