@@ -151,7 +151,9 @@ def run_graph(graph: Path, output: Path) -> dict:
             continue  # a Python thread: it recorded itself when it ended (those still alive are idle)
         label = "main" if main else f"native: {name}"
         threads[label] = threads.get(label, 0.0) + seconds - tasks_before.get(tid, (name, 0.0))[1]
-    return {"frames": frames, "wall_s": wall, "batches": batches,
+    import streampose
+    return {"streampose": str(Path(streampose.__file__).resolve().parent), "frames": frames, "wall_s": wall,
+            "batches": batches,
             "cpu_s": usage.ru_utime + usage.ru_stime - usage_before.ru_utime - usage_before.ru_stime,
             "threads": threads, "steps": {f"{thread}|{step}": s for (thread, step), s in clock.seconds.items()}}
 
@@ -162,10 +164,14 @@ def run_child(graph: Path, output: Path, tree: Path | None) -> dict:
     if tree is not None:  # streampose from the other checkout, this file from here
         env["PYTHONPATH"] = os.pathsep.join([str(tree), str(here)])
     result = subprocess.run([sys.executable, "-m", "benchmarks.cpu_per_frame", "--run-graph", str(graph),
-                             str(output)], capture_output=True, text=True, cwd=here, env=env)
+                             str(output)], capture_output=True, text=True, cwd=tree or here, env=env)
     if result.returncode:
         raise SystemExit(f"run of {graph.name} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = ((tree or here) / "streampose").resolve()
+    if Path(run["streampose"]) != expected:
+        raise SystemExit(f"the run imported streampose from {run['streampose']}, not {expected}")
+    return run
 
 
 def _table(runs: list[dict]) -> list[str]:

@@ -88,7 +88,9 @@ def run_graph(graph: Path, output: Path) -> dict:
     last_frame = max(state.last_frame_wall for state in pipeline.streams.values())
     frames = pipeline.metrics.count("frames", stage="log")
     cores = getattr(pipeline, "cores", None)  # (a --before tree may predate the core plan)
-    return {"frames": frames, "fps": frames / (last_frame - start), "close_s": ended - last_frame,
+    import streampose
+    return {"streampose": str(Path(streampose.__file__).resolve().parent),
+            "frames": frames, "fps": frames / (last_frame - start), "close_s": ended - last_frame,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": cores.engine_threads if cores else "engine defaults"}
 
@@ -134,11 +136,17 @@ def run_child(*args: str, tree: Path | None = None) -> dict:
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), str(here)])
+    # `-m` puts the working directory first on sys.path: run in the other tree, or its streampose
+    # would be shadowed by this one (as every --before run was until this was found).
     result = subprocess.run([sys.executable, "-m", "benchmarks.peer", *args], capture_output=True, text=True,
-                            cwd=here, env=env)
+                            cwd=tree or here, env=env)
     if result.returncode:
         raise SystemExit(f"benchmarks.peer {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = ((tree or here) / "streampose").resolve()
+    if "streampose" in run and Path(run["streampose"]) != expected:
+        raise SystemExit(f"the run imported streampose from {run['streampose']}, not {expected}")
+    return run
 
 
 def run_peer(video: Path, out: Path) -> float:
