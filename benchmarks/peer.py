@@ -15,7 +15,8 @@ Same models and settings as the peer: picodet_s_192_pedestrian with boxes kept f
 streampose's engine threads come from its core plan (streampose.runtime.cores).
 
 Printed per clip: medians over the rounds of frames/s (streampose: frames over the wall time
-from start to the last frame written, models already compiled; the peer: its own
+from start to the last frame through the graph, models already compiled, the stages' close
+after it left out; the peer: its own
 `fps_decode_det_kpt`, decode + detect + keypoints, warm-up excluded), the ratio, streampose's
 peak memory, the load average around the runs, and the model-bound limit: the machine's cores
 divided by the engines' own compute per frame, one thread each, measured by timing the
@@ -78,13 +79,19 @@ def run_graph(graph: Path, output: Path) -> dict:
     from streampose.runtime.pipeline import Pipeline
 
     pipeline = Pipeline(load_graph(graph), model_paths=default_search_path(), output_dir=output)
-    start = time.perf_counter()
+    start = time.time()
     pipeline.start()
     pipeline.wait()
-    elapsed = time.perf_counter() - start
+    ended = time.time()
+    # To the last frame through the graph, as the peer's figure ends with its last frame: the
+    # stages' close after it (OpenVINO freeing its compiled networks, 0.1-0.3 s) is not frames' work.
+    last_frame = max(state.last_frame_wall for state in pipeline.streams.values())
     frames = pipeline.metrics.count("frames", stage="log")
     cores = getattr(pipeline, "cores", None)  # (a --before tree may predate the core plan)
-    return {"frames": frames, "fps": frames / elapsed, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    import streampose
+    return {"streampose": str(Path(streampose.__file__).resolve().parent),
+            "frames": frames, "fps": frames / (last_frame - start), "close_s": ended - last_frame,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": cores.engine_threads if cores else "engine defaults"}
 
 
@@ -129,11 +136,17 @@ def run_child(*args: str, tree: Path | None = None) -> dict:
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), str(here)])
+    # `-m` puts the working directory first on sys.path: run in the other tree, or its streampose
+    # would be shadowed by this one (as every --before run was until this was found).
     result = subprocess.run([sys.executable, "-m", "benchmarks.peer", *args], capture_output=True, text=True,
-                            cwd=here, env=env)
+                            cwd=tree or here, env=env)
     if result.returncode:
         raise SystemExit(f"benchmarks.peer {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = ((tree or here) / "streampose").resolve()
+    if "streampose" in run and Path(run["streampose"]) != expected:
+        raise SystemExit(f"the run imported streampose from {run['streampose']}, not {expected}")
+    return run
 
 
 def run_peer(video: Path, out: Path) -> float:
@@ -171,6 +184,7 @@ def main() -> None:
     runs: dict[tuple[str, str], list[float]] = {}
     peaks: dict[str, list[float]] = {}
     loads: list[float] = []
+    closes: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for round_ in range(args.rounds):
@@ -182,6 +196,7 @@ def main() -> None:
                     out = tmp / f"{name}_{clip}"
                     result = run_child("--run-graph", str(write_graph(tmp, name, video)), str(out))
                     runs.setdefault((clip, name), []).append(result["fps"])
+                    closes.append(result["close_s"])
                     if name == "detect-keypoints":
                         peaks.setdefault(clip, []).append(result["peak_mb"])
                         threads = result["threads"]
@@ -196,7 +211,8 @@ def main() -> None:
                                   str(cores))
                   for clip in args.clips}
     print(f"\nload average (1 min) at the runs' starts: {min(loads):.1f}-{max(loads):.1f}, "
-          f"median {statistics.median(loads):.1f}; engine threads (detect -> keypoints) {threads}\n")
+          f"median {statistics.median(loads):.1f}; engine threads (detect -> keypoints) {threads}; "
+          f"streampose's close after its last frame (not timed): median {statistics.median(closes):.2f} s\n")
     before = f" | --before {args.before.name}, ratio" if args.before else ""
     print("| clip (persons/frame) | streampose, detect -> keypoints -> jsonl | peer | ratio | streampose full chain "
           f"| model-bound limit, {cores} cores (engine ms/frame) | share of limit | peak MB{before} |")

@@ -3,9 +3,13 @@ frame, and the compiled-model cache."""
 
 from __future__ import annotations
 
+import os
 import textwrap
+import threading
 from pathlib import Path
 
+import cv2
+import pytest
 from conftest import VIDEOS
 
 from streampose.graph.loader import load_graph
@@ -37,6 +41,9 @@ def test_cores_are_divided_among_the_network_stages(tmp_path):
     assert plan.decoder_threads == 1
     assert plan_cores(graph, cores=2).engine_threads == {"detect": 1, "pose": 3, "lift": 1}
     assert plan_cores(graph, cores=64).engine_threads == {"detect": 21, "pose": 3, "lift": 21}
+    # OpenCV calls run in their stage's thread: its own pool's spinning workers cost more CPU
+    # than they save.
+    assert cv2.getNumThreads() == 1
 
 
 def test_every_batch_size_is_compiled_before_the_first_frame(tmp_path):
@@ -60,3 +67,44 @@ def test_every_batch_size_is_compiled_before_the_first_frame(tmp_path):
     assert detector.compiled_batches == [1, 2, 3]
     assert pose.compiled_batches == [1, 2, 4, 8]
     assert any((cache / "ov_cache").iterdir())
+
+
+def _single_core_threads(names: set[str], stop: threading.Event) -> dict[str, str]:
+    """Polls the affinity of this process's threads named `names` until `stop`: those ever
+    allowed fewer cores than the process, with the cores they were allowed."""
+    process = os.sched_getaffinity(0)
+    found = {}
+    while not stop.wait(0.02):
+        for thread in threading.enumerate():
+            if thread.name in names and thread.native_id is not None:
+                try:
+                    allowed = os.sched_getaffinity(thread.native_id)
+                except OSError:  # ended meanwhile
+                    continue
+                if allowed != process:
+                    found[thread.name] = sorted(allowed)
+    return found
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning shows only with two cores or more")
+def test_inference_threads_are_not_pinned_to_cores(tmp_path):
+    # OpenVINO's default pinned both engines' threads of this graph to core 0 (3 runs of 3 on
+    # the 2-core machine): the detector and the keypoint stage time-sliced one core.
+    path = graph_file(tmp_path, """
+        - {id: detect, type: detector, model: picodet_s_192_pedestrian}
+        - {id: pose, type: keypoints, model: tinypose_128x96_ov}
+        - {id: log, type: jsonl}
+        """)
+    pipeline = Pipeline(load_graph(path), output_dir=tmp_path / "out")
+    stop, result = threading.Event(), {}
+    watcher = threading.Thread(target=lambda: result.update(_single_core_threads({"stage-detect", "stage-pose"},
+                                                                                 stop)))
+    watcher.start()
+    pipeline.start()
+    try:
+        assert pipeline.wait(120)
+    finally:
+        stop.set()
+        watcher.join()
+    assert pipeline.metrics.count("frames", stage="log") == 72
+    assert result == {}

@@ -50,6 +50,13 @@ class OpenVinoEngine(Engine):
             raise EngineError(f"OpenVINO cannot read {folder.network}: {exc}") from None
         self._device = _DEVICES[device]
         self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _PRECISION_HINTS[precision]}
+        if self._device == "CPU":
+            # OpenVINO pins a network's threads to cores it picks without knowing the others: in
+            # benchmarks.peer's graph on 2 cores the detector's and the keypoint stage's threads
+            # were both pinned to core 0 in 3 runs of 3 (sampled from /proc), the two engines
+            # time-slicing one core while the other had only decoding. The core plan divides the
+            # cores; the OS places the threads.
+            self._config["ENABLE_CPU_PINNING"] = False
         if threads > 0 and self._device == "CPU":
             self._config["INFERENCE_NUM_THREADS"] = threads
         self._requests: dict[int, ov.InferRequest] = {}

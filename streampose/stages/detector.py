@@ -19,8 +19,8 @@ from streampose.graph import schema
 from streampose.models.folder import ModelFolder
 from streampose.runtime.stage import Stage, StageContext
 from streampose.vision import picodet, yolox
-from streampose.vision.detections import Detections, NmsSettings, select_batch
-from streampose.vision.preprocess import IMAGE_OPS, ImagePreprocessor, check_ops, image_input
+from streampose.vision.detections import Detections, NmsSettings, select_batch, select_persons
+from streampose.vision.preprocess import IMAGE_OPS, ImageBatch, ImagePreprocessor, check_ops, image_input
 
 PERSON_LABELS = ("person", "pedestrian")
 # Used when a model's infer_cfg.yml has no NMS block.
@@ -75,8 +75,7 @@ class PersonDetector:
             boxes, scores = yolox.decode(outputs[0], input_hw, self.person_class,
                                          self.config.fpn_stride or yolox.STRIDES)
         elif self.form == picodet.RAW_HEADS:
-            boxes, class_scores = picodet.decode_raw_heads(outputs, self.config.fpn_stride, input_hw)
-            scores = class_scores[..., self.person_class]
+            return self._select_raw_heads(outputs, batch)
         elif self.form == picodet.DECODED:
             boxes, class_scores = picodet.split_decoded(outputs)
             scores = class_scores[..., self.person_class]
@@ -88,6 +87,21 @@ class PersonDetector:
             return picodet.detections_from_graph_nms(outputs, self.person_class, [i.shape[:2] for i in images],
                                                      self.settings.score_threshold, self.settings.keep)
         return select_batch(boxes, scores, self.settings, batch)
+
+    def _select_raw_heads(self, outputs: list[np.ndarray], batch: ImageBatch) -> list[Detections]:
+        """Raw PicoDet heads -> persons, decoding only the boxes of cells scoring above the
+        threshold: NMS keeps nothing else (it compares float32 scores with the float32 threshold,
+        as here)."""
+        strides, input_hw = self.config.fpn_stride, batch.tensor.shape[2:]
+        scores = picodet.raw_head_scores(outputs, strides, input_hw)[..., self.person_class]  # (B, N)
+        threshold = np.float32(self.settings.score_threshold)
+        found = []
+        for image, image_scores in enumerate(scores):
+            cells = np.flatnonzero(image_scores > threshold)
+            boxes = picodet.decode_raw_cells(outputs, strides, input_hw, image, cells)
+            found.append(select_persons(boxes, image_scores[cells], self.settings, batch.scale_factor[image],
+                                        batch.im_shape[image]))
+        return found
 
 
 def _class_count(form: str, shapes: list[tuple[int, ...]]) -> int | None:

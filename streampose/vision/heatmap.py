@@ -76,43 +76,64 @@ def _quarter_offsets(heatmaps: np.ndarray, px: np.ndarray, py: np.ndarray) -> np
     return np.where(inside[..., None], 0.25 * np.stack([step_x, step_y], axis=-1), 0.0)
 
 
-# (dy, dx) of the samples the derivatives need, in the order _dark_offsets unpacks them.
+# (dy, dx) of the samples the derivatives need, and the weights that make the derivatives
+# (columns dx, dy, dxx, dyy, dxy) from their log values, in one product.
 _TAPS = np.array([(0, 0), (0, 1), (0, -1), (1, 0), (-1, 0), (0, 2), (0, -2), (2, 0), (-2, 0),
                   (1, 1), (-1, 1), (1, -1), (-1, -1)])
+_DERIVATIVES = np.array([
+    # dx    dy    dxx    dyy   dxy
+    [0.0, 0.0, -0.5, -0.5, 0.0],     # centre
+    [0.5, 0.0, 0.0, 0.0, 0.0],       # right
+    [-0.5, 0.0, 0.0, 0.0, 0.0],      # left
+    [0.0, 0.5, 0.0, 0.0, 0.0],       # down
+    [0.0, -0.5, 0.0, 0.0, 0.0],      # up
+    [0.0, 0.0, 0.25, 0.0, 0.0],      # right 2
+    [0.0, 0.0, 0.25, 0.0, 0.0],      # left 2
+    [0.0, 0.0, 0.0, 0.25, 0.0],      # down 2
+    [0.0, 0.0, 0.0, 0.25, 0.0],      # up 2
+    [0.0, 0.0, 0.0, 0.0, 0.25],      # down right
+    [0.0, 0.0, 0.0, 0.0, -0.25],     # up right
+    [0.0, 0.0, 0.0, 0.0, -0.25],     # down left
+    [0.0, 0.0, 0.0, 0.0, 0.25],      # up left
+])
 
 
 def _dark_offsets(heatmaps: np.ndarray, maxima: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-    """(N, K, 2) Newton steps on the smoothed log-heatmap at integer peaks (px, py)."""
+    """(N, K, 2) Newton steps on the smoothed log-heatmap at integer peaks (px, py).
+
+    The taps are read from the blurred maps with one flat index and the derivatives made with
+    one matrix product: the same values (bit for bit on 24 x 17 synthetic maps with peaks inside,
+    at the edges, zero and negative) in fewer numpy calls on tiny arrays, which are most of the
+    cost: 0.14 -> 0.11 ms of CPU for one person's 17 joints (medians of 30 x 200 calls, old and
+    new alternating)."""
     n, k, height, width = heatmaps.shape
-    blurred = _blur(heatmaps)
-    blurred_max = blurred.reshape(n, k, -1).max(axis=2)
+    framed = _blur_framed(heatmaps)                                          # (N * K, h + 2, w + 2)
+    blurred_max = framed[:, 1:-1, 1:-1].max(axis=(1, 2)).reshape(n, k)
     ratio = np.divide(maxima, blurred_max, out=np.ones_like(maxima), where=blurred_max != 0)
 
     inside = (px > 1) & (px < width - 2) & (py > 1) & (py < height - 2)
-    x = np.clip(px, 2, width - 3)[..., None] + _TAPS[:, 1]
-    y = np.clip(py, 2, height - 3)[..., None] + _TAPS[:, 0]
-    taps = blurred[np.arange(n)[:, None, None], np.arange(k)[None, :, None], y, x] * ratio[..., None]
-    log = np.log(np.maximum(taps, 1e-10)).astype(np.float64)        # (N, K, taps)
-    centre, right, left, down, up, right2, left2, down2, up2, down_right, up_right, down_left, up_left = \
-        np.moveaxis(log, -1, 0)
-    dx = 0.5 * (right - left)
-    dy = 0.5 * (down - up)
-    dxx = 0.25 * (right2 - 2 * centre + left2)
-    dyy = 0.25 * (down2 - 2 * centre + up2)
-    dxy = 0.25 * (down_right - up_right - down_left + up_left)
+    row_length, map_size = width + 2, (height + 2) * (width + 2)
+    # np.maximum/minimum: np.clip's own overhead was a fifth of this function on 17 joints
+    centre = (np.arange(n * k) * map_size + (np.minimum(np.maximum(py, 2), height - 3).ravel() + 1) * row_length
+              + np.minimum(np.maximum(px, 2), width - 3).ravel() + 1)
+    taps = framed.reshape(-1)[centre[:, None] + _TAPS[:, 0] * row_length + _TAPS[:, 1]]    # (N * K, taps)
+    taps *= ratio.reshape(-1, 1)
+    log = np.log(np.maximum(taps, 1e-10)).astype(np.float64)
+    dx, dy, dxx, dyy, dxy = (log @ _DERIVATIVES).T.reshape(5, n, k)
     det = dxx * dyy - dxy ** 2
     usable = inside & (det != 0)
     safe_det = np.where(usable, det, 1.0)
-    offset_x = -(dyy * dx - dxy * dy) / safe_det
-    offset_y = -(dxx * dy - dxy * dx) / safe_det
-    return np.where(usable[..., None], np.stack([offset_x, offset_y], axis=-1), 0.0)
+    offsets = np.empty((n, k, 2))
+    offsets[..., 0] = (dxy * dy - dyy * dx) / safe_det
+    offsets[..., 1] = (dxy * dx - dxx * dy) / safe_det
+    offsets[~usable] = 0.0
+    return offsets
 
 
-def _blur(heatmaps: np.ndarray) -> np.ndarray:
-    """OpenCV's 3x3 Gaussian of each map with zeros around it: the maps are stacked, each
-    framed by a zero border, into one image, so one call blurs them all."""
+def _blur_framed(heatmaps: np.ndarray) -> np.ndarray:
+    """The maps stacked, each framed by a zero border, into one image, so one call blurs them
+    all: (N * K, h + 2, w + 2), the blurred map i at [i, 1:-1, 1:-1]."""
     n, k, height, width = heatmaps.shape
     framed = np.zeros((n * k, height + 2, width + 2), np.float32)
     framed[:, 1:-1, 1:-1] = heatmaps.reshape(n * k, height, width)
-    blurred = cv2.GaussianBlur(framed.reshape(-1, width + 2), (3, 3), 0)
-    return blurred.reshape(n, k, height + 2, width + 2)[:, :, 1:-1, 1:-1]
+    return cv2.GaussianBlur(framed.reshape(-1, width + 2), (3, 3), 0).reshape(n * k, height + 2, width + 2)
