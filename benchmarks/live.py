@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import streampose
 from streampose.evaluate.falls import resample
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
@@ -100,6 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
           f"load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"streampose from {Path(streampose.__file__).parent}")
     print(f"models: {args.detector} -> {args.keypoints}; {FPS:g} fps live; measured {args.measure_s:g} s "
           f"after {args.warmup_s:g} s")
     with tempfile.TemporaryDirectory() as tmp:
