@@ -43,7 +43,7 @@ def test_cores_are_divided_among_the_network_stages(tmp_path):
     assert plan_cores(graph, cores=64).engine_threads == {"detect": 21, "pose": 3, "lift": 21}
     # OpenCV calls run in their stage's thread: its own pool's spinning workers cost more CPU
     # than they save.
-    assert cv2.getNumThreads() == 1
+    assert plan.opencv_threads == 1
 
 
 def test_every_batch_size_is_compiled_before_the_first_frame(tmp_path):
@@ -53,7 +53,9 @@ def test_every_batch_size_is_compiled_before_the_first_frame(tmp_path):
         - {id: pose, type: keypoints, model: tinypose_128x96_ov, max_persons: 4, batch: {max_size: 2}}
         - {id: log, type: jsonl}
         """, runtime=f"{{metrics: {{bind: null}}, in_flight: 6, engine_cache_dir: '{cache}'}}")
+    cv2.setNumThreads(2)
     pipeline = Pipeline(load_graph(path), output_dir=tmp_path / "out")
+    assert cv2.getNumThreads() == 1  # the plan applied, process-wide
     detector = pipeline.runners["detect"].stage.detector.engine
     pose = pipeline.runners["pose"].stage.estimator.engine
     # The detector runs any batch 1..max_size; the keypoint stage power-of-two runs of at most

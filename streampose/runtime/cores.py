@@ -12,7 +12,7 @@ the cores are split between them instead, and each decoder gets one thread.
                    clips in 2.4 ms of CPU per frame (about 400 frames/s), 960x544 in 1.3 ms,
                    beyond what the engines take; FFmpeg's default (a thread per core) spent
                    the same or more CPU (2.6-2.8 ms) and adds a frame of delay per thread.
-  OpenCV threads:  1, process-wide (OpenCV has no per-call setting; plan_cores applies it).
+  OpenCV threads:  1, process-wide (OpenCV has no per-call setting; the pipeline applies it).
                    Stages are threads already, and OpenCV's pool workers spin after each
                    parallel call: the detector's cubic resize of a 960x544 frame to 192x192 cost
                    0.82 ms of process CPU with the default 2 threads, 0.26 ms with one (calls
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
-import cv2
 
 from streampose.graph import schema
 
@@ -63,11 +61,8 @@ class CorePlan:
 
 
 def plan_cores(spec: schema.Graph, cores: int | None = None) -> CorePlan:
-    """The core plan of `spec` on `cores` cores (default: those available). OpenCV's thread
-    count is set here, for the whole process: it has no other setting to give it to."""
+    """The core plan of `spec` on `cores` cores (default: those available)."""
     cores = cores or available_cores()
     networks = [st for st in spec.stages if isinstance(st, schema.ModelStage) and st.device == "cpu"]
     share = max(1, cores // len(networks)) if networks else cores
-    plan = CorePlan(cores, {st.id: st.threads or share for st in networks}, DECODER_THREADS)
-    cv2.setNumThreads(plan.opencv_threads)
-    return plan
+    return CorePlan(cores, {st.id: st.threads or share for st in networks}, DECODER_THREADS)

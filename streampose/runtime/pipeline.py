@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+
 from streampose import messages
 from streampose.frame import Frame, StreamEvent
 from streampose.graph.loader import LoadedGraph
@@ -122,6 +124,7 @@ class Pipeline:
         self._declare_metrics()
 
         self.cores = plan_cores(spec)
+        cv2.setNumThreads(self.cores.opencv_threads)  # process-wide: OpenCV has no per-call setting
         engine_cache = Path(spec.runtime.engine_cache_dir).resolve() if spec.runtime.engine_cache_dir else None
         self.captures = {s.id: Capture(s, graph.path.parent, lambda name, sid=s.id: self.metrics.inc(name, stream=sid),
                                        decoder_threads=self.cores.decoder_threads)
