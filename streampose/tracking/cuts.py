@@ -29,11 +29,19 @@ THUMBNAIL_SIZE = (32, 24)
 # Shifts tried, thumbnail pixels either way (1/16 of the width): a pan of up to that much
 # between two frames is no cut.
 MAX_SHIFT = 2
+# The thumbnail averages every SAMPLE_STEP-th pixel of every SAMPLE_STEP-th row (fewer on a small
+# image, which keeps 4 samples a thumbnail pixel each way): averaging all of a 960x544 frame cost
+# 1.5 ms of CPU a frame, most of the tracker stage's. On every pair of consecutive frames of the
+# 48 labelled videos the sampled thumbnails' similarity differs from the full ones' by at most
+# 0.012 and no pair changes side of the cut threshold (0.75); 0.3 instead of 0.8 ms a frame.
+SAMPLE_STEP = 4
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
     """(24, 32, 3) uint8: the image averaged down to THUMBNAIL_SIZE."""
-    return cv2.resize(image, THUMBNAIL_SIZE, interpolation=cv2.INTER_AREA)
+    height, width = image.shape[:2]
+    step = max(1, min(SAMPLE_STEP, width // (4 * THUMBNAIL_SIZE[0]), height // (4 * THUMBNAIL_SIZE[1])))
+    return cv2.resize(image[::step, ::step], THUMBNAIL_SIZE, interpolation=cv2.INTER_AREA)
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
