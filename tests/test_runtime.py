@@ -379,6 +379,22 @@ def test_metrics_count_by_label():
     assert metrics.count_by("events", "kind", stream="c") == {}
 
 
+def test_a_slow_sink_gets_every_frame_of_a_file(tmp_path):
+    # A file is read as fast as the graph goes: its frames wait for room in a sink's queue
+    # (2 frames here) instead of being skipped, so a recording of a file has every frame.
+    graph = write_graph(tmp_path, f"""
+        sources: [{{id: file, uri: {CHAIR}}}]
+        stages:
+          - {{id: work, type: noop}}
+          - {{id: slow, type: noop_sink, delay_ms: 5}}
+        runtime: {{metrics: {{bind: null}}, queue_size: 2}}
+    """)
+    pipeline = run_to_end(graph)
+    count = pipeline.metrics.count
+    assert count("frames", stage="slow") == count("frames", stage="work") == frame_count(CHAIR)
+    assert count("sink_drops", stage="slow") == 0
+
+
 def test_a_slow_sink_skips_live_frames_without_slowing_the_pose_path(tmp_path):
     # The sink takes 200 ms a frame, a live 30 fps stream brings one every 33 ms. Its frames'
     # slots are freed when the processor chain is done, so the chain keeps up with the stream

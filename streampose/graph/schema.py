@@ -178,7 +178,9 @@ class Runtime(Strict):
                              "as admit_every in /health and metrics) instead of whichever frames find a free slot: an "
                              "even, reduced rate rather than random gaps.")
     drain_timeout_s: float = Field(10.0, ge=0, le=600, description="On stop, longest wait for frames in flight, seconds.")
-    degraded_after: int = Field(5, ge=1, description="Failed frames in a row that mark a stream degraded.")
+    degraded_after: int = Field(5, ge=1, description="Failed frames in a row that mark a stream degraded (a stage "
+                                "that changes frames raised on them; a sink's failures count in errors and, "
+                                "for storage, pause it).")
     output_dir: str = Field("out", description="Folder all sinks write under; relative to the working directory.")
     disk_budget_mb: float = Field(0.0, ge=0, description="Most MiB under output_dir, all sinks and streams together; "
                                   "the oldest finished files go first when it is over (checked every 10 s; files "

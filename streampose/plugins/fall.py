@@ -643,8 +643,7 @@ class FallDetector(Plugin):
         p, now, known = self.params, frame.media_time, np.isfinite(posture)
         if state.state in ("upright", "down", "recovered"):
             score = min(descent, posture) if known else 0.0
-            if (score >= 0.5 and now - state.first_seen >= p.min_track_age_s and not state.resting
-                    and now > state.exercising_until):
+            if score >= 0.5 and self._may_fall(state, now):
                 state.state, state.down, state.down_s, state.up_s = "falling", True, 0.0, 0.0
                 state.fall_descent = descent
                 return [self._event(frame, i, "fall_started", score, state)]
@@ -662,6 +661,13 @@ class FallDetector(Plugin):
             state.state = "recovered"
             return [self._event(frame, i, "fall_recovered", 1.0 - state.posture, state)]
         return []
+
+    def _may_fall(self, state: FallTrack, now: float) -> bool:
+        """Whether a fall of this track may start (or, lost half way down, be confirmed) at
+        media time `now`: the track is old enough to be no false detection, the person is not
+        in a rest zone, and not exercising."""
+        return (now - state.first_seen >= self.params.min_track_age_s and not state.resting
+                and now > state.exercising_until)
 
     def _event(self, frame: Frame, i: int, kind: str, score: float, state: FallTrack, **data) -> Event:
         zone = {} if state.zone is None else {"zone": state.zone.name, "zone_kind": state.zone.kind}
@@ -690,8 +696,7 @@ class FallDetector(Plugin):
         # lying body is what a pedestrian detector misses most, and furniture or a falling
         # object hides it (fall_cctv_street_hit_by_falling_branch: lost at posture 0.41).
         going_down = (state.state in ("upright", "down", "recovered") and state.features.get("descent", 0.0) >= 0.5
-                      and state.posture >= p.lying_release and state.last_seen > state.exercising_until
-                      and state.last_seen - state.first_seen >= p.min_track_age_s)
+                      and state.posture >= p.lying_release and self._may_fall(state, state.last_seen))
         if state.resting or not (p.confirm_when_lost and (falling or going_down)):
             return []
         data = {"lost_while_down": True, "last_seen": round(state.last_seen, 3),

@@ -146,7 +146,7 @@ def report(pipeline: Pipeline | None) -> tuple[bool, dict]:
                         "drops": metrics.count("drops", stream=sid),
                         "reconnects": metrics.count("reconnects", stream=sid),
                         "decode_errors": metrics.count("decode_errors", stream=sid),
-                        "admit_every": pipeline.admissions[sid].every}
+                        "admit_every": round(pipeline.admissions[sid].every, 2)}
         if reason:
             streams[sid]["reason"] = reason
         sink_drops = metrics.count_by("sink_drops", "stage", stream=sid)
