@@ -1,6 +1,6 @@
 """streampose against PaddleDetection's sequential deploy pipeline, alternating, on the same models.
 
-    .venv/bin/python -m benchmarks.peer [--rounds 5] [--clips NAME ...] [--before TREE]
+    .venv/bin/python -m benchmarks.peer [--rounds 5] [--clips NAME ...] [--before TREE] [--precision fp32|bf16]
 
 Each round runs, for every clip, the peer (shared/peers/ref_pipeline.py, PicoDet-S-192 on
 OpenVINO + TinyPose-128x96, 2 threads, DARK, every frame) and streampose's two graphs in its
@@ -12,7 +12,9 @@ own process each, one after the other:
 
 Same models and settings as the peer: picodet_s_192_pedestrian with boxes kept from score 0.5
 (the peer's det_threshold), tinypose_128x96_ov with DARK, crops expanded by 0.3, every frame.
-streampose's engine threads come from its core plan (streampose.runtime.cores).
+streampose's engine threads come from its core plan (streampose.runtime.cores). Both run their
+networks at `--precision`: fp32 (the default; the peer's `--ov-precision f32`) or bf16 (on a CPU
+with native bf16, what the peer runs when it asks OpenVINO for nothing, its own default).
 
 Printed per clip: medians over the rounds of frames/s (streampose: frames over the wall time
 from start to the last frame through the graph, models already compiled, the stages' close
@@ -60,14 +62,22 @@ GRAPHS = {
 }
 
 
-def write_graph(folder: Path, name: str, video: Path, cache: Path | None = None) -> Path:
-    """folder/<name>_<video>.yml: GRAPHS[name] reading `video`, engines cached under `cache` (None: default)."""
+def write_graph(folder: Path, name: str, video: Path, cache: Path | None = None, precision: str = "fp32") -> Path:
+    """folder/<name>_<video>.yml: GRAPHS[name] reading `video`, engines cached under `cache` (None: default),
+    the networks at `precision` (named only when not the default fp32, so an older tree reads the graph)."""
     runtime = "{metrics: {bind: null, log_interval_s: 0}, in_flight: 4" + (f", engine_cache_dir: '{cache}'}}"
                                                                           if cache else "}")
     path = folder / f"{name}_{video.stem}.yml"
     path.write_text("\n".join([f"sources: [{{id: bench, uri: '{video}'}}]", "stages:",
-                               *(f"  - {stage}" for stage in GRAPHS[name]), f"runtime: {runtime}", ""]))
+                               *(f"  - {_at_precision(stage, precision)}" for stage in GRAPHS[name]),
+                               f"runtime: {runtime}", ""]))
     return path
+
+
+def _at_precision(stage: str, precision: str) -> str:
+    if precision == "fp32" or "type: detector" not in stage and "type: keypoints" not in stage:
+        return stage
+    return stage[:-1] + f", precision: {precision}}}"
 
 
 # --------------------------------------------------------------------------- one run, in its own process
@@ -95,7 +105,7 @@ def run_graph(graph: Path, output: Path) -> dict:
             "threads": cores.engine_threads if cores else "engine defaults"}
 
 
-def model_bound(jsonl: Path, cores: int, repeats: int = 30) -> dict:
+def model_bound(jsonl: Path, cores: int, precision: str = "fp32", repeats: int = 30) -> dict:
     """Engine compute per frame, one thread each, for the persons each frame of `jsonl` had, and
     the frames/s `cores` cores could reach on it alone."""
     from streampose.engines import load_engine
@@ -115,12 +125,14 @@ def model_bound(jsonl: Path, cores: int, repeats: int = 30) -> dict:
         return statistics.median(times) * 1e3
 
     search = default_search_path()
-    detector = load_engine(find_model(DETECTOR, search, Path(".")), engine="openvino", threads=1)
+    detector = load_engine(find_model(DETECTOR, search, Path(".")), engine="openvino", precision=precision,
+                           threads=1)
     detector_input = next(t for t in detector.inputs if len(t.shape) == 4)
     if any(d == -1 for d in detector_input.shape[1:]):
         raise SystemExit(f"{DETECTOR}: dynamic input shape; the model-bound timing needs a fixed one")
     det_ms = median_ms(detector, 1)
-    keypoints = load_engine(find_model(KEYPOINTS, search, Path(".")), engine="openvino", threads=1, max_batch=32)
+    keypoints = load_engine(find_model(KEYPOINTS, search, Path(".")), engine="openvino", precision=precision,
+                            threads=1, max_batch=32)
     sizes = [end - start for n in persons for start, end in _runs(n, 32)]
     kpt_ms = {size: median_ms(keypoints, size) for size in set(sizes)}
     per_frame = det_ms + sum(kpt_ms[s] for s in sizes) / len(persons)
@@ -149,11 +161,15 @@ def run_child(*args: str, tree: Path | None = None) -> dict:
     return run
 
 
-def run_peer(video: Path, out: Path) -> float:
+_PEER_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+def run_peer(video: Path, out: Path, precision: str = "fp32") -> float:
     search = os.environ.get("STREAMPOSE_MODELS", str(SHARED / "models"))
     models = next(Path(p) for p in search.split(os.pathsep) if (Path(p) / DETECTOR).is_dir())
     result = subprocess.run([sys.executable, str(PEER), "--det", str(models / DETECTOR), "--det-engine", "openvino",
-                             "--kpt", str(models / KEYPOINTS), "--video", str(video), "--out", str(out), "--bench"],
+                             "--kpt", str(models / KEYPOINTS), "--video", str(video), "--out", str(out), "--bench",
+                             "--ov-precision", _PEER_PRECISION[precision]],
                             capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"the peer failed on {video.name}:\n{result.stderr[-3000:]}")
@@ -167,20 +183,22 @@ def main() -> None:
     parser.add_argument("--before", type=Path, metavar="TREE",
                         help="also run detect -> keypoints with streampose from this checkout (e.g. a worktree "
                              "of an older commit), alternating with the others")
+    parser.add_argument("--precision", choices=sorted(_PEER_PRECISION), default="fp32",
+                        help="both pipelines' network precision (bf16: a CPU with native bf16)")
     parser.add_argument("--run-graph", nargs=2, metavar=("GRAPH", "OUTPUT"), help=argparse.SUPPRESS)
-    parser.add_argument("--model-bound", nargs=2, metavar=("JSONL", "CORES"), help=argparse.SUPPRESS)
+    parser.add_argument("--model-bound", nargs=3, metavar=("JSONL", "CORES", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_graph:
         print(json.dumps(run_graph(Path(args.run_graph[0]), Path(args.run_graph[1]))))
         return
     if args.model_bound:
-        print(json.dumps(model_bound(Path(args.model_bound[0]), int(args.model_bound[1]))))
+        print(json.dumps(model_bound(Path(args.model_bound[0]), int(args.model_bound[1]), args.model_bound[2])))
         return
 
     from streampose.runtime.cores import available_cores
     cores = available_cores()
     print(f"machine: {platform.machine()}, {cores} cores, {platform.processor() or platform.platform()}; "
-          f"{args.rounds} rounds, alternating")
+          f"{args.rounds} rounds, alternating; networks at {args.precision}")
     runs: dict[tuple[str, str], list[float]] = {}
     peaks: dict[str, list[float]] = {}
     loads: list[float] = []
@@ -191,24 +209,26 @@ def main() -> None:
             for clip in args.clips:
                 video = VIDEOS / f"{clip}.mp4"
                 loads.append(os.getloadavg()[0])
-                runs.setdefault((clip, "peer"), []).append(run_peer(video, tmp / f"peer_{clip}.jsonl"))
+                runs.setdefault((clip, "peer"), []).append(run_peer(video, tmp / f"peer_{clip}.jsonl", args.precision))
                 for name in GRAPHS:
                     out = tmp / f"{name}_{clip}"
-                    result = run_child("--run-graph", str(write_graph(tmp, name, video)), str(out))
+                    result = run_child("--run-graph", str(write_graph(tmp, name, video, precision=args.precision)),
+                                       str(out))
                     runs.setdefault((clip, name), []).append(result["fps"])
                     closes.append(result["close_s"])
                     if name == "detect-keypoints":
                         peaks.setdefault(clip, []).append(result["peak_mb"])
                         threads = result["threads"]
                 if args.before:
-                    result = run_child("--run-graph", str(write_graph(tmp, "detect-keypoints", video)),
+                    result = run_child("--run-graph", str(write_graph(tmp, "detect-keypoints", video,
+                                                                      precision=args.precision)),
                                        str(tmp / f"before_{clip}"), tree=args.before)
                     runs.setdefault((clip, "before"), []).append(result["fps"])
                 print(f"round {round_ + 1}, {clip}: streampose {runs[clip, 'detect-keypoints'][-1]:.1f}, "
                       f"peer {runs[clip, 'peer'][-1]:.1f} frames/s, load {loads[-1]:.1f}", flush=True)
         # The jsonl sink renames a finished file with its end time: bench.<date>_<time>.jsonl.
         bounds = {clip: run_child("--model-bound", str(next((tmp / f"detect-keypoints_{clip}").glob("bench*.jsonl"))),
-                                  str(cores))
+                                  str(cores), args.precision)
                   for clip in args.clips}
     print(f"\nload average (1 min) at the runs' starts: {min(loads):.1f}-{max(loads):.1f}, "
           f"median {statistics.median(loads):.1f}; engine threads (detect -> keypoints) {threads}; "

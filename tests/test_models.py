@@ -292,7 +292,7 @@ def test_convert_paddle_to_openvino_matches_the_source(tmp_path):
     assert converted.config.raw == source.config.raw
     feed = {"image": np.random.default_rng(0).standard_normal((1, 3, 192, 192), np.float32)}
     expected = load_engine(source, engine="paddle", threads=2).run(feed)
-    got = load_engine(converted, engine="openvino", threads=2, cache_dir=tmp_path / "c").run(feed)
+    got = load_engine(converted, engine="openvino", precision="fp32", threads=2, cache_dir=tmp_path / "c").run(feed)
     for name, value in expected.items():
         np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-4)
     with pytest.raises(ConvertError, match="already exists"):

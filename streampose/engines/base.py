@@ -76,10 +76,11 @@ class Engine:
     name: str
 
     def __init__(self, folder: ModelFolder, inputs: list[TensorInfo], outputs: list[TensorInfo],
-                 max_batch: int, batch_capable: bool):
+                 max_batch: int, batch_capable: bool, precision: str = "fp32"):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.folder = folder
+        self.precision = precision
         self.inputs = inputs
         self.outputs = outputs
         self.max_batch = max_batch
@@ -107,7 +108,7 @@ class Engine:
     def describe(self) -> str:
         """One line: engine, model, inputs."""
         shapes = ", ".join(f"{t.name}{list(t.shape)}" for t in self.inputs)
-        return f"{self.name} engine for {self.folder.name} ({shapes}, batch 1..{self.max_batch})"
+        return f"{self.name} engine for {self.folder.name} ({shapes}, batch 1..{self.max_batch}, {self.precision})"
 
     def _check_feed(self, feed: dict[str, np.ndarray]) -> int:
         expected_names = {t.name for t in self.inputs}

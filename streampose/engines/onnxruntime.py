@@ -67,7 +67,7 @@ class OnnxRuntimeEngine(Engine):
                                          f"{self._session.get_providers()[0]}; are CUDA/TensorRT libraries installed?)")
         declared = [TensorInfo(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape),
                                np.dtype(_DTYPES[i.type])) for i in self._session.get_inputs()]
-        super().__init__(folder, declared, [], max_batch, batch_capable=False)
+        super().__init__(folder, declared, [], max_batch, batch_capable=False, precision=precision)
         self._output_names = [o.name for o in self._session.get_outputs()]
         outputs, batch_capable = probe(self._run, declared, max_batch > 1 and all(t.shape[0] == -1 for t in declared),
                                        folder.config.input_size)

@@ -26,13 +26,36 @@ from streampose.models.folder import ModelFolder
 log = logging.getLogger(__name__)
 
 _DEVICES = {"cpu": "CPU", "gpu": "GPU"}
-_PRECISION_HINTS = {"fp32": "f32", "fp16": "f16"}
+_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_PRECISION_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+# The capability OpenVINO lists for a device that runs the precision natively.
+_CAPABILITIES = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
 
 
 def available_devices() -> list[str]:
     """Devices OpenVINO can run on here, as streampose names them ("cpu", "gpu")."""
     found = ov.Core().available_devices
     return [name for name, ov_name in _DEVICES.items() if any(d.startswith(ov_name) for d in found)]
+
+
+def default_precision(device: str) -> str:
+    """The precision OpenVINO runs at on `device` when none is asked for: bf16 on a CPU with
+    AVX512-BF16 or AMX, fp16 on an ARM CPU or a GPU, fp32 otherwise."""
+    hint = ov.Core().get_property(_DEVICES[device], "INFERENCE_PRECISION_HINT")
+    return _PRECISION_NAMES.get(hint.get_type_name(), "fp32")
+
+
+def unavailable_reason(device: str, precision: str) -> str | None:
+    """Why OpenVINO cannot run on `device` at `precision` here, or None when it can."""
+    if device == "gpu" and "gpu" not in available_devices():
+        return "OpenVINO finds no GPU (it runs on Intel GPUs only)"
+    if precision == "int8":
+        return f"OpenVINO on {device} does not run int8 (int8 needs TensorRT on an NVIDIA GPU)"
+    capabilities = ov.Core().get_property(_DEVICES[device], "OPTIMIZATION_CAPABILITIES")
+    if _CAPABILITIES[precision] not in capabilities:
+        return (f"OpenVINO on this {device} does not run {precision} natively (it lists "
+                f"{', '.join(c for c in capabilities if c in _CAPABILITIES.values())}); use precision auto or fp32")
+    return None
 
 
 class OpenVinoEngine(Engine):
@@ -69,7 +92,7 @@ class OpenVinoEngine(Engine):
         batch_capable = max_batch > 1 and self._reshapes_to_batch(2)
         if max_batch > 1 and not batch_capable:
             log.info("%s: the network's batch is fixed at 1; batches run one image at a time", folder.name)
-        super().__init__(folder, inputs, outputs, max_batch, batch_capable)
+        super().__init__(folder, inputs, outputs, max_batch, batch_capable, precision)
         self._request(1)  # compile now, so a broken network fails at load time
 
     def _reshapes_to_batch(self, batch: int) -> bool:

@@ -66,7 +66,7 @@ class PaddleEngine(Engine):
         self._onednn = device == "cpu"
         self._predictor = None
         super().__init__(folder, declared, [], max_batch,
-                         batch_capable=max_batch > 1 and all(t.shape[0] == -1 for t in declared))
+                         batch_capable=max_batch > 1 and all(t.shape[0] == -1 for t in declared), precision=precision)
         if precision != "fp32":
             self._prepare_tensorrt(calib_dir)
         try:

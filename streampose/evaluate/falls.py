@@ -113,11 +113,12 @@ def plugin_params_text(params: dict) -> str:
     return json.dumps(params)
 
 
-def track_cached(clips: list[Path], cache_dir: Path, models: list[Path], lift: bool = False) -> dict[str, list[Frame]]:
+def track_cached(clips: list[Path], cache_dir: Path, models: list[Path], lift: bool = False,
+                 precision: str = "fp32") -> dict[str, list[Frame]]:
     """Every clip's cached frames through the tracker and smoother stages (and the lifter with
     `lift`), which no fall parameter changes, kept without their images for the fall plugin to
     run over, once per parameter setting."""
-    entries = pose_cache.build(clips, cache_dir, DETECTOR, KEYPOINTS, models)
+    entries = pose_cache.build(clips, cache_dir, DETECTOR, KEYPOINTS, models, precision)
     with tempfile.TemporaryDirectory() as scratch:
         stages = pose_cache.build_stages(_replay_graph(clips, {}, lift), Path(scratch),
                                          default_search_path(models))[:-1]
@@ -163,7 +164,8 @@ class _Collector(Pipeline):
 
 
 def run_full(clips: list[Path], models: list[Path], params: dict, lift: bool = False,
-             zones: dict[str, tuple] | None = None, network: str | None = None) -> dict[str, ClipRun]:
+             zones: dict[str, tuple] | None = None, network: str | None = None,
+             precision: str = "fp32") -> dict[str, ClipRun]:
     """The full graph over `clips`, each source with its zones (clip file name -> zones); `network`
     puts the detector-free pose stage with that network in front instead of detector + keypoints."""
     zones = zones or {}
@@ -172,7 +174,7 @@ def run_full(clips: list[Path], models: list[Path], params: dict, lift: bool = F
         sources = json.dumps([{"id": pose_cache.stream_id(c), "uri": str(c), "zones": clip_zones.as_graph(zones.get(c.name, ()))}
                               for c in clips])
         path.write_text(FULL_GRAPH.format(sources=sources,
-                                          front=pose_cache.front_stages(DETECTOR, KEYPOINTS, network),
+                                          front=pose_cache.front_stages(DETECTOR, KEYPOINTS, network, precision),
                                           after=after_pose(params, lift)))
         pipeline = _Collector(load_graph(path), model_paths=default_search_path(models), output_dir=Path(scratch))
         pipeline.start()
@@ -419,13 +421,13 @@ def command(args) -> int:
         zones = {} if args.no_zones else clip_zones.load(args.zones)
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models, args.lift)
+    tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models, args.lift, args.precision)
     for n in names:   # every frame carries its stream's zones, as a graph's source gives them (run_full)
         for frame in (tracked or {}).get(Path(n).stem, []):
             frame.zones = zones.get(n, ())
 
     def evaluate_point(params: dict) -> tuple[list[dict], dict[str, ClipRun]]:
-        runs = run_full(clips, models, params, args.lift, zones, args.pose) if tracked is None \
+        runs = run_full(clips, models, params, args.lift, zones, args.pose, args.precision) if tracked is None \
             else run_plugin(tracked, models, params)
         for n in names:
             shift_times(runs[Path(n).stem], offsets[n])

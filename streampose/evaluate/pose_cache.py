@@ -49,8 +49,8 @@ POSE_GRAPH = """\
 # Written by streampose.evaluate.pose_cache: the detector and keypoint stages of the evaluation graph.
 sources: {sources}
 stages:
-  - {{id: detect, type: detector, model: {detector}, batch: {{max_size: 4}}}}
-  - {{id: pose, type: keypoints, model: {keypoints}, batch: {{max_size: 4}}}}
+  - {{id: detect, type: detector, model: {detector}, precision: {precision}, batch: {{max_size: 4}}}}
+  - {{id: pose, type: keypoints, model: {keypoints}, precision: {precision}, batch: {{max_size: 4}}}}
 runtime: {{metrics: {{bind: null}}, log_level: warning}}
 """
 
@@ -65,10 +65,10 @@ def _file_digest(path: Path, digest) -> None:
             digest.update(block)
 
 
-def entry_key(clip: Path, detector: str, keypoints: str, model_paths: list[Path]) -> str:
+def entry_key(clip: Path, detector: str, keypoints: str, model_paths: list[Path], precision: str = "fp32") -> str:
     """Digest of everything an entry depends on: the clip's bytes, every file of both model
-    folders, the stage settings and the cache version."""
-    digest = hashlib.sha256(f"{CACHE_VERSION}\n{POSE_GRAPH}\n{detector}\n{keypoints}\n".encode())
+    folders, the stage settings (the networks' precision among them) and the cache version."""
+    digest = hashlib.sha256(f"{CACHE_VERSION}\n{POSE_GRAPH}\n{detector}\n{keypoints}\n{precision}\n".encode())
     _file_digest(clip, digest)
     for name in (detector, keypoints):
         folder = find_model(name, model_paths).path
@@ -156,17 +156,20 @@ def _pack(stream: str, seen: list[tuple]) -> CachedClip:
 
 
 def build(clips: list[Path], cache_dir: Path, detector: str, keypoints: str, models: list[Path],
-          log: Callable[[str], None] = print) -> dict[Path, Path]:
-    """Cache entries for `clips` (clip -> .npz path), running the pose graph over the missing ones."""
+          precision: str = "fp32", log: Callable[[str], None] = print) -> dict[Path, Path]:
+    """Cache entries for `clips` (clip -> .npz path), running the pose graph, its networks at
+    `precision`, over the missing ones."""
     model_paths = default_search_path(models)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    entries = {c: cache_dir / f"{stream_id(c)}.{entry_key(c, detector, keypoints, model_paths)}.npz" for c in clips}
+    entries = {c: cache_dir / f"{stream_id(c)}.{entry_key(c, detector, keypoints, model_paths, precision)}.npz"
+               for c in clips}
     missing = [c for c, path in entries.items() if not path.is_file()]
     if missing:
         log(f"pose cache: running {detector} -> {keypoints} over {len(missing)} clip(s) into {cache_dir}")
         graph_path = cache_dir / "pose_graph.yml"
         sources = [{"id": stream_id(c), "uri": str(c)} for c in missing]
-        graph_path.write_text(POSE_GRAPH.format(sources=json.dumps(sources), detector=detector, keypoints=keypoints))
+        graph_path.write_text(POSE_GRAPH.format(sources=json.dumps(sources), detector=detector, keypoints=keypoints,
+                                                precision=precision))
         pipeline = _Recorder(load_graph(graph_path), model_paths=model_paths, output_dir=cache_dir)
         started = time.monotonic()
         pipeline.start()
@@ -216,16 +219,17 @@ def build_stages(graph_text: str, graph_dir: Path, model_paths: list[Path]) -> l
 
 
 TOP_DOWN = """\
-  - {{id: detect, type: detector, model: {detector}, batch: {{max_size: 4}}}}
-  - {{id: pose, type: keypoints, model: {keypoints}, batch: {{max_size: 4}}}}
+  - {{id: detect, type: detector, model: {detector}, precision: {precision}, batch: {{max_size: 4}}}}
+  - {{id: pose, type: keypoints, model: {keypoints}, precision: {precision}, batch: {{max_size: 4}}}}
 """
 # --pose NETWORK: a detector-free pose stage (streampose.stages.pose) in place of detect + pose.
-POSE_STAGE = "  - {{id: pose, type: pose, network: {network}, model: {model}}}\n"
+POSE_STAGE = "  - {{id: pose, type: pose, network: {network}, model: {model}, precision: {precision}}}\n"
 
 
-def front_stages(detector: str, keypoints: str, network: str | None = None) -> str:
+def front_stages(detector: str, keypoints: str, network: str | None = None, precision: str = "fp32") -> str:
     """The graph stages that find persons and their keypoints, for an evaluation's full graph:
-    detector + keypoints, or the pose stage with `network` (its shared model folder)."""
+    detector + keypoints, or the pose stage with `network` (its shared model folder), their
+    networks at `precision`."""
     if network is None:
-        return TOP_DOWN.format(detector=detector, keypoints=keypoints)
-    return POSE_STAGE.format(network=network, model=DEFAULT_MODELS[network])
+        return TOP_DOWN.format(detector=detector, keypoints=keypoints, precision=precision)
+    return POSE_STAGE.format(network=network, model=DEFAULT_MODELS[network], precision=precision)

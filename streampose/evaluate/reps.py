@@ -77,10 +77,10 @@ def _replay_graph(clips: list[Path], params: dict) -> str:
     return f"sources: {sources}\nstages:\n" + AFTER_POSE.format(params=json.dumps(params))
 
 
-def track_cached(clips: list[Path], cache_dir: Path, models: list[Path]) -> dict[str, list[Frame]]:
+def track_cached(clips: list[Path], cache_dir: Path, models: list[Path], precision: str = "fp32") -> dict[str, list[Frame]]:
     """Every clip's cached frames through the tracker and smoother stages, which no counter
     parameter changes, kept without their images for the plugin to run over, once per setting."""
-    entries = pose_cache.build(clips, cache_dir, DETECTOR, KEYPOINTS, models)
+    entries = pose_cache.build(clips, cache_dir, DETECTOR, KEYPOINTS, models, precision)
     with tempfile.TemporaryDirectory() as scratch:
         stages = pose_cache.build_stages(_replay_graph(clips, {}), Path(scratch), default_search_path(models))[:-1]
         tracked: dict[str, list[Frame]] = defaultdict(list)
@@ -120,12 +120,13 @@ class _Collector(Pipeline):
         super()._on_processed(frame)
 
 
-def run_full(clips: list[Path], models: list[Path], params: dict, network: str | None = None) -> dict[str, list[Event]]:
+def run_full(clips: list[Path], models: list[Path], params: dict, network: str | None = None,
+             precision: str = "fp32") -> dict[str, list[Event]]:
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "reps.yml"
         sources = json.dumps([{"id": pose_cache.stream_id(c), "uri": str(c)} for c in clips])
         path.write_text(FULL_GRAPH.format(sources=sources,
-                                          front=pose_cache.front_stages(DETECTOR, KEYPOINTS, network),
+                                          front=pose_cache.front_stages(DETECTOR, KEYPOINTS, network, precision),
                                           after=AFTER_POSE.format(params=json.dumps(params))))
         pipeline = _Collector(load_graph(path), model_paths=default_search_path(models), output_dir=Path(scratch))
         pipeline.start()
@@ -299,11 +300,11 @@ def command(args) -> int:
     models = args.models or [Path(os.environ.get("STREAMPOSE_MODELS", "models"))]
 
     started = time.monotonic()
-    tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models)
+    tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models, args.precision)
 
     def evaluate(params: dict, which: list[str]) -> list[dict]:
         if tracked is None:
-            events = run_full([args.videos / n for n in which], models, params, args.pose)
+            events = run_full([args.videos / n for n in which], models, params, args.pose, args.precision)
         else:
             events = run_plugin(tracked, models, params, [Path(n).stem for n in which])
         return [judge(n, labels[n], events[Path(n).stem], args.exercise) for n in which]

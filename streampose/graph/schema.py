@@ -483,7 +483,11 @@ class ModelStage(StageBase):
     engine: Literal["auto", "openvino", "paddle", "onnxruntime"] = Field(
         "auto", description="Inference engine; auto picks the fastest available for the device.")
     device: Literal["cpu", "gpu"] = Field("cpu", description="Where the network runs.")
-    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Numeric precision (fp16/int8: TensorRT).")
+    precision: Literal["fp32", "auto", "bf16", "fp16", "int8"] = Field(
+        "fp32", description="Numeric precision. auto: the engine's default on the device (OpenVINO: bf16 on a CPU "
+        "with native bf16, AVX512-BF16 or AMX, else fp32; other engines fp32), about 1.4x faster there but not "
+        "what the fall and repetition figures were measured at (docs/models.md); bf16: OpenVINO on such a CPU; "
+        "fp16/int8: TensorRT.")
     threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = the graph's core plan: the "
                          "cores divided evenly among its CPU network stages, at least 1 each.")
     fallback: Literal["stop", "cpu"] = Field("cpu", description="When the device or precision is not available: "

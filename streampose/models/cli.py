@@ -37,6 +37,8 @@ def add_models_parser(subparsers) -> argparse.ArgumentParser:
     cmd.add_argument("name", help="model name (looked up on the search path) or folder path")
     cmd.add_argument("--engine", default="auto", choices=["auto", "openvino", "paddle", "onnxruntime"])
     cmd.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    cmd.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "fp16", "int8"],
+                     help="numeric precision, as the graph's `precision` key")
     cmd.add_argument("--threads", type=int, default=0, help="CPU inference threads; 0 = all cores")
     cmd.add_argument("--runs", type=int, default=20, help="timed runs of the latency probe (0 skips it)")
     cmd.set_defaults(func=cmd_info)
@@ -102,7 +104,8 @@ def cmd_info(args) -> int:
 
     try:
         model = find_model(args.name, _search_path(args))
-        engine = load_engine(model, engine=args.engine, device=args.device, threads=args.threads)
+        engine = load_engine(model, engine=args.engine, device=args.device, precision=args.precision,
+                             threads=args.threads)
     except (*_USER_ERRORS, EngineError) as exc:
         return _fail(exc)
     cfg = model.config
