@@ -427,8 +427,9 @@ class _Reading(NamedTuple):
 
 class _Zones:
     """The zones of several exercises side by side, so that a frame's signals are read against
-    all of them in a dozen numpy calls instead of a dozen per exercise (reps' CPU per person
-    0.27 -> 0.XX ms with the six exercises of `auto`)."""
+    all of them in a dozen numpy calls instead of a dozen per exercise: with `_lengths`, the
+    plugin's CPU per frame of squat_side_view (one person, the six exercises of `auto`) went
+    from 0.35 to 0.26 ms."""
 
     def __init__(self, exercises: list[Exercise]):
         def joined(name: str) -> np.ndarray:
