@@ -79,15 +79,21 @@ def _lengths(vectors: np.ndarray) -> np.ndarray:
     return np.sqrt(np.add.reduce(vectors * vectors, axis=-1))
 
 
+def _mean(values: np.ndarray) -> np.ndarray:
+    """values.mean(axis=0), the same numbers (the sum over the first axis / the count) without
+    the method's overhead."""
+    return np.add.reduce(values, axis=0) / len(values)
+
+
+def _arccos_deg(cosine: np.ndarray) -> np.ndarray:
+    """arccos in degrees of cosines clipped to -1..1 (np.clip's wrapper costs more than the two
+    ufuncs; the sign of a clipped zero, where they differ, is lost in arccos)."""
+    return np.degrees(np.arccos(np.minimum(np.maximum(cosine, -1.0), 1.0)))
+
+
 def _between_deg(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Angles between vectors u and v, (..., 2) each, in degrees."""
-    cosine = (u * v).sum(-1) / np.maximum(_lengths(u) * _lengths(v), 1e-9)
-    return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
-
-
-def _angle_deg(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Angles a-b-c at b in degrees; a, b, c: (..., 2) points."""
-    return _between_deg(a - b, c - b)
+    return _arccos_deg((u * v).sum(-1) / np.maximum(_lengths(u) * _lengths(v), 1e-9))
 
 
 def leg_length(keypoints: np.ndarray, min_confidence: float) -> float:
@@ -98,7 +104,7 @@ def leg_length(keypoints: np.ndarray, min_confidence: float) -> float:
     if not sides.any():
         return math.nan
     lengths = _lengths(xy[KNEE] - xy[HIP]) + _lengths(xy[ANKLE] - xy[KNEE])
-    return float(lengths[sides].mean())
+    return float(_mean(lengths[sides]))
 
 
 def body_signals(keypoints: np.ndarray, min_confidence: float, body_length: float | None = None) -> np.ndarray:
@@ -118,40 +124,45 @@ def body_signals(keypoints: np.ndarray, min_confidence: float, body_length: floa
     legs_ok = ok[HIP] & ok[KNEE] & ok[ANKLE]
     torso_ok = ok[SHOULDER] & ok[HIP]
     arms_ok = ok[SHOULDER] & ok[ELBOW] & ok[WRIST]
+    torso_seen, arms_seen = any(torso_ok), any(arms_ok)
     if body_length is None or not np.isfinite(body_length):
-        body_length = float(leg[legs_ok].mean()) if legs_ok.any() else math.nan
+        body_length = float(_mean(leg[legs_ok])) if any(legs_ok) else math.nan
     body_length = max(body_length, 1.0) if np.isfinite(body_length) else math.nan
     # The torso's axis, shoulders to hips: the mean of the sides' lines is the midline in a front view.
-    torso_down = (hip - shoulder)[torso_ok].mean(axis=0) if torso_ok.any() else np.full(2, np.nan)
+    torso_down = _mean((hip - shoulder)[torso_ok]) if torso_seen else np.full(2, np.nan)
     body = shoulder - ankle
-    knee_angle = _angle_deg(hip, knee, ankle)
+    # The joint angles hip-knee-ankle, shoulder-hip-knee and shoulder-elbow-wrist, and the arm's
+    # from the torso's axis, per side: one set of numpy calls instead of four.
+    knee_angle, hip_angle, elbow_angle, arm_elevation = _between_deg(
+        np.stack([hip - knee, shoulder - hip, shoulder - elbow, np.broadcast_to(torso_down, (2, 2))]),
+        np.stack([ankle - knee, knee - hip, wrist - elbow, wrist - shoulder]))
     # A thigh pointing at the camera looks shorter than the shin (about as long in life).
-    foreshortened = np.degrees(np.arccos(np.clip(thigh / np.maximum(shin, 1.0), 0.0, 1.0)))
+    foreshortened = _arccos_deg(np.maximum(thigh / np.maximum(shin, 1.0), 0.0))
     per_side = np.array([   # (8, 2): a signal per row, a side per column
         knee_angle,
         (ankle[:, 1] - hip[:, 1]) / body_length,
         np.abs((shoulder[:, 0] + hip[:, 0]) / 2 - ankle[:, 0]) / leg,
         np.degrees(np.arctan2(-body[:, 1], np.abs(body[:, 0]))),
-        _angle_deg(shoulder, hip, knee),
-        _angle_deg(shoulder, elbow, wrist),
-        _between_deg(torso_down, wrist - shoulder),
+        hip_angle,
+        elbow_angle,
+        arm_elevation,
         np.maximum(180.0 - knee_angle, foreshortened),
     ])
     valid = np.array([legs_ok, legs_ok, torso_ok & legs_ok, ok[SHOULDER] & ok[ANKLE], torso_ok & ok[KNEE],
-                      arms_ok, torso_ok.any() & ok[SHOULDER] & ok[WRIST], legs_ok])
+                      arms_ok, torso_seen & ok[SHOULDER] & ok[WRIST], legs_ok])
     count = valid.sum(axis=1)
     means = np.where(valid, per_side, 0.0).sum(axis=1) / np.maximum(count, 1)
     means[count == 0] = np.nan
     # The arms, the mean over the confident ones. Taking only the better-seen arm flips between
     # the arms of a side plank (one propping, ~25, one bent, ~80) and counts it as push-ups.
     arm_extension = torso_drop = arm_bend = math.nan
-    if arms_ok.any():
+    if arms_seen:
         arm = np.maximum(_lengths(elbow - shoulder) + _lengths(wrist - elbow), 1.0)
         extension = (wrist[:, 1] - shoulder[:, 1]) / arm
-        bend = np.maximum(180.0 - per_side[5], np.degrees(np.arccos(np.clip(extension, -1.0, 1.0))))
-        arm_extension, arm_bend = float(extension[arms_ok].mean()), float(bend[arms_ok].mean())
-        if torso_ok.any():
-            torso_drop = float((hip[:, 1] - shoulder[:, 1])[torso_ok].mean() / arm[arms_ok].mean())
+        bend = np.maximum(180.0 - per_side[5], _arccos_deg(extension))
+        arm_extension, arm_bend = float(_mean(extension[arms_ok])), float(_mean(bend[arms_ok]))
+        if torso_seen:
+            torso_drop = float(_mean((hip[:, 1] - shoulder[:, 1])[torso_ok]) / _mean(arm[arms_ok]))
     feet_ok = bool(ok[ANKLE].all())
     shoulders_ok = bool(ok[SHOULDER].all())
     feet_spread = np.linalg.norm(ankle[0] - ankle[1]) / body_length if feet_ok else np.nan
