@@ -145,7 +145,8 @@ def ramp(value: float, zero_at: float, one_at: float) -> float:
 
 def median(values) -> float:
     """np.median of a few finite numbers, the same number (the middle one, or the mean of the
-    middle two) in a tenth of its time: 1 instead of 12 us, twice per person and frame."""
+    middle two) without its overhead: 1.3 instead of 11 us for a person's 8 segments, 3.5
+    instead of 13 us for 60 remembered heights; twice per person and frame."""
     ordered = sorted(values)
     middle = len(ordered) // 2
     return float(ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2)
