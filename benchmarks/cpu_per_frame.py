@@ -224,7 +224,8 @@ def main() -> None:
                 for label, tree in trees.items():
                     loads.append(os.getloadavg()[0])
                     runs[clip, label].append(run_child(graph, tmp / f"out_{len(loads)}", tree))
-    print(f"graph {args.graph}; {args.rounds} rounds, alternating; load average (1 min) {min(loads):.1f}-{max(loads):.1f}; "
+    print(f"graph {args.graph}; {args.rounds} rounds, alternating; "
+          f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}; "
           "CPU ms per frame, medians (thread total (steps inside it))")
     for clip in args.clips:
         for label in trees:
