@@ -450,9 +450,9 @@ class _Zones:
         self.ends = np.cumsum([len(e.signals) for e in exercises])
         self.rest, self.active, self.hull = joined("rest"), joined("active"), joined("hull")
         self.optional = joined("optional")
-        self.rest_free = ~joined("needs_rest") | self.optional      # need not be observed for rest
-        self.active_free = ~joined("needs_active") | self.optional
         self.rest_ignored, self.active_ignored = ~joined("needs_rest"), ~joined("needs_active")
+        self.rest_free = self.rest_ignored | self.optional      # need not be observed for rest
+        self.active_free = self.active_ignored | self.optional
 
     def read(self, state: TrackReps, now: float) -> list[_Reading]:
         """Each exercise's reading of the track's signals at media time `now` (those observed
