@@ -1,6 +1,9 @@
-"""Process CPU time per frame of benchmarks.peer's detect -> keypoints -> jsonl graph, by thread and step.
+"""Process CPU time per frame of a graph of benchmarks.peer (GRAPHS), by thread and step.
 
-    .venv/bin/python -m benchmarks.cpu_per_frame [--clips NAME ...] [--rounds 3] [--before TREE]
+    .venv/bin/python -m benchmarks.cpu_per_frame [--graph full] [--clips NAME ...] [--rounds 3] [--before TREE]
+
+--graph names the graph: detect-keypoints (file -> detector -> keypoints -> jsonl, the default) or
+full (... -> tracker -> smoother -> lift3d -> fall -> reps -> jsonl).
 
 On 2 busy cores throughput is set by the CPU a frame costs, and CPU time moves much less than
 frames/s when other work shares the machine (it still moves: the engines' CPU per call rises
@@ -38,7 +41,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.peer import VIDEOS, write_graph
+from benchmarks.peer import GRAPHS, VIDEOS, write_graph
 
 CLIPS = ("squat_side_view", "office_man_walking_1280x720")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -201,6 +204,7 @@ def _table(runs: list[dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--graph", choices=list(GRAPHS), default="detect-keypoints")
     parser.add_argument("--clips", nargs="+", default=list(CLIPS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", type=Path, metavar="TREE")
@@ -216,11 +220,12 @@ def main() -> None:
         tmp = Path(tmp)
         for round_ in range(args.rounds):
             for clip in args.clips:
-                graph = write_graph(tmp, "detect-keypoints", VIDEOS / f"{clip}.mp4")
+                graph = write_graph(tmp, args.graph, VIDEOS / f"{clip}.mp4")
                 for label, tree in trees.items():
                     loads.append(os.getloadavg()[0])
                     runs[clip, label].append(run_child(graph, tmp / f"out_{len(loads)}", tree))
-    print(f"{args.rounds} rounds, alternating; load average (1 min) {min(loads):.1f}-{max(loads):.1f}; "
+    print(f"graph {args.graph}; {args.rounds} rounds, alternating; "
+          f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}; "
           "CPU ms per frame, medians (thread total (steps inside it))")
     for clip in args.clips:
         for label in trees:

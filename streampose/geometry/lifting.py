@@ -67,13 +67,13 @@ def virtual_camera(rays: np.ndarray) -> np.ndarray:
     x, y = root[..., 0], root[..., 1]
     norm = np.sqrt(x * x + y * y + 1)                  # |(x, y, 1)|
     level = np.sqrt(x * x + 1)                         # |(0, 1, 0) x (x, y, 1)| = |(1, 0, -x)|
-    zero = np.zeros_like(x)
     # Rows: right = (0, 1, 0) x forward, down = forward x right, forward = (x, y, 1), each normalised.
-    rotation = np.stack([
-        np.stack([1 / level, zero, -x / level], -1),
-        np.stack([-x * y / (level * norm), level / norm, -y / (level * norm)], -1),
-        np.stack([x / norm, y / norm, 1 / norm], -1),
-    ], axis=-2)
+    # (Filled in place: nested np.stack calls cost more than the arithmetic for a frame's persons.)
+    rotation = np.empty((*x.shape, 3, 3), norm.dtype)
+    rotation[..., 0, 0], rotation[..., 0, 1], rotation[..., 0, 2] = 1 / level, 0.0, -x / level
+    rotation[..., 1, 0], rotation[..., 1, 1], rotation[..., 1, 2] = (-x * y / (level * norm), level / norm,
+                                                                     -y / (level * norm))
+    rotation[..., 2, 0], rotation[..., 2, 1], rotation[..., 2, 2] = x / norm, y / norm, 1 / norm
     return rotation
 
 
@@ -112,11 +112,12 @@ def place_by_height(rays: np.ndarray, weights: np.ndarray, relative: np.ndarray)
     # Normal equations of the rows (1, 0, -x) and (0, 1, -y), summed over joints.
     sw, swx, swy = w.sum(-1), wx.sum(-1), wy.sum(-1)
     normal = np.empty((len(rays), 3, 3))
-    normal[:, 0] = np.stack([sw, np.zeros_like(sw), -swx], -1)
-    normal[:, 1] = np.stack([np.zeros_like(sw), sw, -swy], -1)
-    normal[:, 2] = np.stack([-swx, -swy, (wx * x + wy * y).sum(-1)], -1)
+    normal[:, 0, 0], normal[:, 0, 1], normal[:, 0, 2] = sw, 0.0, -swx
+    normal[:, 1, 0], normal[:, 1, 1], normal[:, 1, 2] = 0.0, sw, -swy
+    normal[:, 2, 0], normal[:, 2, 1], normal[:, 2, 2] = -swx, -swy, (wx * x + wy * y).sum(-1)
     normal += 1e-9 * np.eye(3)
-    right = np.stack([(w * bx).sum(-1), (w * by).sum(-1), -(wx * bx + wy * by).sum(-1)], -1)
+    right = np.empty((len(rays), 3))
+    right[:, 0], right[:, 1], right[:, 2] = (w * bx).sum(-1), (w * by).sum(-1), -(wx * bx + wy * by).sum(-1)
     return np.linalg.solve(normal, right[..., None])[..., 0]
 
 

@@ -67,6 +67,7 @@ drop, is confirmed at its end when `confirm_when_lost` is set.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -138,8 +139,17 @@ CAMERA_UP = np.array([0.0, -1.0, 0.0])  # camera axes: x right, y down, z forwar
 
 
 def ramp(value: float, zero_at: float, one_at: float) -> float:
-    """0 at `zero_at`, 1 at `one_at`, linear between, clipped."""
-    return float(np.clip((value - zero_at) / (one_at - zero_at), 0.0, 1.0))
+    """0 at `zero_at`, 1 at `one_at`, linear between, clipped (NaN stays NaN)."""
+    return float(min(max((value - zero_at) / (one_at - zero_at), 0.0), 1.0))
+
+
+def median(values) -> float:
+    """np.median of a few finite numbers, the same number (the middle one, or the mean of the
+    middle two) without its overhead: 1.3 instead of 11 us for a person's 8 segments, 3.5
+    instead of 13 us for 60 remembered heights; twice per person and frame."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return float(ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2)
 
 
 def segment_height(joints: np.ndarray, seen: np.ndarray) -> float:
@@ -148,13 +158,14 @@ def segment_height(joints: np.ndarray, seen: np.ndarray) -> float:
     if both.sum() < MIN_SEGMENTS:
         return np.nan
     lengths = np.linalg.norm(joints[SEGMENTS[both, 0]] - joints[SEGMENTS[both, 1]], axis=1)
-    return float(np.median(lengths / SEGMENT_SHARE[both]))
+    return median(lengths / SEGMENT_SHARE[both])
 
 
 def _centre(joints: np.ndarray, seen: np.ndarray, group: list[int]) -> np.ndarray:
     """Mean of the seen joints of `group`, NaN when none is seen."""
-    mask = seen[group]
-    return joints[group][mask].mean(axis=0) if mask.any() else np.full(joints.shape[1], np.nan)
+    chosen = joints[group][seen[group]]
+    # sum / count is what ndarray.mean computes, without its overhead
+    return chosen.sum(axis=0) / len(chosen) if len(chosen) else np.full(joints.shape[1], np.nan)
 
 
 @dataclass
@@ -248,7 +259,7 @@ def observe_3d(joints: np.ndarray, min_confidence: float) -> Body3D | None:
 def posture_score(values: dict[str, float], side_cut: bool) -> float:
     """0 (upright) .. 1 (lying): the mean of the measurable cues (values in CUE_RAMPS units,
     NaN where not measurable), or NaN with fewer than MIN_CUES of them."""
-    cues = {name: ramp(value, *CUE_RAMPS[name]) for name, value in values.items() if np.isfinite(value)}
+    cues = {name: ramp(value, *CUE_RAMPS[name]) for name, value in values.items() if math.isfinite(value)}
     torso = [cues.pop(name) for name in TORSO_CUES if name in cues]
     if torso:
         cues["torso"] = max(torso)
@@ -487,9 +498,8 @@ class FallDetector(Plugin):
         while state.sizes and state.sizes[0][0] < now - p.height_memory_s:
             state.sizes.popleft()
         if state.sizes:
-            sizes = np.array([(size, whole) for _, size, whole in state.sizes])
-            good = sizes[sizes[:, 1] > 0, 0]
-            state.height = float(np.median(good if len(good) else sizes[:, 0]))
+            good = [size for _, size, whole in state.sizes if whole]
+            state.height = median(good or [size for _, size, _ in state.sizes])
         return state.height
 
     @staticmethod

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -73,15 +73,27 @@ SIGNAL_INDEX = {name: i for i, name in enumerate(SIGNALS)}
 _UP = np.array([0.0, -1.0])  # image y grows downwards
 
 
+def _lengths(vectors: np.ndarray) -> np.ndarray:
+    """np.linalg.norm(vectors, axis=-1), the same numbers (it computes them so) without its
+    argument checks, which cost as much as the arithmetic on a person's few joints."""
+    return np.sqrt(np.add.reduce(vectors * vectors, axis=-1))
+
+
+def _mean(values: np.ndarray) -> np.ndarray:
+    """values.mean(axis=0), the same numbers (the sum over the first axis / the count) without
+    the method's overhead."""
+    return np.add.reduce(values, axis=0) / len(values)
+
+
+def _arccos_deg(cosine: np.ndarray) -> np.ndarray:
+    """arccos in degrees of cosines clipped to -1..1 (np.clip's wrapper costs more than the two
+    ufuncs; the sign of a clipped zero, where they differ, is lost in arccos)."""
+    return np.degrees(np.arccos(np.minimum(np.maximum(cosine, -1.0), 1.0)))
+
+
 def _between_deg(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Angles between vectors u and v, (..., 2) each, in degrees."""
-    cosine = (u * v).sum(-1) / np.maximum(np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1), 1e-9)
-    return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
-
-
-def _angle_deg(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Angles a-b-c at b in degrees; a, b, c: (..., 2) points."""
-    return _between_deg(a - b, c - b)
+    return _arccos_deg((u * v).sum(-1) / np.maximum(_lengths(u) * _lengths(v), 1e-9))
 
 
 def leg_length(keypoints: np.ndarray, min_confidence: float) -> float:
@@ -91,8 +103,8 @@ def leg_length(keypoints: np.ndarray, min_confidence: float) -> float:
     sides = ok[HIP] & ok[KNEE] & ok[ANKLE]
     if not sides.any():
         return math.nan
-    lengths = np.linalg.norm(xy[KNEE] - xy[HIP], axis=-1) + np.linalg.norm(xy[ANKLE] - xy[KNEE], axis=-1)
-    return float(lengths[sides].mean())
+    lengths = _lengths(xy[KNEE] - xy[HIP]) + _lengths(xy[ANKLE] - xy[KNEE])
+    return float(_mean(lengths[sides]))
 
 
 def body_signals(keypoints: np.ndarray, min_confidence: float, body_length: float | None = None) -> np.ndarray:
@@ -107,45 +119,50 @@ def body_signals(keypoints: np.ndarray, min_confidence: float, body_length: floa
     conf = keypoints[:, 2]
     ok = conf >= min_confidence
     shoulder, elbow, wrist, hip, knee, ankle = (xy[j] for j in (SHOULDER, ELBOW, WRIST, HIP, KNEE, ANKLE))
-    thigh, shin = np.linalg.norm(knee - hip, axis=-1), np.linalg.norm(ankle - knee, axis=-1)
+    thigh, shin = _lengths(knee - hip), _lengths(ankle - knee)
     leg = np.maximum(thigh + shin, 1.0)
     legs_ok = ok[HIP] & ok[KNEE] & ok[ANKLE]
     torso_ok = ok[SHOULDER] & ok[HIP]
     arms_ok = ok[SHOULDER] & ok[ELBOW] & ok[WRIST]
+    torso_seen, arms_seen = any(torso_ok), any(arms_ok)
     if body_length is None or not np.isfinite(body_length):
-        body_length = float(leg[legs_ok].mean()) if legs_ok.any() else math.nan
+        body_length = float(_mean(leg[legs_ok])) if any(legs_ok) else math.nan
     body_length = max(body_length, 1.0) if np.isfinite(body_length) else math.nan
     # The torso's axis, shoulders to hips: the mean of the sides' lines is the midline in a front view.
-    torso_down = (hip - shoulder)[torso_ok].mean(axis=0) if torso_ok.any() else np.full(2, np.nan)
+    torso_down = _mean((hip - shoulder)[torso_ok]) if torso_seen else np.full(2, np.nan)
     body = shoulder - ankle
-    knee_angle = _angle_deg(hip, knee, ankle)
+    # The joint angles hip-knee-ankle, shoulder-hip-knee and shoulder-elbow-wrist, and the arm's
+    # from the torso's axis, per side: one set of numpy calls instead of four.
+    knee_angle, hip_angle, elbow_angle, arm_elevation = _between_deg(
+        np.stack([hip - knee, shoulder - hip, shoulder - elbow, np.broadcast_to(torso_down, (2, 2))]),
+        np.stack([ankle - knee, knee - hip, wrist - elbow, wrist - shoulder]))
     # A thigh pointing at the camera looks shorter than the shin (about as long in life).
-    foreshortened = np.degrees(np.arccos(np.clip(thigh / np.maximum(shin, 1.0), 0.0, 1.0)))
+    foreshortened = _arccos_deg(np.maximum(thigh / np.maximum(shin, 1.0), 0.0))
     per_side = np.array([   # (8, 2): a signal per row, a side per column
         knee_angle,
         (ankle[:, 1] - hip[:, 1]) / body_length,
         np.abs((shoulder[:, 0] + hip[:, 0]) / 2 - ankle[:, 0]) / leg,
         np.degrees(np.arctan2(-body[:, 1], np.abs(body[:, 0]))),
-        _angle_deg(shoulder, hip, knee),
-        _angle_deg(shoulder, elbow, wrist),
-        _between_deg(torso_down, wrist - shoulder),
+        hip_angle,
+        elbow_angle,
+        arm_elevation,
         np.maximum(180.0 - knee_angle, foreshortened),
     ])
     valid = np.array([legs_ok, legs_ok, torso_ok & legs_ok, ok[SHOULDER] & ok[ANKLE], torso_ok & ok[KNEE],
-                      arms_ok, torso_ok.any() & ok[SHOULDER] & ok[WRIST], legs_ok])
+                      arms_ok, torso_seen & ok[SHOULDER] & ok[WRIST], legs_ok])
     count = valid.sum(axis=1)
     means = np.where(valid, per_side, 0.0).sum(axis=1) / np.maximum(count, 1)
     means[count == 0] = np.nan
     # The arms, the mean over the confident ones. Taking only the better-seen arm flips between
     # the arms of a side plank (one propping, ~25, one bent, ~80) and counts it as push-ups.
     arm_extension = torso_drop = arm_bend = math.nan
-    if arms_ok.any():
-        arm = np.maximum(np.linalg.norm(elbow - shoulder, axis=-1) + np.linalg.norm(wrist - elbow, axis=-1), 1.0)
+    if arms_seen:
+        arm = np.maximum(_lengths(elbow - shoulder) + _lengths(wrist - elbow), 1.0)
         extension = (wrist[:, 1] - shoulder[:, 1]) / arm
-        bend = np.maximum(180.0 - per_side[5], np.degrees(np.arccos(np.clip(extension, -1.0, 1.0))))
-        arm_extension, arm_bend = float(extension[arms_ok].mean()), float(bend[arms_ok].mean())
-        if torso_ok.any():
-            torso_drop = float((hip[:, 1] - shoulder[:, 1])[torso_ok].mean() / arm[arms_ok].mean())
+        bend = np.maximum(180.0 - per_side[5], _arccos_deg(extension))
+        arm_extension, arm_bend = float(_mean(extension[arms_ok])), float(_mean(bend[arms_ok]))
+        if torso_seen:
+            torso_drop = float(_mean((hip[:, 1] - shoulder[:, 1])[torso_ok]) / _mean(arm[arms_ok]))
     feet_ok = bool(ok[ANKLE].all())
     shoulders_ok = bool(ok[SHOULDER].all())
     feet_spread = np.linalg.norm(ankle[0] - ankle[1]) / body_length if feet_ok else np.nan
@@ -400,6 +417,63 @@ class TrackReps:
     body_time: float = -math.inf    # media time of its last update
 
 
+class _Reading(NamedTuple):
+    """What one frame's signals show of one exercise.
+
+    values:         (M,) its signals, NaN where not observed this frame.
+    rest_seen:      every signal its rest position looks at was observed (or is optional).
+    active_seen:    the same for its active position.
+    out_of_posture: an observed signal is outside both zones (`Exercise.hull`).
+    at_rest:        rest_seen and every observed signal the rest position looks at is in its zone.
+    active:         the same for the active position.
+    """
+
+    values: np.ndarray
+    rest_seen: bool
+    active_seen: bool
+    out_of_posture: bool
+    at_rest: bool
+    active: bool
+
+
+class _Zones:
+    """The zones of several exercises side by side, so that a frame's signals are read against
+    all of them in a dozen numpy calls instead of a dozen per exercise: with `_lengths`, the
+    plugin's CPU per frame of squat_side_view (one person, the six exercises of `auto`) went
+    from 0.35 to 0.26 ms."""
+
+    def __init__(self, exercises: list[Exercise]):
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([getattr(e, name) for e in exercises])
+        self.signals = joined("signals")
+        self.starts = np.cumsum([0] + [len(e.signals) for e in exercises[:-1]])
+        self.ends = np.cumsum([len(e.signals) for e in exercises])
+        self.rest, self.active, self.hull = joined("rest"), joined("active"), joined("hull")
+        self.optional = joined("optional")
+        self.rest_ignored, self.active_ignored = ~joined("needs_rest"), ~joined("needs_active")
+        self.rest_free = self.rest_ignored | self.optional      # need not be observed for rest
+        self.active_free = self.active_ignored | self.optional
+
+    def read(self, state: TrackReps, now: float) -> list[_Reading]:
+        """Each exercise's reading of the track's signals at media time `now` (those observed
+        at `now` are fresh)."""
+        fresh = state.signal_times[self.signals] == now
+        values = np.where(fresh, state.signals[self.signals], np.nan)   # NaN fails every comparison
+        unseen = self.optional & ~fresh   # optional signals not seen this frame pass
+        every = np.logical_and.reduceat
+        rest_seen = every(fresh | self.rest_free, self.starts)
+        active_seen = every(fresh | self.active_free, self.starts)
+        outside = np.logical_or.reduceat(fresh & ((values < self.hull[:, 0]) | (values > self.hull[:, 1])),
+                                         self.starts)
+        at_rest = rest_seen & every(((values >= self.rest[:, 0]) & (values <= self.rest[:, 1]))
+                                    | self.rest_ignored | unseen, self.starts)
+        active = active_seen & every(((values >= self.active[:, 0]) & (values <= self.active[:, 1]))
+                                     | self.active_ignored | unseen, self.starts)
+        return [_Reading(values[start:end], *flags)
+                for start, end, *flags in zip(self.starts, self.ends, rest_seen.tolist(), active_seen.tolist(),
+                                              outside.tolist(), at_rest.tolist(), active.tolist())]
+
+
 class RepCounter(Plugin):
     """Counts repetitions per track: a `rep` event for each, and {"exercise", "reps"} in
     the person's annotations once the track's exercise is known."""
@@ -412,6 +486,7 @@ class RepCounter(Plugin):
         exercises = make_exercises(params)
         names = list(exercises) if params.exercise == "auto" else [params.exercise]
         self.exercises = [exercises[name] for name in names]
+        self._zones = _Zones(self.exercises)
 
     def new_track(self) -> TrackReps:
         return TrackReps(signals=np.full(len(SIGNALS), np.nan), signal_times=np.full(len(SIGNALS), -np.inf),
@@ -426,8 +501,8 @@ class RepCounter(Plugin):
         self._measure(state, leg_length(keypoints, self.params.min_confidence), now)
         self._smooth(state, body_signals(keypoints, self.params.min_confidence, state.body_length), now)
         events = []
-        for exercise in self.exercises:
-            rep = self._step(exercise, state.cycles[exercise.name], state, now)
+        for exercise, found in zip(self.exercises, self._zones.read(state, now)):
+            rep = self._step(exercise, state.cycles[exercise.name], found, now)
             if rep is not None:
                 events += self._count(frame, i, state, rep)
         if state.exercise is not None:
@@ -460,20 +535,17 @@ class RepCounter(Plugin):
         state.signals = np.where(seen, blended, state.signals)
         state.signal_times = np.where(seen, now, state.signal_times)
 
-    def _step(self, exercise: Exercise, cycle: Cycle, state: TrackReps, now: float) -> Rep | None:
-        """Advance one exercise's cycle by a frame; the repetition it completes, if any."""
+    def _step(self, exercise: Exercise, cycle: Cycle, found: _Reading, now: float) -> Rep | None:
+        """Advance one exercise's cycle by a frame (what the frame's signals show of it: `found`);
+        the repetition it completes, if any."""
         params = self.params
         if now - cycle.last_seen > params.max_gap_s or (
                 cycle.phase == "active" and now - cycle.rest_time > params.max_rep_s):
             cycle.reset()
-        fresh = state.signal_times[exercise.signals] == now
-        rest_seen = bool(np.all(fresh | ~exercise.needs_rest | exercise.optional))
-        active_seen = bool(np.all(fresh | ~exercise.needs_active | exercise.optional))
-        if not (rest_seen or active_seen):
+        if not (found.rest_seen or found.active_seen):
             return None
         cycle.last_seen = now
-        values = np.where(fresh, state.signals[exercise.signals], np.nan)   # NaN fails every comparison
-        if np.any(fresh & ((values < exercise.hull[:, 0]) | (values > exercise.hull[:, 1]))):
+        if found.out_of_posture:
             # Out of the exercise's posture: for longer than posture_grace_s, the repetition is
             # dropped; shorter, the frame is passed over (a knee misplaced for a frame or two).
             cycle.out_since = now if cycle.out_since is None else cycle.out_since
@@ -481,18 +553,13 @@ class RepCounter(Plugin):
                 cycle.reset()
             return None
         cycle.out_since = None
-        unseen = exercise.optional & ~fresh   # optional signals not seen this frame pass
-        at_rest = rest_seen and bool(np.all(((values >= exercise.rest[:, 0]) & (values <= exercise.rest[:, 1]))
-                                            | ~exercise.needs_rest | unseen))
-        active = active_seen and bool(np.all(((values >= exercise.active[:, 0])
-                                              & (values <= exercise.active[:, 1])) | ~exercise.needs_active
-                                             | unseen))
+        values = found.values
         rep = None
-        if at_rest:
+        if found.at_rest:
             if cycle.phase == "active" and params.min_rep_s <= now - cycle.rest_time <= params.max_rep_s:
                 rep = self._finish(exercise, cycle, now)
             cycle.phase, cycle.rest_time = "rest", now
-        elif active and cycle.phase != "unknown":
+        elif found.active and cycle.phase != "unknown":
             if cycle.phase == "rest":
                 cycle.phase, cycle.active_from, cycle.extremes = "active", now, values
             else:

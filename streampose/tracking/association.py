@@ -69,11 +69,17 @@ def match(gain: np.ndarray, allowed: np.ndarray) -> Matches:
     """The assignment of tracks (rows) to detections (columns) with the greatest total
     `gain`, using only pairs where `allowed` (same shape, bool) is true. A pair left
     unmatched gains nothing, so allowed gains should be positive."""
-    pairs = np.zeros((0, 2), np.int64)
-    if allowed.any():
-        rows, cols = linear_sum_assignment(np.where(allowed, gain, 0.0), maximize=True)
-        keep = allowed[rows, cols]
-        pairs = np.stack([rows[keep], cols[keep]], axis=1).astype(np.int64)
+    # Most calls of a frame have nothing to match, or one track and one detection (a tracker
+    # makes three a frame): answered without the assignment solver and its bookkeeping.
+    if not allowed.any():
+        return Matches(pairs=np.zeros((0, 2), np.int64), unmatched_tracks=np.arange(gain.shape[0]),
+                       unmatched_detections=np.arange(gain.shape[1]))
+    if allowed.shape == (1, 1):
+        return Matches(pairs=np.zeros((1, 2), np.int64), unmatched_tracks=np.zeros(0, np.int64),
+                       unmatched_detections=np.zeros(0, np.int64))
+    rows, cols = linear_sum_assignment(np.where(allowed, gain, 0.0), maximize=True)
+    keep = allowed[rows, cols]
+    pairs = np.stack([rows[keep], cols[keep]], axis=1).astype(np.int64)
     return Matches(pairs=pairs, unmatched_tracks=_others(pairs[:, 0], gain.shape[0]),
                    unmatched_detections=_others(pairs[:, 1], gain.shape[1]))
 
