@@ -39,7 +39,8 @@ States (annotation `fall_state`) and the events that leave them:
 
 Someone who goes down for confirm_s and is on their feet again within `exercise_cycle_s`
 (burpees, floor dance moves) is exercising: no fall starts for `exercise_memory_s` after.
-Besides the states, a person seen upright who has been down for `down_alarm_s` raises
+Besides the states, a person seen upright (for `seen_upright_s` in a row, not in one frame)
+who has been down for `down_alarm_s` raises
 `person_down`, the long-lie alarm, however they got there, exercising or not. The descent is
 also measured from the last upright frame up to `descent_max_s` ago (a slow, supported or
 stepwise fall), and a body as far below its last upright height as one on the floor
@@ -136,11 +137,20 @@ DOWN_ALARM_S = 6.0
 UP_TIME_CONSTANT_S = 1.0
 UP_TOLERANCE_DEG = 15.0
 CAMERA_UP = np.array([0.0, -1.0, 0.0])  # camera axes: x right, y down, z forward
+# Durations are sums of frame gaps in floating point: 150 gaps of 0.04 s sum to
+# 5.999999999999998, not 6.0 (fall_home_elderly_walker_slow_collapse_istock, down exactly
+# down_alarm_s at its last frame, lost its long lie to that at bf16).
+TIME_TOLERANCE_S = 1e-6
 
 
 def ramp(value: float, zero_at: float, one_at: float) -> float:
     """0 at `zero_at`, 1 at `one_at`, linear between, clipped (NaN stays NaN)."""
     return float(min(max((value - zero_at) / (one_at - zero_at), 0.0), 1.0))
+
+
+def reached(duration: float, limit: float) -> bool:
+    """Whether a duration (seconds, a sum of frame gaps) has reached `limit`, up to rounding."""
+    return duration >= limit - TIME_TOLERANCE_S
 
 
 def median(values) -> float:
@@ -313,6 +323,8 @@ class FallTrack:
     went_down: float | None = None # when the person last went down, until on their feet again
     exercising_until: float = -np.inf  # no fall starts before this: down and up again quickly (exercise_cycle_s)
     fall_descent: float = 0.0      # descent evidence when the current fall started
+    upright_since: float | None = None  # start of the current run of upright frames
+    seen_upright: bool = False     # read upright for seen_upright_s in a row (the long lie needs it)
     features: dict = field(default_factory=dict)   # the latest frame's, for events
     zone: Zone | None = None       # the stream's zone the body point is in (streampose.geometry.zones)
 
@@ -361,10 +373,15 @@ class FallDetector(Plugin):
         standing_max: float = Field(0.25, ge=0, le=1, description="Posture score up to which a person who fell is "
                                     "on their feet again, 0..1. Sitting on the floor reads 0.3-0.45 (hips on the "
                                     "ground, torso up), standing 0-0.15.")
-        down_alarm_s: float = Field(DOWN_ALARM_S, ge=0, le=3600, description="A person seen upright who has been "
-                                    "down this long (not down for less than recover_s in between) raises "
+        down_alarm_s: float = Field(DOWN_ALARM_S, ge=0, le=3600, description="A person seen upright (seen_upright_s) "
+                                    "who has been down this long (not down for less than recover_s in between) raises "
                                     "person_down, the long-lie alarm, whether or not the way down looked like a "
                                     "fall, seconds of media time; 0 = never.")
+        seen_upright_s: float = Field(0.2, ge=0, le=10, description="A person counts as seen upright, which the "
+                                      "long-lie alarm (person_down) needs, once they have read upright (posture at most "
+                                      "upright_max) this long in a row, seconds of media time: one frame whose few "
+                                      "measurable cues read upright (the box of someone crouching whose joints were "
+                                      "missed) is no evidence of standing.")
         exercise_cycle_s: float = Field(3.0, ge=0, le=60, description="A person who goes down and is on their "
                                         "feet again (posture at most standing_max) within this long, seconds, is "
                                         "exercising (burpees, floor dance moves): no fall starts for exercise_memory_s "
@@ -392,9 +409,9 @@ class FallDetector(Plugin):
                                    "used; at the top or bottom edge neither its centre nor its aspect ratio, and at "
                                    "the bottom edge neither the knees nor the ankles.")
         confirm_when_lost: bool = Field(True, description="A track that ends while falling and down (slid out of "
-                                        "view, hidden on the floor), or half way down a deep, fast drop (posture past "
-                                        "lying_release: a lying body the detector misses), raises fall_confirmed at "
-                                        "its end.")
+                                        "view, hidden on the floor), or half way down a deep, fast drop (under way at its "
+                                        "last sighting, posture past lying_release: a lying body the detector misses), "
+                                        "raises fall_confirmed at its end.")
 
         @model_validator(mode="after")
         def _hysteresis(self):
@@ -437,6 +454,12 @@ class FallDetector(Plugin):
         # hard on the floor after a backward fall, legs cut by the frame edge, reads upright):
         # the drop is measured from before it.
         upright = sample.upright = upright and sample.descent < 0.5
+        # Seen upright takes upright readings in a row, not one: a man crouching on a mat whose
+        # joints were missed for a frame read upright by his box alone (box height 0.71 body
+        # heights against the ramp's 0.70) and, lying in a plank 6 s later, raised person_down
+        # (adl_forearm_plank_home_dim at bf16; at fp32 the frame kept a lying cue).
+        state.upright_since = (now if state.upright_since is None else state.upright_since) if upright else None
+        state.seen_upright = state.seen_upright or (upright and reached(now - state.upright_since, p.seen_upright_s))
         # The drop and the lying posture need not peak in the same frame (the body lands, then
         # settles; a blurred landing is not measured): the drop counts for the whole window.
         descent = max([sample.descent] + [s.descent for s in state.window])
@@ -627,7 +650,7 @@ class FallDetector(Plugin):
             state.down_s, state.up_s, state.lying_s = state.down_s + span, 0.0, state.lying_s + span
         else:
             state.up_s += span
-            if state.up_s >= p.recover_s:
+            if reached(state.up_s, p.recover_s):
                 state.lying_s, state.long_lie_raised = 0.0, False
         standing = known and posture <= p.standing_max
         state.standing_s = state.standing_s + span if standing else 0.0
@@ -638,12 +661,12 @@ class FallDetector(Plugin):
             # within exercise_cycle_s: a burpee, a floor dance move, a squat thrust. Someone who
             # falls is rarely up again that soon; a posture flickering across lying_threshold
             # for a frame or two is no cycle.
-            if state.lying_s >= p.confirm_s and now - state.went_down <= p.exercise_cycle_s:
+            if reached(state.lying_s, p.confirm_s) and now - state.went_down <= p.exercise_cycle_s:
                 state.exercising_until = now + p.exercise_memory_s
             state.went_down = None
         events = []
-        if (state.down and state.reference is not None and not state.long_lie_raised and p.down_alarm_s > 0
-                and state.lying_s >= p.down_alarm_s and not state.resting):
+        if (state.down and state.seen_upright and not state.long_lie_raised and p.down_alarm_s > 0
+                and reached(state.lying_s, p.down_alarm_s) and not state.resting):
             state.long_lie_raised = True
             events.append(self._event(frame, i, "person_down", state.posture, state, lying_s=round(state.lying_s, 3)))
         return events + self._transition(frame, i, state, posture, descent)
@@ -660,14 +683,14 @@ class FallDetector(Plugin):
             if state.state != "recovered" or state.down:
                 state.state = "down" if state.down else "upright"
         elif state.state == "falling":
-            if state.down_s >= p.confirm_s and state.resting:
+            if reached(state.down_s, p.confirm_s) and state.resting:
                 state.state = "down"   # landed in a rest zone: on a bed or a mat, lying is no fall
-            elif state.down_s >= p.confirm_s:
+            elif reached(state.down_s, p.confirm_s):
                 state.state = "fallen"
                 return [self._event(frame, i, "fall_confirmed", state.posture, state)]
-            if state.up_s >= p.recover_s:
+            if reached(state.up_s, p.recover_s):
                 state.state = "upright"
-        elif state.state == "fallen" and state.standing_s >= p.recover_s:
+        elif state.state == "fallen" and reached(state.standing_s, p.recover_s):
             state.state = "recovered"
             return [self._event(frame, i, "fall_recovered", 1.0 - state.posture, state)]
         return []
@@ -704,8 +727,14 @@ class FallDetector(Plugin):
         falling = state.state == "falling" and state.down
         # Lost in the middle of a deep, fast drop, half way down (posture past lying_release): a
         # lying body is what a pedestrian detector misses most, and furniture or a falling
-        # object hides it (fall_cctv_street_hit_by_falling_branch: lost at posture 0.41).
-        going_down = (state.state in ("upright", "down", "recovered") and state.features.get("descent", 0.0) >= 0.5
+        # object hides it (fall_cctv_street_hit_by_falling_branch: lost at posture 0.41, its
+        # last sighting's descent evidence 1.0). The drop must be under way at the last sighting
+        # (that frame's own evidence), not only somewhere in the last fall_window_s: a breakdancer
+        # who dropped fast and read 0.14 a frame later was lost 0.7 s after the drop at posture
+        # 0.39 (two box cues), her last frame's own evidence 0, and raised fall_confirmed
+        # (adl_breakdance_floor_moves_gym_crowd at bf16).
+        dropping = bool(state.window) and state.window[-1].descent >= 0.5
+        going_down = (state.state in ("upright", "down", "recovered") and dropping
                       and state.posture >= p.lying_release and self._may_fall(state, state.last_seen))
         if state.resting or not (p.confirm_when_lost and (falling or going_down)):
             return []
