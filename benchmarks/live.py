@@ -2,6 +2,7 @@
 p95 under 150 ms, recorder on.
 
     STREAMPOSE_MODELS=../shared/models .venv/bin/python -m benchmarks.live [--streams 1 2 3 4] [--measure-s 20]
+        [--precision fp32|auto] [--no-recorder]
 
 The four 1-2 person clips of issue 17 (office, squat, jumping jacks, two persons) are resampled
 to 25 fps once, then played live (`realtime: true, loop: true`), one more stream per step, through
@@ -12,7 +13,9 @@ up with), the recorder's own skipped frames, and the end-to-end latency (capture
 the processor chain). A step passes when every stream processed at least 99.5% of its frames
 and its p95 is under 150 ms. The detector's and keypoint stage's p50/p99 batch times show stalls
 (a compile or allocation after the first frame would put p99 far above p50). Prints a Markdown
-table, the machine and its load.
+table, the machine and its load. `--precision auto` runs the networks at the engine's default
+(bf16 on a CPU with native bf16, docs/models.md); `--no-recorder` leaves the recorder out, to
+show what the pose path alone keeps up with.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ MAX_P95_S = 0.150
 MIN_PROCESSED = 0.995  # of captured frames: "every frame", less a frame lost at a loop's seam
 
 
-def graph_text(videos: list[Path], detector: str, keypoints: str) -> str:
+def graph_text(videos: list[Path], detector: str, keypoints: str, precision: str = "fp32",
+               recorder: bool = True) -> str:
     sources = "\n".join(f"  - {{id: cam{i}, uri: '{v}', options: {{realtime: true, loop: true}}}}"
                         for i, v in enumerate(videos))
     per_stream = 2
@@ -46,11 +50,11 @@ def graph_text(videos: list[Path], detector: str, keypoints: str) -> str:
 sources:
 {sources}
 stages:
-  - {{id: detect, type: detector, model: {detector}, batch: {{max_size: 8, per_stream: {per_stream}}}}}
-  - {{id: pose, type: keypoints, model: {keypoints}, batch: {{max_size: 8, per_stream: {per_stream}}}}}
+  - {{id: detect, type: detector, model: {detector}, precision: {precision}, batch: {{max_size: 8, per_stream: {per_stream}}}}}
+  - {{id: pose, type: keypoints, model: {keypoints}, precision: {precision}, batch: {{max_size: 8, per_stream: {per_stream}}}}}
   - {{id: track, type: tracker}}
   - {{id: smooth, type: smoother}}
-  - {{id: record, type: recorder, inputs: [smooth], path: "{{stream}}.mp4"}}
+  - {{id: record, type: {"recorder" if recorder else "noop_sink"}, inputs: [smooth]{', path: "{stream}.mp4"' if recorder else ""}}}
   - {{id: log, type: jsonl, inputs: [smooth], path: "{{stream}}.jsonl"}}
 runtime: {{metrics: {{bind: null}}, in_flight: 2}}
 """
@@ -58,7 +62,7 @@ runtime: {{metrics: {{bind: null}}, in_flight: 2}}
 
 def run_step(videos: list[Path], args, scratch: Path) -> list[dict]:
     graph_path = scratch / f"live_{len(videos)}.yml"
-    graph_path.write_text(graph_text(videos, args.detector, args.keypoints))
+    graph_path.write_text(graph_text(videos, args.detector, args.keypoints, args.precision, not args.no_recorder))
     pipeline = Pipeline(load_graph(graph_path), model_paths=default_search_path([]),
                         output_dir=scratch / f"out_{len(videos)}")
     metrics = pipeline.metrics
@@ -98,11 +102,14 @@ def main() -> None:
     parser.add_argument("--measure-s", type=float, default=20.0)
     parser.add_argument("--detector", default="picodet_s_192_lcnet_pedestrian_ov")
     parser.add_argument("--keypoints", default="tinypose_128x96_ov")
+    parser.add_argument("--precision", choices=["fp32", "auto"], default="fp32")
+    parser.add_argument("--no-recorder", action="store_true", help="a sink that does nothing in the recorder's place")
     args = parser.parse_args()
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
           f"load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"streampose from {Path(streampose.__file__).parent}")
-    print(f"models: {args.detector} -> {args.keypoints}; {FPS:g} fps live; measured {args.measure_s:g} s "
+    print(f"models: {args.detector} -> {args.keypoints} at {args.precision}; "
+          f"{'no recorder' if args.no_recorder else 'recorder on'}; {FPS:g} fps live; measured {args.measure_s:g} s "
           f"after {args.warmup_s:g} s")
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
