@@ -214,6 +214,19 @@ def test_auto_engine_on_gpu_falls_back_to_openvino_on_cpu(caplog, cache):
     assert "falling back to openvino on cpu" in caplog.text
 
 
+def test_precision_auto_on_a_missing_gpu_falls_back_with_one_line(caplog, cache):
+    # auto asks the device for its default precision: a GPU OpenVINO does not find must give the
+    # "finds no GPU" fallback line, not an exception from querying it
+    from streampose.engines.openvino import available_devices
+
+    if "gpu" in available_devices():
+        pytest.skip("OpenVINO finds a GPU here")
+    with caplog.at_level(logging.WARNING, logger="streampose.engines"):
+        engine = load_engine(model(TINYPOSE), engine="openvino", device="gpu", precision="auto", cache_dir=cache)
+    assert (engine.name, engine.precision) == ("openvino", "fp32")
+    assert "OpenVINO finds no GPU (it runs on Intel GPUs only); falling back to openvino on cpu at fp32" in caplog.text
+
+
 @pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
                     reason="this onnxruntime has CUDA")
 def test_onnxruntime_gpu_missing_provider(caplog, cache):

@@ -99,3 +99,16 @@ def test_an_unknown_clip_or_parameter_is_one_clear_line(tmp_path):
                                  "--labels", str(MEDIA / "labels.yml"), "-o", str(tmp_path), *options],
                                 capture_output=True, text=True, timeout=120, cwd=REPO)
         assert result.returncode != 0 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_pose_cache_keys_on_the_networks_precision():
+    # an entry made at bf16 must never be replayed for fp32 (keypoints move by a median 0.13% of
+    # the box height, and five fall outcomes moved with them, docs/models.md)
+    from streampose.evaluate import pose_cache
+
+    clip, paths = VIDEOS / "squat_side_view.mp4", [MODELS]
+    keys = {p: pose_cache.entry_key(clip, "picodet_s_192_pedestrian", "tinypose_128x96_ov", paths, p)
+            for p in ("fp32", "bf16")}
+    assert keys["fp32"] != keys["bf16"]
+    assert pose_cache.entry_key(clip, "picodet_s_192_pedestrian", "tinypose_128x96_ov", paths) == keys["fp32"]
+    assert "precision: bf16" in pose_cache.front_stages("d", "k", precision="bf16")

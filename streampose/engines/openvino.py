@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 _DEVICES = {"cpu": "CPU", "gpu": "GPU"}
 _PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-_PRECISION_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+_PRECISION_NAMES = {hint: name for name, hint in _PRECISION_HINTS.items()}
 # The capability OpenVINO lists for a device that runs the precision natively.
 _CAPABILITIES = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
 
@@ -40,7 +40,10 @@ def available_devices() -> list[str]:
 
 def default_precision(device: str) -> str:
     """The precision OpenVINO runs at on `device` when none is asked for: bf16 on a CPU with
-    AVX512-BF16 or AMX, fp16 on an ARM CPU or a GPU, fp32 otherwise."""
+    AVX512-BF16 or AMX, fp16 on an ARM CPU or a GPU, fp32 otherwise, and fp32 for a device it
+    does not find (which `unavailable_reason` then names)."""
+    if device not in available_devices():
+        return "fp32"
     hint = ov.Core().get_property(_DEVICES[device], "INFERENCE_PRECISION_HINT")
     return _PRECISION_NAMES.get(hint.get_type_name(), "fp32")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streampose.engines import PRECISIONS
 from streampose.models.convert import SUFFIXES, ConvertError, convert
 from streampose.models.folder import (ModelFolderError, ModelNotFoundError, NETWORK_FILES, default_search_path,
                                       find_model, load_model_folder)
@@ -37,7 +38,7 @@ def add_models_parser(subparsers) -> argparse.ArgumentParser:
     cmd.add_argument("name", help="model name (looked up on the search path) or folder path")
     cmd.add_argument("--engine", default="auto", choices=["auto", "openvino", "paddle", "onnxruntime"])
     cmd.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    cmd.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "fp16", "int8"],
+    cmd.add_argument("--precision", default="fp32", choices=PRECISIONS,
                      help="numeric precision, as the graph's `precision` key")
     cmd.add_argument("--threads", type=int, default=0, help="CPU inference threads; 0 = all cores")
     cmd.add_argument("--runs", type=int, default=20, help="timed runs of the latency probe (0 skips it)")
