@@ -54,12 +54,16 @@ def test_a_live_frame_does_not_wait_for_a_batch_to_fill(tmp_path):
     assert budget_e2e < fixed_e2e / 2, (budget_e2e, fixed_e2e)
 
 
-def test_batches_form_under_load_and_the_budget_caps_them(tmp_path):
-    # A file is read as fast as the graph takes it, so frames queue up in front of each stage.
-    roomy = run(tmp_path, "roomy", "5000", realtime=False, timeout_ms=0)
-    tight = run(tmp_path, "tight", "0.01", realtime=False, timeout_ms=0)
+def test_batches_fill_within_the_budget_and_the_budget_caps_them(tmp_path):
+    # A file is read as fast as the graph takes it, and each batch may wait up to 1 s for its
+    # 8 frames: 8 frames of this clip decode in about 0.1 s. (With timeout_ms 0 a batch takes
+    # only what is already waiting, which depends on whether the detector outruns the decoder:
+    # 1.47 frames per batch on one machine, 2+ on another.)
+    roomy = run(tmp_path, "roomy", "5000", realtime=False)
+    tight = run(tmp_path, "tight", "0.01", realtime=False)
     for stage in ("detect", "pose"):
-        # A generous budget takes what is waiting: several frames per batch.
-        assert 72 / roomy.metrics.count("batches", stage=stage) >= 1.5, stage
-        # A budget below any batch's cost: one frame per batch once the first batch has been timed.
+        # A generous budget lets the batch fill: 72 frames in about 9 batches.
+        assert roomy.metrics.count("batches", stage=stage) <= 72 / 4, stage
+        # A budget below any batch's cost ends the batch at one frame, though the timeout
+        # would wait for more.
         assert tight.metrics.count("batches", stage=stage) >= 72 - 7, stage
