@@ -1,6 +1,7 @@
 """Process CPU time per frame of a graph of benchmarks.peer (GRAPHS), by thread and step.
 
     .venv/bin/python -m benchmarks.cpu_per_frame [--graph full] [--clips NAME ...] [--rounds 3] [--before TREE]
+        [--precision fp32|bf16]
 
 --graph names the graph: detect-keypoints (file -> detector -> keypoints -> jsonl, the default) or
 full (... -> tracker -> smoother -> lift3d -> fall -> reps -> jsonl).
@@ -208,6 +209,8 @@ def main() -> None:
     parser.add_argument("--clips", nargs="+", default=list(CLIPS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", type=Path, metavar="TREE")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="the networks' precision (docs/models.md)")
     parser.add_argument("--run-graph", nargs=2, metavar=("GRAPH", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_graph:
@@ -220,7 +223,7 @@ def main() -> None:
         tmp = Path(tmp)
         for round_ in range(args.rounds):
             for clip in args.clips:
-                graph = write_graph(tmp, args.graph, VIDEOS / f"{clip}.mp4")
+                graph = write_graph(tmp, args.graph, VIDEOS / f"{clip}.mp4", precision=args.precision)
                 for label, tree in trees.items():
                     loads.append(os.getloadavg()[0])
                     runs[clip, label].append(run_child(graph, tmp / f"out_{len(loads)}", tree))

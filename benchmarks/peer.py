@@ -65,8 +65,7 @@ GRAPHS = {
 def write_graph(folder: Path, name: str, video: Path, cache: Path | None = None, precision: str = "fp32") -> Path:
     """folder/<name>_<video>.yml: GRAPHS[name] reading `video`, engines cached under `cache` (None: default),
     the networks at `precision` (named only when not the default fp32, so an older tree reads the graph)."""
-    runtime = "{metrics: {bind: null, log_interval_s: 0}, in_flight: 4" + (f", engine_cache_dir: '{cache}'}}"
-                                                                          if cache else "}")
+    runtime = "{metrics: {bind: null, log_interval_s: 0}" + (f", engine_cache_dir: '{cache}'}}" if cache else "}")
     path = folder / f"{name}_{video.stem}.yml"
     path.write_text("\n".join([f"sources: [{{id: bench, uri: '{video}'}}]", "stages:",
                                *(f"  - {_at_precision(stage, precision)}" for stage in GRAPHS[name]),

@@ -154,3 +154,20 @@ runtime: {{metrics: {{bind: null}}, in_flight: 2}}
     low = np.floor(np.median(gaps))
     assert np.mean((gaps >= low) & (gaps <= low + 1)) >= 0.85, gaps
     assert np.min(gaps) >= 2, gaps
+
+
+def test_a_file_keeps_more_frames_in_flight_than_a_live_stream(tmp_path):
+    def gates(runtime: str) -> dict[str, int]:
+        graph = tmp_path / "graph.yml"
+        graph.write_text(f"""
+sources: [{{id: file, uri: '{JACKS}'}}, {{id: live, uri: '{JACKS}', options: {{realtime: true}}}}]
+stages: [{{id: log, type: jsonl}}]
+runtime: {runtime}
+""")
+        pipeline = Pipeline(load_graph(graph), output_dir=tmp_path / "out")
+        return {sid: gate.limit for sid, gate in pipeline.gates.items()}
+
+    # A file's frames wait at the door, so more of them inside keeps every stage busy; a live
+    # frame that gets in should not queue behind others.
+    assert gates("{metrics: {bind: null}}") == {"file": 8, "live": 2}
+    assert gates("{metrics: {bind: null}, in_flight: 3}") == {"file": 3, "live": 3}

@@ -30,17 +30,19 @@ def test_cores_are_divided_among_the_network_stages(tmp_path):
     graph = load_graph(graph_file(tmp_path, """
         - {id: detect, type: detector, model: picodet_s_192_pedestrian}
         - {id: pose, type: keypoints, model: tinypose_128x96_ov, threads: 3}
+        - {id: hands, type: keypoints, model: tinypose_128x96_ov}
         - {id: lift, type: lift3d}
         - {id: gpu_pose, type: keypoints, model: tinypose_128x96_ov, device: gpu}
         - {id: log, type: jsonl}
         """)).spec
     plan = plan_cores(graph, cores=8)
-    # Three CPU network stages share 8 cores: 2 each; an explicit `threads` wins; the GPU stage
-    # and the sink get none.
-    assert plan.engine_threads == {"detect": 2, "pose": 3, "lift": 2}
+    # Four CPU network stages share 8 cores: 2 each, except a keypoint stage, whose work grows
+    # with the persons: it gets every core; an explicit `threads` wins; the GPU stage and the
+    # sink get none.
+    assert plan.engine_threads == {"detect": 2, "pose": 3, "hands": 8, "lift": 2}
     assert plan.decoder_threads == 1
-    assert plan_cores(graph, cores=2).engine_threads == {"detect": 1, "pose": 3, "lift": 1}
-    assert plan_cores(graph, cores=64).engine_threads == {"detect": 21, "pose": 3, "lift": 21}
+    assert plan_cores(graph, cores=2).engine_threads == {"detect": 1, "pose": 3, "hands": 2, "lift": 1}
+    assert plan_cores(graph, cores=64).engine_threads == {"detect": 16, "pose": 3, "hands": 64, "lift": 16}
     # OpenCV calls run in their stage's thread: its own pool's spinning workers cost more CPU
     # than they save.
     assert plan.opencv_threads == 1

@@ -6,8 +6,15 @@ engine calls took 2-2.5x their standalone time inside the pipeline (issue 17: Pi
 2.8 ms, TinyPose 9.7 vs 4.1 ms). Stages run in their own threads, so engines run side by side:
 the cores are split between them instead, and each decoder gets one thread.
 
-  engine threads:  cores // (CPU network stages), at least 1; a stage's own `threads`
-                   parameter (> 0) wins.
+  engine threads:  a stage whose work grows with the number of persons (keypoints: a batch of
+                   crops per call) gets every core; the others cores // (CPU network stages),
+                   at least 1; a stage's own `threads` parameter (> 0) wins. On 2 cores, the
+                   keypoint engine at 2 threads and the detector at 1 (bf16, benchmarks.peer's
+                   graph, files, 2 rounds alternating): crowd_walking_overhead (7.75 persons per
+                   frame) 36-40 -> 51-53 frames/s, squat_side_view 145-163 -> 162-176,
+                   office_man_walking 131-138 -> 132-141, mmaction2 two persons 102-111 ->
+                   101-102. Both engines at 2 threads was worse (crowd 29-51, squat 125-138):
+                   two parallel regions time-slicing two cores wait on each other's threads.
   decoder threads: 1 per source. One thread decodes the shared 1280x720 and 1920x1080 H.264
                    clips in 2.4 ms of CPU per frame (about 400 frames/s), 960x544 in 1.3 ms,
                    beyond what the engines take; FFmpeg's default (a thread per core) spent
@@ -65,4 +72,5 @@ def plan_cores(spec: schema.Graph, cores: int | None = None) -> CorePlan:
     cores = cores or available_cores()
     networks = [st for st in spec.stages if isinstance(st, schema.ModelStage) and st.device == "cpu"]
     share = max(1, cores // len(networks)) if networks else cores
-    return CorePlan(cores, {st.id: st.threads or share for st in networks}, DECODER_THREADS)
+    return CorePlan(cores, {st.id: st.threads or (cores if st.PER_PERSON else share) for st in networks},
+                    DECODER_THREADS)

@@ -58,6 +58,7 @@ class EntranceGate:
     """At most `limit` frames of one stream inside the graph."""
 
     def __init__(self, limit: int, live: bool):
+        self.limit = limit
         self.slots = threading.BoundedSemaphore(limit)
         self.live = live
 
@@ -129,7 +130,7 @@ class Pipeline:
         self.captures = {s.id: Capture(s, graph.path.parent, lambda name, sid=s.id: self.metrics.inc(name, stream=sid),
                                        decoder_threads=self.cores.decoder_threads)
                          for s in spec.sources}
-        self.gates = {sid: EntranceGate(spec.runtime.in_flight, cap.live) for sid, cap in self.captures.items()}
+        self.gates = {sid: EntranceGate(spec.runtime.in_flight_for(cap.live), cap.live) for sid, cap in self.captures.items()}
         self.loads = {sid: StreamLoad(spec.runtime.health.window_s) for sid, cap in self.captures.items() if cap.live}
         self.admissions = {sid: Admission(sid, cap.live, spec.runtime.even_drops, self.gates[sid].admit,
                                           self.loads[sid].record if sid in self.loads else None,
