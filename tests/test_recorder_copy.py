@@ -13,11 +13,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from pydantic import ValidationError
 
 from streampose.frame import Frame
 from streampose.graph import schema
-from streampose.graph.loader import load_graph
+from streampose.graph.loader import GraphError, load_graph
 from streampose.runtime.pipeline import Pipeline, StageBuildError
 from streampose.runtime.stage import StageContext
 from streampose.sinks.recorder import RecorderStage
@@ -203,6 +202,12 @@ def test_an_image_sequence_cannot_be_copied(tmp_path):
         Pipeline(load_graph(graph), output_dir=tmp_path / "out")
 
 
-def test_x264_settings_with_copy_are_refused():
-    with pytest.raises(ValidationError, match="crf, draw only apply to encode: x264"):
-        schema.Recorder(id="rec", type="recorder", encode="copy", draw=True, crf=20)
+def test_x264_settings_with_copy_are_a_graph_error(tmp_path):
+    graph = write_graph(tmp_path, f"""
+        sources: [{{id: cam, uri: {CHAIR}}}]
+        stages: [{{id: rec, type: recorder, encode: copy, crf: 20, draw: true}}]
+    """)
+    with pytest.raises(GraphError) as refused:
+        load_graph(graph)
+    assert str(refused.value).endswith("stage 'rec': crf, draw apply only to encode: x264 (copy writes the camera's "
+                                       "packets unchanged, undrawn); remove them or set encode: x264")

@@ -342,8 +342,9 @@ class Recorder(StageBase):
     def _copy_has_no_encoder(self) -> Recorder:
         set_for_x264 = sorted({"crf", "preset", "draw"} & self.model_fields_set)
         if self.encode == "copy" and set_for_x264:
-            raise ValueError(f"{', '.join(set_for_x264)} only apply to encode: x264 (copy writes the camera's "
-                             f"packets unchanged, undrawn); remove them or set encode: x264")
+            raise ValueError(f"{', '.join(set_for_x264)} {'applies' if len(set_for_x264) == 1 else 'apply'} only to "
+                             f"encode: x264 (copy writes the camera's packets unchanged, undrawn); remove "
+                             f"{'it' if len(set_for_x264) == 1 else 'them'} or set encode: x264")
         return self
 
 
