@@ -17,7 +17,8 @@ import pytest
 from streampose.frame import Frame
 from streampose.graph import schema
 from streampose.graph.loader import GraphError, load_graph
-from streampose.runtime.pipeline import Pipeline, StageBuildError
+from streampose.graph.check import check_graph
+from streampose.runtime.pipeline import Pipeline
 from streampose.runtime.stage import StageContext
 from streampose.sinks.recorder import RecorderStage
 from streampose.sources.capture import Capture
@@ -197,9 +198,11 @@ def test_an_image_sequence_cannot_be_copied(tmp_path):
         stages: [{{id: rec, type: recorder, encode: copy}}]
         runtime: {{metrics: {{bind: null}}}}
     """)
-    with pytest.raises(StageBuildError, match=r"^stage 'rec' \(recorder\): encode: copy writes the source's "
-                                              r"compressed video, and source 'stills' is an image sequence"):
-        Pipeline(load_graph(graph), output_dir=tmp_path / "out")
+    with pytest.raises(GraphError) as refused:  # as `validate` and `run` check a graph before they start
+        check_graph(load_graph(graph), model_paths=[], output_dir=tmp_path / "out")
+    assert str(refused.value) == (f"{graph}:3:44: stage 'rec': key 'encode': copy writes the source's compressed "
+                                  f"video, and source 'stills' is an image sequence, which has none; give 'stills' "
+                                  f"a recorder with encode: x264 (it encodes the frames)")
 
 
 def test_x264_settings_with_copy_are_a_graph_error(tmp_path):

@@ -127,7 +127,7 @@ class Pipeline:
         cv2.setNumThreads(self.cores.opencv_threads)  # process-wide: OpenCV has no per-call setting
         engine_cache = Path(spec.runtime.engine_cache_dir).resolve() if spec.runtime.engine_cache_dir else None
         # Frames carry their compressed packets only to the streams a copying recorder reads.
-        copied = {sid: st.id for st in spec.stages if st.type == "recorder" and st.encode == "copy"
+        copied = {sid for st in spec.stages if st.type == "recorder" and st.encode == "copy"
                   for sid in self._streams_reaching(st.id)}
         self.captures = {s.id: Capture(s, graph.path.parent, lambda name, sid=s.id: self.metrics.inc(name, stream=sid),
                                        decoder_threads=self.cores.decoder_threads,
@@ -135,11 +135,7 @@ class Pipeline:
                                                                                               stream=sid))
                                        if s.id in copied else None)
                          for s in spec.sources}
-        for sid, stage_id in copied.items():
-            if not self.captures[sid].compressed:
-                raise StageBuildError(f"stage '{stage_id}' (recorder): encode: copy writes the source's compressed "
-                                      f"video, and source '{sid}' is an image sequence, which has none; give "
-                                      f"'{sid}' a recorder with encode: x264 (it encodes the frames)")
+        for sid in copied:
             self.metrics.declare("packets_dropped", stream=sid)
         self.gates = {sid: EntranceGate(spec.runtime.in_flight, cap.live) for sid, cap in self.captures.items()}
         self.loads = {sid: StreamLoad(spec.runtime.health.window_s) for sid, cap in self.captures.items() if cap.live}

@@ -27,8 +27,9 @@ packets, or this sink's queue dropped a frame and its packets with it) shows as 
 number: writing stops there and resumes at the next keyframe, so no GOP has a hole; a gap
 within a file plays as a gap. A file starts at a keyframe; `segment_s` ends it at the first
 keyframe after; fragments end at the source's keyframes (`flush_s` does not apply). A new
-opening of the source (a reconnect, a looped file's next pass) starts a new file. A codec MP4
-cannot hold is refused with one error line per stream (the stream is not recorded): falling
+opening of the source (a reconnect, a looped file's next pass) starts a new file. An image
+sequence has no packets (graph/check.py refuses it at start); a codec MP4 cannot hold is
+refused with one error line per stream (the stream is not recorded): falling
 back to x264 would spend the cores that copy was chosen to save (13.7 ms per 1280x720 frame,
 a third of a core per 25 fps stream) without the operator knowing.
 """
@@ -482,8 +483,8 @@ class RecorderStage(Stage):
         """Write the packets `frame` carries (encode: copy), from a keyframe on, never across a gap."""
         carried = frame.packets
         if carried is None:
-            raise ValueError(f"frame {frame.index} of stream {frame.stream} carries no packets to copy; "
-                             f"only the runtime's sources give frames their packets")
+            raise ValueError(f"frame {frame.index} of stream {frame.stream} carries no packets to copy: only a "
+                             f"video source of a graph with this recorder gives frames their packets")
         if carried.source is not recording.source:  # the source reopened: a new timeline, a new file
             self._finish(frame.stream, recording)
             recording.source, recording.in_gop = carried.source, False

@@ -91,7 +91,6 @@ class Capture:
         self._index = 0
         self._admit: Callable[[], bool] | None = None  # see frames()
         self._reader, self._reconnects = self._make_reader(spec.uri, graph_dir)
-        self.compressed = isinstance(self._reader, VideoReader)  # has packets a recorder can copy
         self.live = self._reconnects or self.options.realtime
         self._pacer = Pacer() if self.options.realtime and not self._reconnects else None
 
