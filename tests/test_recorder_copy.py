@@ -144,6 +144,32 @@ def test_frames_dropped_at_the_entrance_leave_no_hole_in_the_recording(tmp_path)
     assert len(images) == len(written)
 
 
+def test_a_stream_whose_frames_are_all_dropped_sheds_whole_gops_and_counts_them(tmp_path):
+    video = VIDEOS / "reps_situps_side_gym_mat.mp4"  # 855 packets, keyframes at 0, 101, 229, 357, ...
+    shed = []
+    capture = Capture(schema.Source(id="cam", uri=str(video)), Path("."), lambda name: None,
+                      on_packets_shed=shed.append)
+    decoded_frames = 0
+
+    def admit() -> bool:  # the first 500 frames are dropped at the entrance, as a busy graph would
+        nonlocal decoded_frames
+        decoded_frames += 1
+        return decoded_frames > 500
+
+    recorder = copy_recorder(tmp_path, path="{stream}.mp4")
+    frames = [item for item in capture.frames(threading.Event(), admit=admit) if isinstance(item, Frame)]
+    for frame in frames:
+        recorder.run([frame])
+    recorder.finish()
+
+    # Past CARRY_PACKETS (300) held, the oldest GOP goes: packets 0-100, then 101-228.
+    assert shed == [101, 128]
+    assert frames[0].packets.first == 229 and frames[0].packets.packets[0].is_keyframe
+    assert [bytes(p) for p in file_packets(tmp_path / "cam.mp4")] == source_packets(video)[229:]
+    images, _ = decoded(tmp_path / "cam.mp4")
+    assert len(images) == 855 - 229
+
+
 def test_an_rtsp_camera_records_its_own_stream(tmp_path, rtsp_server):
     graph = write_graph(tmp_path, f"""
         sources: [{{id: cam, uri: "{rtsp_server.url}"}}]

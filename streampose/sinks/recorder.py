@@ -21,7 +21,8 @@ buffered here beyond what the encoder holds and the fragment being written.
 With `encode: copy` nothing is drawn or encoded: each frame carries the packets its source
 demuxed since the stream's previous frame, those of the frames dropped at the entrance
 included (Frame.packets; the runtime collects them only for streams a copying recorder reads,
-sources/packets.py), and they are muxed as they are (Mp4Copy), at 1-2% of x264's CPU. Packets
+sources/packets.py), and they are muxed as they are (Mp4Copy): 0.08 ms of CPU per 1280x720
+frame against x264's 12.7 ms (benchmarks/recorder_cpu.py). Packets
 are numbered in their source's demuxing order, so a gap (the source's bounded carry-over shed
 packets, or this sink's queue dropped a frame and its packets with it) shows as a missing
 number: writing stops there and resumes at the next keyframe, so no GOP has a hole; a gap
@@ -29,9 +30,9 @@ within a file plays as a gap. A file starts at a keyframe; `segment_s` ends it a
 keyframe after; fragments end at the source's keyframes (`flush_s` does not apply). A new
 opening of the source (a reconnect, a looped file's next pass) starts a new file. An image
 sequence has no packets (graph/check.py refuses it at start); a codec MP4 cannot hold is
-refused with one error line per stream (the stream is not recorded): falling
-back to x264 would spend the cores that copy was chosen to save (13.7 ms per 1280x720 frame,
-a third of a core per 25 fps stream) without the operator knowing.
+refused with one error line per stream (the stream is not recorded): falling back to x264
+would spend the cores that copy was chosen to save (a third of a core per 25 fps 1280x720
+stream) without the operator knowing.
 """
 
 from __future__ import annotations
