@@ -68,9 +68,9 @@ def main() -> None:
         rows.setdefault("source alone (process), packets kept", []).append(source)
         with tempfile.TemporaryDirectory() as scratch:
             for i, (name, params) in enumerate(RECORDERS.items()):
-                recorder = RecorderStage("rec", schema.Recorder(id="rec", type="recorder", path=f"{i}/{{stream}}.mp4",
-                                                                **params),
-                                         StageContext(graph_dir=Path(scratch), output_dir=Path(scratch), streams=["cam"]))
+                context = StageContext(graph_dir=Path(scratch), output_dir=Path(scratch), streams=["cam"])
+                spec = schema.Recorder(id="rec", type="recorder", path=f"{i}/{{stream}}.mp4", **params)
+                recorder = RecorderStage("rec", spec, context)
                 process, in_thread, _ = play(video, keep_packets=True, recorder=recorder)
                 rows.setdefault(f"recorder {name} (process less source)", []).append(process - source)
                 rows.setdefault(f"recorder {name} (calling thread only)", []).append(in_thread)

@@ -117,18 +117,17 @@ class Event:
 @dataclass(frozen=True)
 class PacketSource:
     """One opening of a video input whose compressed packets are copied (`encode: copy` recorders).
+    Each opening (a reconnect, a looped file's next pass) has its own, and is a timeline of its
+    own: its packets start a new file.
 
     template:   a PyAV video stream holding the input's codec parameters (codec, size, extradata)
                 and time base, to make an output stream from (add_stream_from_template); it lives in
                 a muxer of its own, so it outlives the input, which closes at the end of the pass.
-    opening:    the source's openings counted from 0 (a reconnect, a looped file's next pass): each
-                is a timeline of its own, so its packets start a new file.
     frame_step: nominal packet duration in the time base (0: unknown), for packets that carry none.
     detail:     the codec and size, for messages ("h264 1280x720").
     """
 
     template: av.video.stream.VideoStream
-    opening: int
     frame_step: int
     detail: str
 

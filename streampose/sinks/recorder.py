@@ -502,8 +502,9 @@ class RecorderStage(Stage):
             recording.in_gop |= keyframe
             if not recording.in_gop:
                 continue
-            if recording.writer is not None and keyframe and 0 < self.params.segment_s <= recording.writer.elapsed(packet):
-                self._finish(frame.stream, recording)
+            writer = recording.writer
+            if writer is not None and keyframe and 0 < self.params.segment_s <= writer.elapsed(packet):
+                self._finish(frame.stream, recording)  # segment_s is past: the file ends before this keyframe
             try:
                 if recording.writer is None:
                     recording.writer = self._open_copy(frame, carried.source)
@@ -532,7 +533,8 @@ class RecorderStage(Stage):
         self.context.metrics.inc("errors", stage=self.id, stream=stream)
         refused_before = self._refused.get(stream)
         self._refused[stream] = source
-        level = logging.DEBUG if refused_before is not None and refused_before.detail == source.detail else logging.ERROR
+        again = refused_before is not None and refused_before.detail == source.detail
+        level = logging.DEBUG if again else logging.ERROR
         self.log.log(level, "stream %s: not recorded: encode: copy cannot put its %s video in an MP4 file (%s); "
                      "set encode: x264 on recorder '%s' to encode the frames instead, or have the camera send "
                      "H.264 or H.265", stream, source.detail, error, self.id)

@@ -25,7 +25,7 @@ from streampose.frame import PacketSource, Packets
 CARRY_PACKETS = 300
 
 
-def packet_source(stream: av.video.stream.VideoStream, opening: int) -> PacketSource:
+def packet_source(stream: av.video.stream.VideoStream) -> PacketSource:
     """The PacketSource of an opened input's video `stream`: its codec parameters copied into a
     null muxer's stream (which no write ever opens), so that they outlive the input."""
     holder = av.open(io.BytesIO(), "w", format="null")
@@ -33,7 +33,7 @@ def packet_source(stream: av.video.stream.VideoStream, opening: int) -> PacketSo
     rate = stream.average_rate or stream.guessed_rate
     frame_step = round(1 / (rate * stream.time_base)) if rate and stream.time_base else 0
     codec = stream.codec_context
-    return PacketSource(template, opening, frame_step, f"{codec.name} {codec.width}x{codec.height}")
+    return PacketSource(template, frame_step, f"{codec.name} {codec.width}x{codec.height}")
 
 
 class PacketCarry:

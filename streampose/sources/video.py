@@ -80,7 +80,6 @@ class VideoReader:
                  threads: int = 0, on_packets_shed: Callable[[int], None] | None = None):
         self.uri = uri
         self._on_packets_shed = on_packets_shed
-        self._openings = 0
         self._threads = threads
         self._on_decode_error = on_decode_error
         self._format = av_format
@@ -95,6 +94,5 @@ class VideoReader:
             raise av.error.InvalidDataError(av.error.ErrorType.INVALIDDATA.value, "no video stream", self.uri)
         carry = None
         if self._on_packets_shed is not None:
-            carry = PacketCarry(packet_source(container.streams.video[0], self._openings), self._on_packets_shed)
-        self._openings += 1
+            carry = PacketCarry(packet_source(container.streams.video[0]), self._on_packets_shed)
         return VideoPlayback(container, self._on_decode_error, self._threads, carry)
