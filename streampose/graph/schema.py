@@ -306,12 +306,13 @@ class Recorder(StageBase):
                       "(YYYYMMDD) and {time} (HHMMSS) of the file's first capture, local time, and {segment} (the "
                       "file's number in its stream since start, from 0). An existing file is never overwritten: "
                       "a -1, -2... suffix is added.")
-    segment_s: float = Field(600.0, ge=0, description="Start a new file after this much media time, seconds; "
-                             "0 = never.")
+    segment_s: float = Field(600.0, ge=0, description="Start a new file after this much media time, seconds "
+                             "(encode: copy: at the first keyframe after it); 0 = never.")
     flush_s: float = Field(2.0, gt=0, le=60, description="Media time between keyframes, seconds; each ends a "
                            "fragment of the MP4, written and synced to disk, so a killed daemon or a power cut "
                            "loses at most this much (plus the encoder's 11-frame lookahead). Shorter costs bytes: "
-                           "2 s is ~4% larger than x264's default of 250 frames at 30 fps.")
+                           "2 s is ~4% larger than x264's default of 250 frames at 30 fps. encode: x264 only: with "
+                           "copy the camera's own keyframes end the fragments.")
     keep_files: int = Field(0, ge=0, description="Per stream, delete the oldest finished files beyond this count; "
                             "0 = keep all. When set (or keep_bytes), a full disk also deletes the stream's oldest "
                             "finished file (never the newest) before each retry.")
