@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import av
 
 COCO_KEYPOINTS = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear",
@@ -110,6 +114,49 @@ class Event:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class PacketSource:
+    """One opening of a video input whose compressed packets are copied (`encode: copy` recorders).
+    Each opening (a reconnect, a looped file's next pass) has its own, and is a timeline of its
+    own: its packets start a new file.
+
+    template:   a PyAV video stream holding the input's codec parameters (codec, size, extradata)
+                and time base, to make an output stream from (add_stream_from_template); it lives in
+                a muxer of its own, so it outlives the input, which closes at the end of the pass.
+    frame_step: nominal packet duration in the time base (0: unknown), for packets that carry none.
+    detail:     the codec and size, for messages ("h264 1280x720").
+    """
+
+    template: av.video.stream.VideoStream
+    frame_step: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Packets:
+    """The compressed video demuxed since the previous frame of the stream that entered the graph:
+    the frame's own packets and those of the frames dropped at the entrance before it (the decoder
+    runs ahead, so a few of them may belong to the frames after). Set by the source only on
+    streams that reach a copying recorder.
+
+    source:  the opening they come from.
+    first:   the number of packets[0] in its opening's demuxing order; a number missing between
+             two frames' packets is a gap (a bounded carry-over shed them, or a sink's queue
+             dropped the frame that held them).
+    packets: av.Packet in demuxing order, timestamps in source.template.time_base; shared by every
+             sink that reads the frame, so never modified (a recorder muxes copies).
+    """
+
+    source: PacketSource
+    first: int
+    packets: tuple[av.Packet, ...]
+
+    @property
+    def end(self) -> int:
+        """The number of the packet after the last one here."""
+        return self.first + len(self.packets)
+
+
 @dataclass
 class Frame:
     """One decoded video frame and everything the graph learnt about it.
@@ -135,6 +182,8 @@ class Frame:
                   previous frame's keypoints.
     zones:        the stream's zones (`streampose.geometry.zones.Zone`, from its source in
                   the graph), shared by all its frames; read by plugins and drawn by sinks.
+    packets:      the compressed video since the stream's previous frame (`Packets`), for
+                  recorders that copy it; None unless one reads the stream.
     """
 
     stream: str
@@ -152,6 +201,7 @@ class Frame:
     drawn: tuple[np.ndarray, tuple[tuple[int, int, int, int], ...]] | None = None
     detected: bool = True
     zones: tuple = ()
+    packets: Packets | None = None
 
     def changed(self) -> None:
         """A stage changed this frame: what sinks derived from it (`encoded`, `drawn`) is stale."""

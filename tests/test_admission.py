@@ -33,7 +33,7 @@ class CountingReader:
         reader = self
 
         class Counted:
-            frame_step, detail = playback.frame_step, playback.detail
+            frame_step, detail, packets = playback.frame_step, playback.detail, playback.packets
 
             def __iter__(self):
                 for picture, media_time in playback:

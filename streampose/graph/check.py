@@ -1,5 +1,5 @@
 """Checking a loaded graph against this machine, as `run` will meet it: models, files,
-URI schemes, bind addresses, output folders.
+URI schemes, bind addresses, output folders, sources a copying recorder cannot copy.
 
 `validate` runs these checks, and `run` runs them before it loads any model, so both fail
 fast with the same messages. Nothing here opens a stream or loads a network: model folders
@@ -73,6 +73,8 @@ def check_graph(graph: LoadedGraph, model_paths: list[Path], output_dir: Path | 
             _check_publisher(report, i, stage, graph_dir)
         if stage.type in ("recorder", "clips", "jsonl"):
             _check_output_path(report, i, stage, output_folder, _streams_reaching(graph, stage.id))
+        if stage.type == "recorder" and stage.encode == "copy":
+            _check_copied_sources(report, i, stage, graph)
     bind = graph.spec.runtime.metrics.bind
     if bind is not None:
         _check_metrics_bind(report, bind)
@@ -245,6 +247,19 @@ def _check_port(report: _Report, path: tuple, owner: str, key: str, host: str, p
 
 
 # --------------------------------------------------------------------------- output
+
+def _check_copied_sources(report: _Report, index: int, stage: schema.Recorder, graph: LoadedGraph) -> None:
+    """A recorder that copies its sources' compressed video needs video: an image sequence has none."""
+    from streampose.sources.images import is_image_pattern
+
+    uris = {s.id: s.uri for s in graph.spec.sources}
+    for stream in _streams_reaching(graph, stage.id):
+        uri = uris[stream]
+        if is_image_pattern(uri) or (graph.path.parent / uri).is_dir():
+            report.error(("stages", index, "encode"), f"stage '{stage.id}'", "encode",
+                         f"copy writes the source's compressed video, and source '{stream}' is an image sequence, "
+                         f"which has none; give '{stream}' a recorder with encode: x264 (it encodes the frames)")
+
 
 def _check_output_path(report: _Report, index: int, stage, output_dir: Path, streams: list[str]) -> None:
     """The sink's path template, by the sink's own checks: the recorder's and the clips'

@@ -335,7 +335,8 @@ def _format_error(error: dict, data: dict, where: _Locations) -> str:
     if kind == "missing":
         return f"{where.where(loc[:-1])}: {owner}: missing required key '{_describe(inner)}'"
     if kind == "value_error":  # a schema validator's own message already shows the value
-        return f"{where.where(loc)}: {owner}: key '{_describe(inner)}': {error['ctx']['error']}"
+        key = f"key '{_describe(inner)}': " if inner else ""  # a check of several keys names them itself
+        return f"{where.where(loc)}: {owner}: {key}{error['ctx']['error']}"
     got = error.get("input")
     shown = "" if isinstance(got, (dict, list)) else f", got {got!r}"
     message = error["msg"][0].lower() + error["msg"][1:]

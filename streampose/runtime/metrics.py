@@ -41,6 +41,9 @@ COUNTERS = {
     "errors": "Frames (or stream events, or the closing) on which a stage raised, by stage and stream.",
     "reconnects": "Times a live source reopened its stream after losing it.",
     "decode_errors": "Corrupt or undecodable packets skipped, by stream.",
+    "packets_dropped": "Compressed packets a stream read by a copying recorder (encode: copy) shed before any "
+                       "frame entered to carry them (its frames were dropped at the entrance for that long), by "
+                       "stream: a gap in its recording up to the next keyframe.",
     "published": "ZeroMQ messages sent by the publishers, by topic kind (pose, event, status).",
     "events": "Events raised by plugins, by event kind and stream.",
     "batches": "Batches a stage processed, by stage; frames / batches is its mean batch size.",

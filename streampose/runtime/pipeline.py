@@ -127,10 +127,19 @@ class Pipeline:
         self.cores = plan_cores(spec)
         cv2.setNumThreads(self.cores.opencv_threads)  # process-wide: OpenCV has no per-call setting
         engine_cache = Path(spec.runtime.engine_cache_dir).resolve() if spec.runtime.engine_cache_dir else None
+        # Frames carry their compressed packets only to the streams a copying recorder reads.
+        copied = {sid for st in spec.stages if st.type == "recorder" and st.encode == "copy"
+                  for sid in self._streams_reaching(st.id)}
         self.captures = {s.id: Capture(s, graph.path.parent, lambda name, sid=s.id: self.metrics.inc(name, stream=sid),
-                                       decoder_threads=self.cores.decoder_threads)
+                                       decoder_threads=self.cores.decoder_threads,
+                                       on_packets_shed=(lambda n, sid=s.id: self.metrics.inc("packets_dropped", n,
+                                                                                              stream=sid))
+                                       if s.id in copied else None)
                          for s in spec.sources}
-        self.gates = {sid: EntranceGate(spec.runtime.in_flight_for(cap.live), cap.live) for sid, cap in self.captures.items()}
+        for sid in copied:
+            self.metrics.declare("packets_dropped", stream=sid)
+        self.gates = {sid: EntranceGate(spec.runtime.in_flight_for(cap.live), cap.live)
+                      for sid, cap in self.captures.items()}
         self.loads = {sid: StreamLoad(spec.runtime.health.window_s) for sid, cap in self.captures.items() if cap.live}
         self.admissions = {sid: Admission(sid, cap.live, spec.runtime.even_drops, self.gates[sid].admit,
                                           self.loads[sid].record if sid in self.loads else None,

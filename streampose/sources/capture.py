@@ -21,6 +21,7 @@ import numpy as np
 from streampose.frame import Frame, StreamEvent
 from streampose.graph import schema
 from streampose.sources.images import ImageReader, is_image_pattern
+from streampose.sources.packets import PacketCarry
 from streampose.sources.urls import mask_credentials
 from streampose.sources.video import STREAM_ERRORS, VideoReader
 
@@ -35,6 +36,7 @@ class Playback(Protocol):
 
     frame_step: float
     detail: str
+    packets: PacketCarry | None  # compressed packets kept for the frames that enter (video only)
 
     def __iter__(self) -> Iterator[tuple[Callable[[], np.ndarray], float]]: ...
     def close(self) -> None: ...
@@ -72,15 +74,20 @@ class Capture:
     source that cannot be read is that stream's failure, not the graph's: its
     stream ends at once with a failed "ended" event naming the cause, and the other
     streams run. `decoder_threads`: threads of the video decoder, 0 = FFmpeg's choice.
+    `on_packets_shed`: frames carry their compressed packets (Frame.packets, for a recorder that
+    copies them; sources/packets.py), and the packets the bounded carry-over sheds are counted
+    with it; None: they carry none. An image sequence has no packets.
     """
 
-    def __init__(self, spec: schema.Source, graph_dir: Path, count: Callable[[str], None], decoder_threads: int = 0):
+    def __init__(self, spec: schema.Source, graph_dir: Path, count: Callable[[str], None], decoder_threads: int = 0,
+                 on_packets_shed: Callable[[int], None] | None = None):
         """`count(name)` counts what happens to the stream: frames_captured, reconnects, decode_errors."""
         self.stream = spec.id
         self.zones = tuple(zone.to_zone() for zone in spec.zones)
         self.options = spec.options
         self._count = count
         self._decoder_threads = decoder_threads
+        self._on_packets_shed = on_packets_shed
         self._index = 0
         self._admit: Callable[[], bool] | None = None  # see frames()
         self._reader, self._reconnects = self._make_reader(spec.uri, graph_dir)
@@ -94,17 +101,19 @@ class Capture:
         scheme = urlsplit(uri).scheme.lower()
         if scheme in NETWORK_SCHEMES:
             av_options = {"rtsp_transport": options.transport} if scheme.startswith("rtsp") else {}
-            return VideoReader(uri, on_error, options=av_options, timeout=timeout,
-                               threads=self._decoder_threads), True
+            return VideoReader(uri, on_error, options=av_options, timeout=timeout, threads=self._decoder_threads,
+                               on_packets_shed=self._on_packets_shed), True
         if "://" in uri:
             raise ValueError(f"source {self.stream!r}: unsupported URI scheme {scheme!r} in {mask_credentials(uri)!r}; "
                              f"use a file, an image folder or glob, {', '.join(NETWORK_SCHEMES)} or {WEBCAM_PREFIX}N")
         if uri.startswith(WEBCAM_PREFIX):
-            return VideoReader(uri, on_error, av_format="v4l2", timeout=timeout, threads=self._decoder_threads), True
+            return VideoReader(uri, on_error, av_format="v4l2", timeout=timeout, threads=self._decoder_threads,
+                               on_packets_shed=self._on_packets_shed), True
         path = graph_dir / uri
         if is_image_pattern(uri) or path.is_dir():
             return ImageReader(path, options.fps, on_error), False
-        return VideoReader(str(path), on_error, threads=self._decoder_threads), False
+        return VideoReader(str(path), on_error, threads=self._decoder_threads,
+                           on_packets_shed=self._on_packets_shed), False
 
     def frames(self, stop: threading.Event, admit: Callable[[], bool] | None = None) -> Iterator[Frame | StreamEvent]:
         """Frames and events until the source ends or `stop` is set; see the module doc.
@@ -210,8 +219,9 @@ class Capture:
                 self._count("frames_captured")
                 self._index += 1
                 if self._admit is None or self._admit():
+                    packets = playback.packets.take() if playback.packets is not None else None
                     yield Frame(self.stream, self._index - 1, picture(), time.time(), media_time, segment,
-                                zones=self.zones)
+                                zones=self.zones, packets=packets)
         except STREAM_ERRORS as error:
             return span, error
         return span, None

@@ -41,6 +41,7 @@ class ImagePlayback:
         self._paths = paths
         self._on_decode_error = on_decode_error
         self.frame_step = 1.0 / fps
+        self.packets = None  # images have no compressed video to copy
         self.detail = f"{len(paths)} images at {fps:g} fps"
 
     def __iter__(self) -> Iterator[tuple[Callable[[], np.ndarray], float]]:

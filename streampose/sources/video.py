@@ -8,6 +8,8 @@ from functools import partial
 import av
 import numpy as np
 
+from streampose.sources.packets import PacketCarry, packet_source
+
 # What PyAV raises when a stream cannot be opened or read: FFmpeg's errors, and
 # the OS errors it maps them to (ConnectionRefusedError, TimeoutError...).
 STREAM_ERRORS = (av.FFmpegError, OSError)
@@ -20,11 +22,15 @@ class VideoPlayback:
     (H, W, 3) uint8 BGR image (left uncalled for a frame that will be dropped: the conversion
     is 25-40% of decoding's cost), media_time the presentation time in seconds. Packets the decoder rejects are skipped and
     reported to `on_decode_error`; errors reading the container propagate.
+
+    packets: where every demuxed packet is kept for the frames that enter the graph (None: not
+    kept), taken by the source at each frame it lets in (sources/packets.py).
     """
 
     def __init__(self, container: av.container.InputContainer, on_decode_error: Callable[[], None],
-                 threads: int = 0):
+                 threads: int = 0, packets: PacketCarry | None = None):
         self._container = container
+        self.packets = packets
         self._stream = container.streams.video[0]
         self._stream.codec_context.thread_type = "AUTO"
         self._stream.codec_context.thread_count = threads
@@ -37,6 +43,8 @@ class VideoPlayback:
     def __iter__(self) -> Iterator[tuple[Callable[[], np.ndarray], float]]:
         last_time = None
         for packet in self._container.demux(self._stream):
+            if self.packets is not None and packet.size:
+                self.packets.add(packet)
             # The empty packet that ends the demuxing flushes the decoder's delayed frames.
             try:
                 frames = self._stream.decode(packet)
@@ -62,12 +70,16 @@ class VideoReader:
     options:    FFmpeg demuxer options (e.g. {"rtsp_transport": "tcp"}).
     timeout:    (open, read) seconds for live inputs; None waits forever.
     threads:    decoder threads; 0 = FFmpeg's choice (about one per core).
+    on_packets_shed: keep the compressed packets of each opening for the frames that enter (a
+                recorder copies them); called with the number of packets the bounded carry-over
+                shed. None: packets are not kept.
     """
 
     def __init__(self, uri: str, on_decode_error: Callable[[], None], *, av_format: str | None = None,
                  options: dict[str, str] | None = None, timeout: tuple[float, float] | None = None,
-                 threads: int = 0):
+                 threads: int = 0, on_packets_shed: Callable[[int], None] | None = None):
         self.uri = uri
+        self._on_packets_shed = on_packets_shed
         self._threads = threads
         self._on_decode_error = on_decode_error
         self._format = av_format
@@ -80,4 +92,7 @@ class VideoReader:
         if not container.streams.video:
             container.close()
             raise av.error.InvalidDataError(av.error.ErrorType.INVALIDDATA.value, "no video stream", self.uri)
-        return VideoPlayback(container, self._on_decode_error, self._threads)
+        carry = None
+        if self._on_packets_shed is not None:
+            carry = PacketCarry(packet_source(container.streams.video[0]), self._on_packets_shed)
+        return VideoPlayback(container, self._on_decode_error, self._threads, carry)
