@@ -62,7 +62,7 @@ stages:
   - {{id: smooth, type: smoother}}
   - {{id: record, inputs: [smooth], {RECORDER_STAGES[recorder]}}}
   - {{id: log, type: jsonl, inputs: [smooth], path: "{{stream}}.jsonl"}}
-runtime: {{metrics: {{bind: null}}, in_flight: 2}}
+runtime: {{metrics: {{bind: null}}}}
 """
 
 

@@ -169,5 +169,5 @@ runtime: {runtime}
 
     # A file's frames wait at the door, so more of them inside keeps every stage busy; a live
     # frame that gets in should not queue behind others.
-    assert gates("{metrics: {bind: null}}") == {"file": 8, "live": 2}
+    assert gates("{metrics: {bind: null}}") == {"file": 8, "live": 3}
     assert gates("{metrics: {bind: null}, in_flight: 3}") == {"file": 3, "live": 3}

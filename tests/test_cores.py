@@ -9,14 +9,18 @@ import threading
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
-from conftest import VIDEOS
+from conftest import MODELS, VIDEOS
 
+from streampose.engines import load_engine
 from streampose.graph.loader import load_graph
+from streampose.models.folder import find_model
 from streampose.runtime.cores import plan_cores
 from streampose.runtime.pipeline import Pipeline
 
 TWO_PERSONS = VIDEOS / "mmaction2_demo_skeleton_2persons.mp4"
+CROWD = VIDEOS / "crowd_walking_overhead.mp4"
 
 
 def graph_file(tmp_path: Path, stages: str, runtime: str = "{metrics: {bind: null}}") -> Path:
@@ -36,13 +40,18 @@ def test_cores_are_divided_among_the_network_stages(tmp_path):
         - {id: log, type: jsonl}
         """)).spec
     plan = plan_cores(graph, cores=8)
-    # Four CPU network stages share 8 cores: 2 each, except a keypoint stage, whose work grows
-    # with the persons: it gets every core; an explicit `threads` wins; the GPU stage and the
-    # sink get none.
-    assert plan.engine_threads == {"detect": 2, "pose": 3, "hands": 8, "lift": 2}
+    # Four CPU network stages share 8 cores: 2 each; an explicit `threads` wins; the GPU stage
+    # and the sink get none.
+    assert plan.engine_threads == {"detect": 2, "pose": 3, "hands": 2, "lift": 2}
+    # A keypoint stage's work grows with the persons: it may run as many batches at once as its
+    # threads fit the cores, unless its threads are set.
+    assert plan.parallel_runs == {"detect": 1, "pose": 1, "hands": 4, "lift": 1}
     assert plan.decoder_threads == 1
-    assert plan_cores(graph, cores=2).engine_threads == {"detect": 1, "pose": 3, "hands": 2, "lift": 1}
-    assert plan_cores(graph, cores=64).engine_threads == {"detect": 16, "pose": 3, "hands": 64, "lift": 16}
+    two = plan_cores(graph, cores=2)
+    assert (two.engine_threads, two.parallel_runs["hands"]) == ({"detect": 1, "pose": 3, "hands": 1, "lift": 1}, 2)
+    many = plan_cores(graph, cores=64)
+    assert (many.engine_threads, many.parallel_runs["hands"]) == ({"detect": 16, "pose": 3, "hands": 16,
+                                                                  "lift": 16}, 4)
     # OpenCV calls run in their stage's thread: its own pool's spinning workers cost more CPU
     # than they save.
     assert plan.opencv_threads == 1
@@ -112,3 +121,29 @@ def test_inference_threads_are_not_pinned_to_cores(tmp_path):
         watcher.join()
     assert pipeline.metrics.count("frames", stage="log") == 72
     assert result == {}
+
+
+def test_a_crowd_runs_its_crops_as_parallel_runs_that_agree_with_one_run(tmp_path):
+    from streampose.stages.keypoints import PARALLEL_MIN_CROPS, PoseEstimator
+
+    capture = cv2.VideoCapture(str(CROWD))
+    ok, image = capture.read()
+    assert ok
+    # Boxes over the whole frame in a grid: as many crops as the split needs.
+    rows, cols = 2, PARALLEL_MIN_CROPS // 2 + 1
+    h, w = image.shape[0] / rows, image.shape[1] / cols
+    boxes = np.array([[c * w, r * h, (c + 1) * w, (r + 1) * h] for r in range(rows) for c in range(cols)], np.float32)
+    folder = find_model("tinypose_128x96_ov", [MODELS])
+    estimated = {}
+    for parallel in (1, 2):
+        engine = load_engine(folder, engine="openvino", threads=1, max_batch=16, parallel=parallel,
+                             cache_dir=tmp_path)
+        estimator = PoseEstimator(folder, engine, 0.3, True, False)
+        calls = []
+        run_parallel = engine.run_parallel
+        engine.run_parallel = lambda feeds: calls.append([len(f["image"]) for f in feeds]) or run_parallel(feeds)
+        estimated[parallel] = estimator.estimate([image], np.zeros(len(boxes), int), boxes)
+        # 10 crops: one run of 8 and one of 2; at 2 runs at once, about half each: 4 + 4 + 2.
+        assert calls == ([[8, 2]] if parallel == 1 else [[4, 4, 2]]), calls
+    # Batch sizes 4 and 8 round differently in the last digits only.
+    np.testing.assert_allclose(estimated[2][0], estimated[1][0], atol=0.05)

@@ -86,6 +86,27 @@ def test_openvino_batch_equals_single_runs(cache):
     np.testing.assert_array_equal(batched["conv2d_441.tmp_1"], kept)
 
 
+def test_parallel_runs_give_what_runs_one_after_the_other_give(cache):
+    image = cv2.cvtColor(cv2.imread(str(PEOPLE)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+    width = image.shape[1] // 7
+    crops = np.stack([cv2.resize(image[:, i * width:(i + 1) * width], (96, 128)).transpose(2, 0, 1)
+                      for i in range(7)])
+    feeds = [{"image": crops[:4]}, {"image": crops[4:6]}, {"image": crops[6:]}, {"image": crops[:4][::-1].copy()}]
+    alone = load_engine(model(TINYPOSE), engine="openvino", threads=1, max_batch=4, cache_dir=cache)
+    together = load_engine(model(TINYPOSE), engine="openvino", threads=1, max_batch=4, cache_dir=cache, parallel=2)
+    assert (alone.parallel, together.parallel) == (1, 2)
+    expected = [alone.run(feed) for feed in feeds]
+    # Two runs of the same batch size at once (the first and the last) each have their own
+    # request; every result is the caller's copy, in the feeds' order.
+    results = together.run_parallel(feeds)
+    for got, want in zip(results, expected, strict=True):
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+    assert not np.array_equal(results[0]["conv2d_441.tmp_1"], results[3]["conv2d_441.tmp_1"])
+    together.run_parallel(feeds[::-1])
+    np.testing.assert_array_equal(results[0]["conv2d_441.tmp_1"], expected[0]["conv2d_441.tmp_1"])
+
+
 @pytest.mark.parametrize("name", [PICODET, YOLOX])
 def test_networks_with_a_fixed_batch_run_image_by_image(name, cache):
     # these exports fix the batch inside the graph (a reshape to [1, ...]); reshaping them to a

@@ -48,7 +48,7 @@ def installed_engines() -> list[str]:
 
 def load_engine(folder: ModelFolder, *, engine: str = "auto", device: str = "cpu", precision: str = "fp32",
                 threads: int = 0, fallback: str = "cpu", max_batch: int = 1,
-                cache_dir: Path | None = None) -> Engine:
+                cache_dir: Path | None = None, parallel: int = 1) -> Engine:
     """Load `folder`'s network.
 
     engine:    "auto" (fastest available for the device and format) or a name in ENGINES.
@@ -60,6 +60,8 @@ def load_engine(folder: ModelFolder, *, engine: str = "auto", device: str = "cpu
     max_batch: largest batch `run` will be given.
     cache_dir: root of the engines' on-disk caches (compiled networks, TensorRT engines);
                default <cache>/ (~/.cache/streampose).
+    parallel:  runs `run_parallel` may have going at once, each on `threads` threads (OpenVINO on
+               the CPU: one stream per run); other engines run them one after the other.
     """
     for key, value, allowed in (("engine", engine, ("auto", *ENGINES)), ("device", device, ("cpu", "gpu")),
                                 ("precision", precision, PRECISIONS),
@@ -81,7 +83,7 @@ def load_engine(folder: ModelFolder, *, engine: str = "auto", device: str = "cpu
         log.info("%s: %s on %s at %s", folder.name, name, device, precision)
         try:
             return _create(name, folder, device=device, precision=precision, threads=threads, max_batch=max_batch,
-                           cache_dir=cache_dir)
+                           cache_dir=cache_dir, parallel=parallel)
         except EngineUnavailableError as exc:  # e.g. a GPU provider listed but its libraries missing
             if device == "cpu" and precision == "fp32":
                 raise
@@ -91,7 +93,7 @@ def load_engine(folder: ModelFolder, *, engine: str = "auto", device: str = "cpu
     cpu_name = engine if engine != "auto" else auto_engine(folder, "cpu")
     log.warning("%s: %s; falling back to %s on cpu at fp32", folder.name, why_not, cpu_name)
     return _create(cpu_name, folder, device="cpu", precision="fp32", threads=threads, max_batch=max_batch,
-                   cache_dir=cache_dir)
+                   cache_dir=cache_dir, parallel=parallel)
 
 
 def auto_engine(folder: ModelFolder, device: str) -> str:
@@ -128,11 +130,11 @@ def _unavailable_reason(name: str, device: str, precision: str) -> str | None:
 
 
 def _create(name: str, folder: ModelFolder, *, device: str, precision: str, threads: int, max_batch: int,
-            cache_dir: Path) -> Engine:
+            cache_dir: Path, parallel: int = 1) -> Engine:
     if name == "openvino":
         from streampose.engines.openvino import OpenVinoEngine
         return OpenVinoEngine(folder, device=device, precision=precision, threads=threads, max_batch=max_batch,
-                              cache_dir=cache_dir / "ov_cache")
+                              cache_dir=cache_dir / "ov_cache", parallel=parallel)
     if name == "paddle":
         from streampose.engines.paddle import PaddleEngine
         return PaddleEngine(folder, device=device, precision=precision, threads=threads, max_batch=max_batch,

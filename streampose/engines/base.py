@@ -74,6 +74,7 @@ class Engine:
     """
 
     name: str
+    parallel: int = 1  # runs `run_parallel` may have going at once (OpenVINO CPU streams)
 
     def __init__(self, folder: ModelFolder, inputs: list[TensorInfo], outputs: list[TensorInfo],
                  max_batch: int, batch_capable: bool, precision: str = "fp32"):
@@ -96,6 +97,18 @@ class Engine:
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def run_parallel(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """`run` of each feed, up to `parallel` of them at once (an engine that cannot runs them
+        one after the other); the results in the feeds' order."""
+        if self.parallel == 1 or len(feeds) == 1 or not self.batch_capable:
+            return [self.run(feed) for feed in feeds]
+        for feed in feeds:
+            self._check_feed(feed)
+        return self._run_parallel(feeds)
+
+    def _run_parallel(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         raise NotImplementedError
 
     def prepare(self, batch_sizes: Iterable[int]) -> None:

@@ -172,11 +172,13 @@ class Runtime(Strict):
 
     queue_size: int = Field(8, ge=1, le=1024, description="Capacity of each queue between stages, frames.")
     in_flight: int | None = Field(None, ge=1, le=256, description="Most frames of one stream inside the graph at "
-                                  "once; live frames beyond it are dropped at the door, file frames wait. Unset: 2 "
-                                  "for a live stream (a frame that gets in is not queued behind others), 8 for a "
-                                  "file (frames queued in front of every stage keep the cores busy: squat_side_view "
-                                  "at bf16 130-137 frames/s at 4, 146-170 at 8, 155-180 at 16, which holds 50 MB "
-                                  "more per 1080p stream).")
+                                  "once; live frames beyond it are dropped at the door, file frames wait. Unset: 3 "
+                                  "for a live stream (four live 25 fps streams on 2 cores, benchmarks.live: every "
+                                  "stream kept 99.5-100% of its frames at 3 or 4, end-to-end p95 41-59 ms; at 2, "
+                                  "84-100%: a frame that came while two were inside was dropped), 8 for a file "
+                                  "(frames queued in front of every stage keep the cores busy: squat_side_view at "
+                                  "bf16 130-137 frames/s at 4, 146-170 at 8, 155-180 at 16, which holds 50 MB more "
+                                  "per 1080p stream).")
     even_drops: bool = Field(True, description="Under sustained overload, let an evenly spaced share of a live "
                              "stream's frames in (the largest that keeps drops at the door under 10%; 1 / share shown "
                              "as admit_every in /health and metrics) instead of whichever frames find a free slot: an "
@@ -201,7 +203,7 @@ class Runtime(Strict):
 
     def in_flight_for(self, live: bool) -> int:
         """`in_flight`, or its default for a live stream or a file."""
-        return self.in_flight or (2 if live else 8)
+        return self.in_flight or (3 if live else 8)
 
 
 # --------------------------------------------------------------------------- stages
@@ -512,7 +514,7 @@ class ModelStage(StageBase):
     # folder without infer_cfg.yml (the pose stage's networks, checked by their files).
     MODEL_TASK: ClassVar[tuple[str, str] | None] = None
     # Runs once per person (a batch of crops per call), so its work grows with the crowd: the core
-    # plan gives it every core (runtime/cores.py).
+    # plan lets it run several batches at once (runtime/cores.py).
     PER_PERSON: ClassVar[bool] = False
 
     model: str = Field(description="Model folder: a name looked up on the model search path, or a path.")
@@ -524,9 +526,10 @@ class ModelStage(StageBase):
         "with native bf16, AVX512-BF16 or AMX, else fp32; other engines fp32), about 1.4x faster there but not "
         "what the fall and repetition figures were measured at (docs/models.md); bf16: OpenVINO on such a CPU; "
         "fp16/int8: TensorRT.")
-    threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = the graph's core plan: every "
-                         "core for a keypoint stage (its work grows with the persons), the cores divided evenly "
-                         "among the CPU network stages, at least 1 each, for the others.")
+    threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = the graph's core plan: the "
+                         "cores divided evenly among its CPU network stages, at least 1 each; a keypoint stage then "
+                         "also runs its crops as up to one run per core at once when it has crops enough (its work "
+                         "grows with the persons). Set, the stage runs one batch at a time on this many threads.")
     fallback: Literal["stop", "cpu"] = Field("cpu", description="When the device or precision is not available: "
                                              "stop, or run on the CPU engine instead.")
     batch: Batch = Field(default_factory=Batch, description="Batching across streams.")

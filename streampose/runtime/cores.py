@@ -6,15 +6,19 @@ engine calls took 2-2.5x their standalone time inside the pipeline (issue 17: Pi
 2.8 ms, TinyPose 9.7 vs 4.1 ms). Stages run in their own threads, so engines run side by side:
 the cores are split between them instead, and each decoder gets one thread.
 
-  engine threads:  a stage whose work grows with the number of persons (keypoints: a batch of
-                   crops per call) gets every core; the others cores // (CPU network stages),
-                   at least 1; a stage's own `threads` parameter (> 0) wins. On 2 cores, the
-                   keypoint engine at 2 threads and the detector at 1 (bf16, benchmarks.peer's
-                   graph, files, 2 rounds alternating): crowd_walking_overhead (7.75 persons per
-                   frame) 36-40 -> 51-53 frames/s, squat_side_view 145-163 -> 162-176,
-                   office_man_walking 131-138 -> 132-141, mmaction2 two persons 102-111 ->
-                   101-102. Both engines at 2 threads was worse (crowd 29-51, squat 125-138):
-                   two parallel regions time-slicing two cores wait on each other's threads.
+  engine threads:  cores // (CPU network stages), at least 1; a stage's own `threads`
+                   parameter (> 0) wins.
+  parallel runs:   a stage whose work grows with the number of persons (keypoints: a batch of
+                   crops per call) may run its crops as up to cores // (its threads) runs at once,
+                   each on its own threads (OpenVINO CPU streams), when it has crops enough
+                   (stages/keypoints.py); 1 when its `threads` is set. A crowd keeps both cores busy while a lone person
+                   costs no more: on 2 cores, bf16, benchmarks.peer's graph, crowd_walking_overhead
+                   (7.75 persons per frame) 38-40 -> 50-55 frames/s; squat_side_view, office_man_walking
+                   and mmaction2 (1-2 persons) unchanged within the rounds' spread; 70 MB more
+                   memory (each batch size compiled for 2 streams). Giving the keypoint
+                   engine 2 threads instead reached 51-53 frames/s on the crowd, but four live
+                   streams then took 1.73-1.78 cores instead of 1.55-1.56 and dropped frames: a
+                   parallel region over a batch of 1-2 crops spends more waiting than it saves.
   decoder threads: 1 per source. One thread decodes the shared 1280x720 and 1920x1080 H.264
                    clips in 2.4 ms of CPU per frame (about 400 frames/s), 960x544 in 1.3 ms,
                    beyond what the engines take; FFmpeg's default (a thread per core) spent
@@ -52,17 +56,21 @@ class CorePlan:
 
     cores:           cores available to the process.
     engine_threads:  stage id -> CPU inference threads, for every network stage on the CPU.
+    parallel_runs:   stage id -> engine runs that may go at once, for every network stage on the CPU.
     decoder_threads: threads of each source's video decoder.
     opencv_threads:  OpenCV's threads (process-wide).
     """
 
     cores: int
     engine_threads: dict[str, int]
+    parallel_runs: dict[str, int]
     decoder_threads: int
     opencv_threads: int = OPENCV_THREADS
 
     def describe(self) -> str:
-        engines = ", ".join(f"{stage} {n}" for stage, n in self.engine_threads.items()) or "none"
+        engines = ", ".join(f"{stage} {n}" + (f" x {self.parallel_runs[stage]} runs at once"
+                                                if self.parallel_runs[stage] > 1 else "")
+                            for stage, n in self.engine_threads.items()) or "none"
         return (f"{self.cores} cores: inference threads {engines}; "
                 f"{self.decoder_threads} decoder thread per source; OpenCV {self.opencv_threads} thread")
 
@@ -72,5 +80,5 @@ def plan_cores(spec: schema.Graph, cores: int | None = None) -> CorePlan:
     cores = cores or available_cores()
     networks = [st for st in spec.stages if isinstance(st, schema.ModelStage) and st.device == "cpu"]
     share = max(1, cores // len(networks)) if networks else cores
-    return CorePlan(cores, {st.id: st.threads or (cores if st.PER_PERSON else share) for st in networks},
-                    DECODER_THREADS)
+    return CorePlan(cores, {st.id: st.threads or share for st in networks},
+                    {st.id: max(1, cores // share) if st.PER_PERSON and not st.threads else 1 for st in networks}, DECODER_THREADS)

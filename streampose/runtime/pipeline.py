@@ -153,7 +153,8 @@ class Pipeline:
             context = StageContext(graph_dir=graph.path.parent, output_dir=self.output_dir,
                                    model_paths=list(model_paths or []),
                                    streams=self._streams_reaching(st.id), metrics=self.metrics,
-                                   threads=self.cores.engine_threads.get(st.id, 0), engine_cache=engine_cache)
+                                   threads=self.cores.engine_threads.get(st.id, 0),
+                                   parallel_runs=self.cores.parallel_runs.get(st.id, 1), engine_cache=engine_cache)
             try:
                 stage = stage_module.stage_class(st)(st.id, st, context)
             except Exception as error:

@@ -43,6 +43,7 @@ class StageContext:
     metrics:     the graph's metrics, for stage-specific counters.
     threads:     CPU inference threads the graph's core plan gives this stage (runtime.cores);
                  0 = the stage's `threads` parameter alone decides.
+    parallel_runs: engine runs the core plan lets this stage have going at once (run_parallel).
     engine_cache: root of the engines' on-disk caches (runtime.engine_cache_dir); None = the default.
     """
 
@@ -52,6 +53,7 @@ class StageContext:
     streams: list[str] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     threads: int = 0
+    parallel_runs: int = 1
     engine_cache: Path | None = None
 
 
@@ -130,7 +132,7 @@ class Stage:
         folder = find_model(p.model, context.model_paths or default_search_path(), context.graph_dir)
         engine = load_engine(folder, engine=p.engine, device=p.device, precision=p.precision,
                              threads=context.threads or p.threads, fallback=p.fallback, max_batch=max_batch,
-                             cache_dir=context.engine_cache)
+                             cache_dir=context.engine_cache, parallel=context.parallel_runs)
         try:
             engine.prepare(range(1, max_batch + 1) if batch_sizes is None else batch_sizes)
         except Exception:

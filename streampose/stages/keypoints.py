@@ -28,6 +28,11 @@ from streampose.vision.preprocess import CROP_OPS, check_ops, normalize_crops
 # batches (13 crops: 8 + 4 + 1), so an engine that compiles per batch size compiles at most
 # six sizes instead of one for every person count a stream shows.
 MAX_CROPS_PER_RUN = 32
+# Fewer crops than this run as one batch even when the engine could run several at once: a
+# split batch costs more CPU per crop, which pays only for large ones (TinyPose-128x96, bf16,
+# 1 thread per run, 2 cores: 8 crops as 4 + 4 at once 11.2 ms instead of 20.2 for 7% more CPU;
+# 4 crops as 2 + 2 8.9 instead of 11.0 ms for 25% more).
+PARALLEL_MIN_CROPS = 8
 
 # Boxes refitted to keypoints: joints more confident than this count, at least MIN_JOINTS of
 # them, and the box around them grows on each side by BOX_MARGIN (x, y) of its width and
@@ -93,8 +98,7 @@ class PoseEstimator:
         pose scores (N,) float32, the mean confidence.
         """
         tensor, center, scale = self.network_input(images, image_index, boxes)
-        maps = np.concatenate([self._heatmaps(tensor[start:end])
-                               for start, end in _runs(len(tensor), self.crops_per_run)])
+        maps = self._heatmaps([tensor[start:end] for start, end in _runs(len(tensor), self._largest_run(len(tensor)))])
         peaks, confidence = heatmap.decode_heatmaps(maps, self.use_dark)
         to_frame = topdown.affine_matrices(center, scale, (maps.shape[3], maps.shape[2]), inverse=True)
         keypoints = np.empty((len(boxes), maps.shape[1], 3), np.float32)
@@ -111,13 +115,22 @@ class PoseEstimator:
         crops = topdown.warp_crops(images, image_index, to_crop, self.input_size)
         return normalize_crops(crops, self.config.preprocess[1:], self.config.channel_order), center, scale
 
-    def _heatmaps(self, tensor: np.ndarray) -> np.ndarray:
-        if not self.flip_test:
-            return self.engine.run({self.image_input: tensor})[self.heatmap_output]
-        both = np.concatenate([tensor, tensor[..., ::-1]])
-        maps = self.engine.run({self.image_input: both})[self.heatmap_output]
-        plain, mirrored = maps[:len(tensor)], maps[len(tensor):]
-        return (plain + heatmap.flip_back(mirrored)) * 0.5
+    def _largest_run(self, crops: int) -> int:
+        """Crops in the largest engine run: as many as the engine takes, or, when it can have
+        several runs going at once and there are crops enough, about an equal share per run."""
+        if self.engine.parallel == 1 or crops < PARALLEL_MIN_CROPS:
+            return self.crops_per_run
+        return min(self.crops_per_run, _power_of_two_floor(-(-crops // self.engine.parallel)))
+
+    def _heatmaps(self, runs: list[np.ndarray]) -> np.ndarray:
+        """Heatmaps (N, K, h, w) of the crops of `runs` (each (n, 3, H, W)), concatenated."""
+        if self.flip_test:
+            runs = [np.concatenate([tensor, tensor[..., ::-1]]) for tensor in runs]
+        outputs = self.engine.run_parallel([{self.image_input: tensor} for tensor in runs])
+        maps = [output[self.heatmap_output] for output in outputs]
+        if self.flip_test:
+            maps = [(m[:len(m) // 2] + heatmap.flip_back(m[len(m) // 2:])) * 0.5 for m in maps]
+        return np.concatenate(maps)
 
 
 def _power_of_two_floor(n: int) -> int:
@@ -145,7 +158,11 @@ def choose_persons(persons: Persons, min_score: float, max_persons: int) -> np.n
 class KeypointStage(Stage):
     def __init__(self, stage_id: str, params: schema.Keypoints, context: StageContext):
         super().__init__(stage_id, params, context)
-        crops = _power_of_two_floor(min(MAX_CROPS_PER_RUN, params.batch.max_size * params.max_persons))
+        # With runs going at once, each takes a share of the crops: no larger batch is compiled,
+        # whose buffers each parallel run would hold again (crowd_walking_overhead's peak memory
+        # 695 MB with batches up to 32 at 2 runs, 555 MB with one run).
+        largest = MAX_CROPS_PER_RUN // context.parallel_runs
+        crops = _power_of_two_floor(max(1, min(largest, params.batch.max_size * params.max_persons)))
         runs = 2 if params.flip_test else 1  # a flip test runs each crop twice, in one batch
         folder, engine = self.load_model(max_batch=crops * runs,
                                          batch_sizes=[(1 << i) * runs for i in range(crops.bit_length())])
