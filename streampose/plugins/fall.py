@@ -256,7 +256,8 @@ def observe(keypoints: np.ndarray, box: np.ndarray, width: int, height: int,
         box_top_y=y1 if y1 > edge_margin * height else np.nan,
         box_height=y2 - y1 if rows_ok and not side_cut else np.nan,
         aspect=(x2 - x1) / (y2 - y1) if rows_ok else np.nan, side_cut=side_cut,
-        arms=[(float(xy[w, 1] - xy[s, 1]), _elbow_angle(xy[s], xy[e], xy[w])) for s, e, w in ARMS if seen[[s, e, w]].all()])
+        arms=[(float(xy[w, 1] - xy[s, 1]), _elbow_angle(xy[s], xy[e], xy[w]))
+              for s, e, w in ARMS if seen[[s, e, w]].all()])
 
 
 @dataclass
@@ -435,8 +436,8 @@ class FallDetector(Plugin):
                                           "lying, so that time does not count towards confirm_s (the long lie still "
                                           "counts it); 0 = off. A whole arm is 0.33 long: 0.2 is an arm within about 50 "
                                           "degrees of vertical. On the labelled clips it removes the first burpee's "
-                                          "fall_confirmed and delays one fall by 0.05 s; 0.15-0.25, elbows 130-155 and "
-                                          "torso 30-60 degrees give the same results.")
+                                          "fall_confirmed at fp32 and bf16 and delays two alarms by 0.04-0.06 s; "
+                                          "0.15-0.25, elbows 130-155 and torso 30-60 degrees give the same results.")
         held_up_elbow_deg: float = Field(140.0, ge=90, le=180, description="The angle at the elbow, degrees (180 = "
                                          "straight), from which an arm counts as straight for held_up_wrist_drop.")
         held_up_torso_deg: float = Field(45.0, ge=0, le=90, description="The torso's tilt from vertical, degrees, from "
@@ -521,7 +522,8 @@ class FallDetector(Plugin):
         # The chest held up on both straight arms, the torso leaning over them (a plank, a push-up,
         # a burpee, all fours): not lying on the floor. Sitting on the floor propped on the hands
         # (torso up) is down.
-        held_up = (p.held_up_wrist_drop > 0 and len(obs.arms) == 2 and values["torso_angle"] >= p.held_up_torso_deg
+        held_up = (p.held_up_wrist_drop > 0 and len(obs.arms) == 2
+                   and values["torso_angle"] >= p.held_up_torso_deg
                    and all(down >= p.held_up_wrist_drop * body_height and angle >= p.held_up_elbow_deg
                            for down, angle in obs.arms))
         events = self._step(frame, i, state, posture, descent, gap, held_up)
@@ -685,7 +687,7 @@ class FallDetector(Plugin):
         span = gap if gap is not None and gap <= p.max_gap_s and state.down == was_down else 0.0
         if state.down:
             # Held up on both straight arms is not lying on the floor: that time does not confirm a
-            # fall (reps_burpees_side_studio: the first burpee's plank, 0.6 s held up, was confirmed).
+            # fall (reps_burpees_side_studio: the first burpee's plank, held 0.6-0.8 s, was confirmed).
             # It still counts as down for the long lie (someone on all fours who cannot get up).
             state.down_s += 0.0 if held_up else span
             state.up_s, state.lying_s = 0.0, state.lying_s + span
