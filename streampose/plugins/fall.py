@@ -39,6 +39,8 @@ States (annotation `fall_state`) and the events that leave them:
 
 Someone who goes down for confirm_s and is on their feet again within `exercise_cycle_s`
 (burpees, floor dance moves) is exercising: no fall starts for `exercise_memory_s` after.
+Time spent leaning over two straight arms (a plank, a push-up, a burpee, all fours) is not
+lying and does not count towards `confirm_s`.
 Besides the states, a person seen upright (for `seen_upright_s` in a row, not in one frame)
 who has been down for `down_alarm_s` raises
 `person_down`, the long-lie alarm, however they got there, exercising or not. The descent is
@@ -85,6 +87,8 @@ SHOULDERS = [KEYPOINT_INDEX["left_shoulder"], KEYPOINT_INDEX["right_shoulder"]]
 HIPS = [KEYPOINT_INDEX["left_hip"], KEYPOINT_INDEX["right_hip"]]
 LEGS = [KEYPOINT_INDEX[n] for n in ("left_knee", "right_knee", "left_ankle", "right_ankle")]
 ANKLES = [KEYPOINT_INDEX["left_ankle"], KEYPOINT_INDEX["right_ankle"]]
+# Shoulder, elbow and wrist of each arm.
+ARMS = [[KEYPOINT_INDEX[f"{side}_{joint}"] for joint in ("shoulder", "elbow", "wrist")] for side in ("left", "right")]
 # Every joint but the elbows and wrists: arms move freely (raised, waving, reaching out from
 # the floor) and say nothing about posture.
 BODY = HEAD + SHOULDERS + HIPS + LEGS
@@ -198,6 +202,8 @@ class Observation:
     aspect: box width / height; NaN when the box touches the top or bottom edge. When it
             touches the left or right edge the body goes on outside, so this is a lower bound.
     side_cut: the box touches the left or right edge.
+    arms:   per arm whose shoulder, elbow and wrist are seen: how far the wrist is below the
+            shoulder (pixels) and the angle at the elbow (degrees, 180 = straight).
     """
 
     size: float
@@ -215,6 +221,14 @@ class Observation:
     box_height: float
     aspect: float
     side_cut: bool
+    arms: list[tuple[float, float]]
+
+
+def _elbow_angle(shoulder: np.ndarray, elbow: np.ndarray, wrist: np.ndarray) -> float:
+    """Angle at the elbow between the upper arm and the forearm, degrees (180 = straight)."""
+    upper, fore = shoulder - elbow, wrist - elbow
+    norms = float(np.linalg.norm(upper) * np.linalg.norm(fore))
+    return float(np.degrees(np.arccos(np.clip(upper @ fore / norms, -1.0, 1.0)))) if norms > 0 else np.nan
 
 
 def observe(keypoints: np.ndarray, box: np.ndarray, width: int, height: int,
@@ -241,7 +255,9 @@ def observe(keypoints: np.ndarray, box: np.ndarray, width: int, height: int,
         box_centre_y=(y1 + y2) / 2 if rows_ok else np.nan,
         box_top_y=y1 if y1 > edge_margin * height else np.nan,
         box_height=y2 - y1 if rows_ok and not side_cut else np.nan,
-        aspect=(x2 - x1) / (y2 - y1) if rows_ok else np.nan, side_cut=side_cut)
+        aspect=(x2 - x1) / (y2 - y1) if rows_ok else np.nan, side_cut=side_cut,
+        arms=[(float(xy[w, 1] - xy[s, 1]), _elbow_angle(xy[s], xy[e], xy[w]))
+              for s, e, w in ARMS if seen[[s, e, w]].all()])
 
 
 @dataclass
@@ -315,7 +331,7 @@ class FallTrack:
     posture: float = np.nan        # latest measured
     posture_time: float = -np.inf  # when it was measured
     down: bool = False
-    down_s: float = 0.0            # time down since the fall started
+    down_s: float = 0.0            # time down since the fall started, not held up on the arms
     up_s: float = 0.0              # time not down, in a row
     standing_s: float = 0.0        # time on their feet (posture at most standing_max), in a row
     lying_s: float = 0.0           # time down, in a row (ended by recover_s not down), for the long-lie alarm
@@ -413,6 +429,21 @@ class FallDetector(Plugin):
                                         "last sighting, posture past lying_release: a lying body the detector misses), "
                                         "raises fall_confirmed at its end.")
 
+        held_up_wrist_drop: float = Field(0.2, ge=0, le=1, description="A person leaning over two straight arms "
+                                          "(both wrists at least this far below their shoulders, body heights; elbows "
+                                          "held_up_elbow_deg or straighter; torso held_up_torso_deg or more from "
+                                          "vertical) holds the chest up, a plank, a push-up, a burpee, all fours: not "
+                                          "lying, so that time does not count towards confirm_s (the long lie still "
+                                          "counts it); 0 = off. A whole arm is 0.33 long: 0.2 is an arm within about 50 "
+                                          "degrees of vertical. On the labelled clips it removes the first burpee's "
+                                          "fall_confirmed at fp32 and bf16 and delays two alarms by 0.04-0.06 s; "
+                                          "0.15-0.25, elbows 130-155 and torso 30-60 degrees give the same results.")
+        held_up_elbow_deg: float = Field(140.0, ge=90, le=180, description="The angle at the elbow, degrees (180 = "
+                                         "straight), from which an arm counts as straight for held_up_wrist_drop.")
+        held_up_torso_deg: float = Field(45.0, ge=0, le=90, description="The torso's tilt from vertical, degrees, from "
+                                         "which straight arms under the shoulders hold the chest up (held_up_wrist_drop); "
+                                         "below it they prop up someone sitting on the floor, who is down.")
+
         @model_validator(mode="after")
         def _hysteresis(self):
             if self.lying_release >= self.lying_threshold:
@@ -488,7 +519,14 @@ class FallDetector(Plugin):
                           "body_height_px": body_height,
                           "cues": {name: value for name, value in values.items() if np.isfinite(value)}}
 
-        events = self._step(frame, i, state, posture, descent, gap)
+        # The chest held up on both straight arms, the torso leaning over them (a plank, a push-up,
+        # a burpee, all fours): not lying on the floor. Sitting on the floor propped on the hands
+        # (torso up) is down.
+        held_up = (p.held_up_wrist_drop > 0 and len(obs.arms) == 2
+                   and values["torso_angle"] >= p.held_up_torso_deg
+                   and all(down >= p.held_up_wrist_drop * body_height and angle >= p.held_up_elbow_deg
+                           for down, angle in obs.arms))
+        events = self._step(frame, i, state, posture, descent, gap, held_up)
         evidence = state.fall_descent if state.state in ("falling", "fallen") else descent
         persons.annotations[i]["fall_score"] = round(min(evidence, posture), 3) if np.isfinite(posture) else 0.0
         persons.annotations[i]["fall_state"] = state.state
@@ -637,8 +675,9 @@ class FallDetector(Plugin):
         return state.posture if now - state.posture_time <= self.params.max_gap_s else np.nan
 
     def _step(self, frame: Frame, i: int, state: FallTrack, posture: float, descent: float,
-              gap: float | None) -> list[Event]:
-        """Advance the state machine by one observation; the events it raises."""
+              gap: float | None, held_up: bool) -> list[Event]:
+        """Advance the state machine by one observation (`held_up`: on both straight arms); the
+        events it raises."""
         p, now = self.params, frame.media_time
         known = np.isfinite(posture)
         was_down = state.down
@@ -647,7 +686,11 @@ class FallDetector(Plugin):
         # Time counts between two observations in the same posture close enough together.
         span = gap if gap is not None and gap <= p.max_gap_s and state.down == was_down else 0.0
         if state.down:
-            state.down_s, state.up_s, state.lying_s = state.down_s + span, 0.0, state.lying_s + span
+            # Held up on both straight arms is not lying on the floor: that time does not confirm a
+            # fall (reps_burpees_side_studio: the first burpee's plank, held 0.6-0.8 s, was confirmed).
+            # It still counts as down for the long lie (someone on all fours who cannot get up).
+            state.down_s += 0.0 if held_up else span
+            state.up_s, state.lying_s = 0.0, state.lying_s + span
         else:
             state.up_s += span
             if reached(state.up_s, p.recover_s):
