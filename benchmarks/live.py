@@ -11,8 +11,9 @@ queues. After a warm-up the run is measured for `--measure-s`: per stream the sh
 frames the pose path processed (drops at the entrance are the frames it could not keep up with),
 the recorder's own skipped frames (with copy, also the packets the source shed, packets_dropped),
 and the end-to-end latency (capture to the end of the processor chain). A step passes when every
-stream processed at least 99.5% of its frames and its p95 is under 150 ms. The detector's and keypoint stage's p50/p99 batch times show stalls
-(a compile or allocation after the first frame would put p99 far above p50). Prints a Markdown
+stream processed at least 99.5% of its frames and its p95 is under 150 ms. The detector's and keypoint stage's p50/p99 batch times, and their
+p50/p99 time per frame of a batch (batch time / its frames, which batch sizes do not spread),
+show stalls (a compile or allocation after the first frame would put p99 far above p50). Prints a Markdown
 table, the machine and its load. `--precision auto` runs the networks at the engine's default
 (bf16 on a CPU with native bf16, docs/models.md). `--recorder` picks the recorder: x264 (the
 default: drawing, x264 veryfast), copy (the sources' packets remuxed unchanged, `encode: copy`),
@@ -88,6 +89,8 @@ def run_step(videos: list[Path], args, scratch: Path) -> list[dict]:
         latencies = {s: metrics.quantiles("e2e_latency", since_s=args.measure_s, stream=s) for s in streams}
         stalls = {stage: metrics.quantiles("stage_latency", since_s=args.measure_s, percents=(50, 99), stage=stage)
                   for stage in ("detect", "pose")}
+        per_frame = {stage: metrics.quantiles("stage_frame_latency", since_s=args.measure_s, percents=(50, 99),
+                                              stage=stage) for stage in ("detect", "pose")}
     finally:
         pipeline.stop()
         pipeline.shutdown()
@@ -98,7 +101,9 @@ def run_step(videos: list[Path], args, scratch: Path) -> list[dict]:
         rows.append({"stream": video.stem, "captured": captured, "processed": processed,
                      "share": processed / max(captured, 1), "record_skipped": skipped, "packets_shed": shed,
                      "p50_ms": p50 * 1e3, "p95_ms": p95 * 1e3, "cpu_share": cpu / elapsed,
-                     "stages": " ".join(f"{stage} {q[0] * 1e3:.1f}/{q[1] * 1e3:.1f}" for stage, q in stalls.items() if q)})
+                     "stages": " ".join(f"{stage} {q[0] * 1e3:.1f}/{q[1] * 1e3:.1f}" for stage, q in stalls.items() if q),
+                     "per_frame": " ".join(f"{stage} {q[0] * 1e3:.1f}/{q[1] * 1e3:.1f} ({q[1] / q[0]:.1f}x)"
+                                           for stage, q in per_frame.items() if q)})
     return rows
 
 
@@ -128,15 +133,15 @@ def main() -> None:
             resample(SHARED / "media" / "video" / name, target, FPS)
             videos.append(target)
         print("\n| streams | stream | processed / captured | record skipped (packets shed) | e2e p50 / p95 ms | "
-              "process CPU (cores) | stage p50/p99 ms | keeps up |")
-        print("|---|---|---|---|---|---|---|---|")
+              "process CPU (cores) | batch p50/p99 ms | per frame p50/p99 ms | keeps up |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for n in args.streams:
             rows = run_step([videos[i % len(videos)] for i in range(n)], args, scratch)
             ok = all(r["share"] >= MIN_PROCESSED and r["p95_ms"] < MAX_P95_S * 1e3 for r in rows)
             for r in rows:
                 print(f"| {n} | {r['stream']} | {r['processed']} / {r['captured']} ({r['share']:.1%}) | "
                       f"{r['record_skipped']} ({r['packets_shed']}) | {r['p50_ms']:.0f} / {r['p95_ms']:.0f} | {r['cpu_share']:.2f} | "
-                      f"{r['stages']} | {'yes' if ok else 'no'} |")
+                      f"{r['stages']} | {r['per_frame']} | {'yes' if ok else 'no'} |")
     print(f"\nload average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

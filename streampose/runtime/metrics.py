@@ -57,6 +57,8 @@ COUNTERS = {
 }
 HISTOGRAMS = {
     "stage_latency": "Seconds a stage spent on one batch, by stage.",
+    "stage_frame_latency": "Seconds a stage spent per frame of a batch (the batch's time / its frames), by stage: a "
+                           "stall (a compile, an allocation) shows here whatever the batch size.",
     "e2e_latency": "Seconds from a frame's capture to the end of the processor chain (its poses and events are "
                    "ready; sinks then write them), by stream.",
     "batch_wait": "Seconds a stage waited for its batch to fill after taking the batch's first frame, by stage.",

@@ -179,6 +179,7 @@ class Pipeline:
                 self.metrics.declare(name, stream=stream)
         for st in self.graph.spec.stages:
             self.metrics.declare("stage_latency", stage=st.id)
+            self.metrics.declare("stage_frame_latency", stage=st.id)
             self.metrics.declare("batch_wait", stage=st.id)
             self.metrics.declare("batches", stage=st.id)
             for stream in self._streams_reaching(st.id):

@@ -212,6 +212,7 @@ class StageRunner:
         self._costed = min(self._costed + 1, COST_MEMORY)
         self.frame_cost += (elapsed / len(batch) - self.frame_cost) / self._costed
         self.metrics.observe("stage_latency", elapsed, stage=self.stage.id)
+        self.metrics.observe("stage_frame_latency", elapsed / len(batch), stage=self.stage.id)
         self.metrics.inc("batches", stage=self.stage.id)
         self._send_emitted()
         for frame in batch:
