@@ -67,3 +67,10 @@ def test_batches_fill_within_the_budget_and_the_budget_caps_them(tmp_path):
         # A budget below any batch's cost ends the batch at one frame, though the timeout
         # would wait for more.
         assert tight.metrics.count("batches", stage=stage) >= 72 - 7, stage
+        # The time per frame of a batch takes the batch size out: a batch of ~8 frames costs
+        # several times one frame's share, a batch of one frame exactly its time.
+        batch_p50, _ = roomy.metrics.quantiles("stage_latency", stage=stage)
+        frame_p50, _ = roomy.metrics.quantiles("stage_frame_latency", stage=stage)
+        assert frame_p50 < batch_p50 / 4, (stage, frame_p50, batch_p50)
+        assert (tight.metrics.quantiles("stage_frame_latency", stage=stage)
+                == tight.metrics.quantiles("stage_latency", stage=stage)), stage

@@ -103,7 +103,7 @@ class OpenVinoEngine(Engine):
         if max_batch > 1 and not batch_capable:
             log.info("%s: the network's batch is fixed at 1; batches run one image at a time", folder.name)
         super().__init__(folder, inputs, outputs, max_batch, batch_capable, precision)
-        self._request(1)  # compile now, so a broken network fails at load time
+        self._requests_for(1)  # compile now, so a broken network fails at load time
 
     def _reshapes_to_batch(self, batch: int) -> bool:
         """Whether the network really batches: some exports fix the batch inside (a reshape to
@@ -124,7 +124,8 @@ class OpenVinoEngine(Engine):
         model.reshape(shapes)
         return model
 
-    def _request(self, batch: int) -> ov.InferRequest:
+    def _requests_for(self, batch: int) -> list[ov.InferRequest]:
+        """The batch size's infer requests, one per CPU stream (compiled on first use)."""
         if batch not in self._requests:
             try:
                 compiled = self._core.compile_model(self._batch_model(batch), self._device, self._config)
@@ -133,7 +134,7 @@ class OpenVinoEngine(Engine):
                                   f"at batch {batch}: {exc}") from None
             self._requests[batch] = [compiled.create_infer_request() for _ in range(self.parallel)]
             self.compiled_batches.append(batch)
-        return self._requests[batch][0]
+        return self._requests[batch]
 
     def prepare(self, batch_sizes: Iterable[int]) -> None:
         start = time.perf_counter()
@@ -141,13 +142,13 @@ class OpenVinoEngine(Engine):
         for batch in sizes:
             if not 1 <= batch <= self.max_batch:
                 raise ValueError(f"batch size {batch} is outside 1..{self.max_batch}")
-            self._request(batch)
+            self._requests_for(batch)
         log.info("%s: batch sizes %s ready in %.2f s", self.folder.name, sizes, time.perf_counter() - start)
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Ports by position: a compiled model keeps the model's port order, but not which of a
         # tensor's several names get_any_name returns (it differed between the two in 2026.4).
-        request = self._request(next(iter(feed.values())).shape[0])
+        request = self._requests_for(next(iter(feed.values())).shape[0])[0]
         results = request.infer({i: feed[t.name] for i, t in enumerate(self.inputs)})
         return {t.name: results[i] for i, t in enumerate(self.outputs)}
 
@@ -155,12 +156,10 @@ class OpenVinoEngine(Engine):
         results = []
         for wave in range(0, len(feeds), self.parallel):
             started = []
-            taken: dict[int, int] = {}  # batch size -> its requests in use in this wave
             for feed in feeds[wave:wave + self.parallel]:
-                batch = next(iter(feed.values())).shape[0]
-                self._request(batch)
-                request = self._requests[batch][taken.get(batch, 0)]
-                taken[batch] = taken.get(batch, 0) + 1
+                requests = self._requests_for(len(next(iter(feed.values()))))
+                # A wave has at most `parallel` runs: its batch size has a request not yet started in it.
+                request = next(r for r in requests if not any(r is s for s in started))
                 request.start_async({i: feed[t.name] for i, t in enumerate(self.inputs)})
                 started.append(request)
             for request in started:

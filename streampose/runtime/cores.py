@@ -11,14 +11,15 @@ the cores are split between them instead, and each decoder gets one thread.
   parallel runs:   a stage whose work grows with the number of persons (keypoints: a batch of
                    crops per call) may run its crops as up to cores // (its threads) runs at once,
                    each on its own threads (OpenVINO CPU streams), when it has crops enough
-                   (stages/keypoints.py); 1 when its `threads` is set. A crowd keeps both cores busy while a lone person
-                   costs no more: on 2 cores, bf16, benchmarks.peer's graph, crowd_walking_overhead
-                   (7.75 persons per frame) 38-40 -> 50-55 frames/s; squat_side_view, office_man_walking
-                   and mmaction2 (1-2 persons) unchanged within the rounds' spread; 70 MB more
-                   memory (each batch size compiled for 2 streams). Giving the keypoint
-                   engine 2 threads instead reached 51-53 frames/s on the crowd, but four live
-                   streams then took 1.73-1.78 cores instead of 1.55-1.56 and dropped frames: a
-                   parallel region over a batch of 1-2 crops spends more waiting than it saves.
+                   (stages/keypoints.py); 1 when its `threads` is set. A crowd keeps both cores
+                   busy while a lone person costs no more: on 2 cores, bf16, benchmarks.peer's
+                   graph, crowd_walking_overhead (7.75 persons per frame) 38-40 -> 50-55
+                   frames/s; squat_side_view, office_man_walking and mmaction2 (1-2 persons)
+                   unchanged within the rounds' spread; 70 MB more memory (each batch size
+                   compiled for 2 streams). Giving the keypoint engine 2 threads instead reached
+                   51-53 frames/s on the crowd, but four live streams then took 1.73-1.78 cores
+                   instead of 1.55-1.56 and dropped frames: a parallel region over a batch of 1-2
+                   crops spends more waiting than it saves.
   decoder threads: 1 per source. One thread decodes the shared 1280x720 and 1920x1080 H.264
                    clips in 2.4 ms of CPU per frame (about 400 frames/s), 960x544 in 1.3 ms,
                    beyond what the engines take; FFmpeg's default (a thread per core) spent
@@ -80,5 +81,5 @@ def plan_cores(spec: schema.Graph, cores: int | None = None) -> CorePlan:
     cores = cores or available_cores()
     networks = [st for st in spec.stages if isinstance(st, schema.ModelStage) and st.device == "cpu"]
     share = max(1, cores // len(networks)) if networks else cores
-    return CorePlan(cores, {st.id: st.threads or share for st in networks},
-                    {st.id: max(1, cores // share) if st.PER_PERSON and not st.threads else 1 for st in networks}, DECODER_THREADS)
+    parallel_runs = {st.id: max(1, cores // share) if st.PER_PERSON and not st.threads else 1 for st in networks}
+    return CorePlan(cores, {st.id: st.threads or share for st in networks}, parallel_runs, DECODER_THREADS)
