@@ -17,31 +17,32 @@ OUTPUT_TEST_PACKAGES := mosquitto chromium chromium-driver
 
 .PHONY: demo test rtsp-deps output-test-deps bench docs lifter lock clean
 
-# Installs come from the lock files (exact versions and hashes), never from setup.cfg's ranges:
-# requirements-demo.lock runs the daemon, requirements.lock adds the tests, training and export,
-# requirements-build.lock is what `pip install -e .` builds with.
+# Installs come from the lock files (exact versions and hashes, pip-tools style .txt compiled by uv),
+# never from setup.cfg's ranges:
+# requirements-demo.txt runs the daemon, requirements.txt adds the tests, training and export,
+# requirements-build.txt is what `pip install -e .` builds with.
 # `make lock` re-resolves all three; a lock change lands only with `make test` passing on it.
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
 UV_VERSION := 0.13.9
 
-$(VENV)/.installed: requirements-build.lock requirements-demo.lock setup.cfg pyproject.toml
+$(VENV)/.installed: requirements-build.txt requirements-demo.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) --require-hashes -r requirements-build.lock -r requirements-demo.lock
+	$(PIP_INSTALL) --require-hashes -r requirements-build.txt -r requirements-demo.txt
 	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed requirements.lock
-	$(PIP_INSTALL) --require-hashes -r requirements.lock
+$(VENV)/.installed-test: $(VENV)/.installed requirements.txt
+	$(PIP_INSTALL) --require-hashes -r requirements.txt
 	touch $@
 
 lock: $(VENV)/.installed
 	$(PIP_INSTALL) uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip compile --quiet --upgrade --python-version 3.11 --generate-hashes \
-		setup.cfg --extra test -o requirements.lock
+		setup.cfg --extra test -o requirements.txt
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --generate-hashes \
-		setup.cfg -c requirements.lock -o requirements-demo.lock
+		setup.cfg -c requirements.txt -o requirements-demo.txt
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --generate-hashes \
-		requirements-build.in -c requirements.lock -o requirements-build.lock
+		requirements-build.in -c requirements.txt -o requirements-build.txt
 
 demo: $(VENV)/.installed
 	$(PY) run_pipeline.py graphs/demo.yml
