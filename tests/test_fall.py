@@ -562,3 +562,25 @@ def test_replaying_the_pose_cache_gives_what_the_full_graph_gives(evaluation, tm
         a = evaluation[b["clip"]]
         assert a["frames"] == b["frames"] == c["frames"]
         assert a["alarms"] == b["alarms"] == c["alarms"], a["clip"]
+
+
+def test_a_clip_re_encoded_at_a_lower_frame_rate_keeps_its_times(tmp_path):
+    """`evaluate falls --fps` scores alarms on the labels' timeline: each frame of the re-encoded
+    clip, its time mapped back, is the source frame of that time (x264's B-frames start the
+    written file two frames late, 0.42 s at 5 fps, which every delay used to carry)."""
+    import av
+
+    from streampose.evaluate.falls import resample
+
+    source = VIDEOS / "fall_faint_studio_1280x720.mp4"
+    with av.open(str(source)) as container:
+        originals = {round(float(f.time), 3): f.to_ndarray(format="gray").astype(np.float32)
+                     for f in container.decode(video=0)}
+    offset = resample(source, tmp_path / "5fps.mp4", 5.0)
+    with av.open(str(tmp_path / "5fps.mp4")) as container:
+        written = [(float(f.time) + offset, f.to_ndarray(format="gray").astype(np.float32))
+                   for f in container.decode(video=0)]
+    assert len(written) == 11   # the first frame of every 0.2 s of 2.2 s
+    for time_, image in written:
+        nearest = min(originals, key=lambda t: float(np.abs(originals[t] - image).mean()))
+        assert abs(time_ - nearest) < 1e-3, (time_, nearest)

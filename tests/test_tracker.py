@@ -414,7 +414,7 @@ def cut_times(video: str, start: float, end: float) -> list[float]:
             if decoded.time > end:
                 break
             if decoded.time >= start:
-                look = detector.look(decoded.to_ndarray(format="bgr24"))
+                look = detector.look(decoded.to_ndarray(format="bgr24"), np.zeros((0, 4)), decoded.time)
                 if detector.is_cut(last, look):
                     cuts.append(round(float(decoded.time), 2))
                 last = look
@@ -431,6 +431,48 @@ def test_cuts_between_shots_of_one_place_and_no_cut_within_a_shot():
     assert cut_times("reps_burpees_side_studio.mp4", 4.5, 5.0) == []
     assert cut_times("fall_warehouse_worker_slip_backward.mp4", 3.5, 4.5) == []
     assert cut_times("jumping_jacks_Ibbu_1.mp4", 2.0, 5.0) == []
+
+
+@pytest.fixture(scope="module")
+def person_detector() -> DetectorStage:
+    return DetectorStage("detect", schema.Detector(id="detect", type="detector",
+                                                   model="picodet_s_320_lcnet_pedestrian_ov"), CONTEXT)
+
+
+def cut_times_at(detector_stage: DetectorStage, video: str, fps: float, start: float, end: float) -> list[float]:
+    """As cut_times, on the first frame of every 1/fps s (a slower camera), each with the persons
+    the real detector finds in it."""
+    detector = CutDetector(schema.TrackerParams.model_fields["cut_threshold"].default)
+    cuts, last, last_step = [], None, None
+    with av.open(str(VIDEOS / video)) as container:
+        for index, decoded in enumerate(container.decode(video=0)):
+            step = int(decoded.time * fps + 1e-6)
+            if decoded.time > end:
+                break
+            if decoded.time < start or step == last_step:
+                continue
+            last_step = step
+            frame = Frame(stream="cam", index=index, image=decoded.to_ndarray(format="bgr24"), capture_time=0.0,
+                          media_time=float(decoded.time))
+            detector_stage.process([frame])
+            look = detector.look(frame.image, frame.persons.boxes, frame.media_time)
+            if detector.is_cut(last, look):
+                cuts.append(round(float(decoded.time), 2))
+            last = look
+    return cuts
+
+
+def test_at_5_fps_people_moving_are_no_cut_and_cuts_still_are(person_detector):
+    """Frames 0.2 s apart: a burpee, jumping jacks and a worker the camera pans after change the
+    whole picture as much as a cut does (0.48-0.72), and each such "cut" ended the person's track
+    mid-fall. Their background, outside the persons' boxes, stays (0.76 and more); a cut's
+    changes (the lift's 0.56, the branch's -0.03, the gym's zoom 0.47)."""
+    assert cut_times_at(person_detector, "reps_burpees_side_studio.mp4", 5, 4.0, 16.5) == []
+    assert cut_times_at(person_detector, "reps_jumping_jacks_front_studio.mp4", 5, 0.0, 4.5) == []
+    assert cut_times_at(person_detector, "fall_warehouse_worker_slip_backward.mp4", 5, 3.0, 5.0) == []
+    assert cut_times_at(person_detector, "fall_cctv_lift_collapse.mp4", 5, 0.0, 1.5) == [0.83]
+    assert cut_times_at(person_detector, "fall_cctv_street_hit_by_falling_branch.mp4", 5, 0.5, 1.5) == [1.03]
+    assert cut_times_at(person_detector, "adl_breakdance_floor_moves_gym_crowd.mp4", 5, 3.0, 8.0) == [3.8, 6.4, 7.6]
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

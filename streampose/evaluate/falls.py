@@ -184,8 +184,8 @@ def run_full(clips: list[Path], models: list[Path], params: dict, lift: bool = F
 
 
 def resample(source: Path, target: Path, fps: float) -> float:
-    """Write `source` to `target` keeping the first frame of every 1/fps seconds; the media
-    time of the first (the written file's timestamps start at 0 there)."""
+    """Write `source` to `target` keeping the first frame of every 1/fps seconds (each at its
+    own media time); what to add to a time in the written file to get the source's time."""
     import av
 
     from streampose.sinks.recorder import Mp4Writer
@@ -203,7 +203,12 @@ def resample(source: Path, target: Path, fps: float) -> float:
                 first_time = frame.time
             writer.write(image, frame.time)
     writer.close()
-    return first_time
+    # The written file's frames start at x264's B-frame delay, not 0 (a fragmented MP4 has no
+    # edit list): two frames, 0.42 s at 5 fps, which every alarm's delay carried until this.
+    with av.open(str(target)) as written:
+        stream = written.streams.video[0]
+        delay = float(stream.start_time * stream.time_base)
+    return first_time - delay
 
 
 def shift_times(run: ClipRun, offset: float) -> None:

@@ -646,7 +646,8 @@ class TrackerParams(StageBase):
                                  "this (-1..1) with the stream's previous frame's, at the best of small shifts, is a "
                                  "hard cut to another scene: every track of the stream ends there and new ids start. "
                                  "-1 = never. On the 48 labelled videos the cuts and jump zooms of edited footage "
-                                 "measure -0.13-0.71, consecutive frames of one shot at least 0.83 "
+                                 "measure -0.13-0.71, consecutive frames of one shot at least 0.83. Frames more "
+                                 "than 0.07 s apart must also differ outside the detected persons' boxes "
                                  "(streampose.tracking.cuts).")
 
 

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from streampose.frame import Frame
 from streampose.graph import schema
 from streampose.runtime.stage import Stage, StageContext
 from streampose.tracking.bytetrack import ByteTracker
-from streampose.tracking.cuts import CutDetector
+from streampose.tracking.cuts import CutDetector, Look
 from streampose.tracking.ocsort import OcSortTracker
 from streampose.tracking.streams import StreamTrackers
 from streampose.tracking.track import Observations, Tracker
@@ -32,7 +30,7 @@ from streampose.tracking.track import Observations, Tracker
 class _LastLook:
     """A stream's previous frame as the cut detector compares it (CutDetector.look)."""
 
-    look: np.ndarray | None = None
+    look: Look | None = None
 
 
 ALGORITHMS: dict[str, type[Tracker]] = {"bytetrack": ByteTracker, "ocsort": OcSortTracker}
@@ -49,7 +47,7 @@ class TrackerStage(Stage):
     def process(self, frames: list[Frame]) -> None:
         for frame in frames:
             if self.cuts is not None:
-                last, now = self.looks.get(frame), self.cuts.look(frame.image)
+                last, now = self.looks.get(frame), self.cuts.look(frame.image, frame.persons.boxes, frame.media_time)
                 if self.cuts.is_cut(last.look, now):
                     self.trackers.restart(frame, "a hard cut")
                 last.look = now
