@@ -168,8 +168,10 @@ def test_a_fall_is_confirmed_by_media_time_whatever_the_frame_rate(fps):
     started, confirmed = first(events, "fall_started"), first(events, "fall_confirmed")
     on_ground = 2.6
     assert 2.0 < started.media_time <= on_ground + 1 / fps
-    # confirm_s (0.8 s) of lying after the start, measured in media time, not frames.
-    assert started.media_time + 0.8 <= confirmed.media_time <= started.media_time + 0.8 + 1 / fps + 1e-6
+    # confirm_s (0.8 s) of lying after the start, measured in media time, not frames; the first
+    # frame read down counts half the gap before it (the person went down somewhere in it).
+    assert started.media_time + 0.8 - 0.5 / fps - 1e-6 <= confirmed.media_time
+    assert confirmed.media_time <= started.media_time + 0.8 + 1 / fps + 1e-6
     assert confirmed.media_time <= on_ground + 1.5
     assert confirmed.track_id == 1 and confirmed.score > 0.5
     # The features that triggered it travel with the event, as JSON.
@@ -183,6 +185,16 @@ def test_a_fall_is_confirmed_by_media_time_whatever_the_frame_rate(fps):
     assert states[0] == "upright" and states[-1] == "fallen"
     order = ["upright", "falling", "fallen"]
     assert [order.index(s) for s in states] == sorted(order.index(s) for s in states)
+
+
+def test_at_3_fps_the_first_frame_down_counts_half_the_gap_before_it():
+    """Frames 0.33 s apart: she went down somewhere between the last frame read upright and the
+    first read down, on average half way. Counting that half (0.17 s) confirms the fall two frames
+    after it starts (0.17 + 0.67 s >= confirm_s 0.8), not three (1.0 s, 0.2 s later than at 30 fps)."""
+    events, _, _ = play(fall_clip(3))
+    started, confirmed = first(events, "fall_started"), first(events, "fall_confirmed")
+    assert confirmed.media_time - started.media_time == pytest.approx(2 / 3)
+    assert confirmed.data["down_s"] == pytest.approx(0.5 / 3 + 2 / 3, abs=1e-3)
 
 
 @pytest.mark.parametrize("sit_s", [0.6, 1.5])

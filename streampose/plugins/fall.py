@@ -53,7 +53,9 @@ posture that cannot be measured (too few cues: a lying body's joints are often m
 the body is cut by the frame edge) is the last one measured for up to `max_gap_s`; after
 that the person stays down or not down as last seen, since only a measured posture can
 show a recovery. Time is summed between observations at most `max_gap_s` apart, so missed
-detections and timestamp gaps neither fake nor lose lying time.
+detections and timestamp gaps neither fake nor lose lying time; across a change of posture
+half the gap counts for the new one (it came somewhere in between: at 3 fps a fall is then
+confirmed a frame sooner, as soon as at 30 fps).
 
 Zones (a graph source's `zones`, on every frame: `streampose.geometry.zones`): a person whose
 body point is in a `rest` zone (a bed, a mat) starts no fall and raises no alarm, one in an
@@ -683,8 +685,9 @@ class FallDetector(Plugin):
         was_down = state.down
         if known:
             state.down = posture >= (p.lying_release if state.down else p.lying_threshold)
-        # Time counts between two observations in the same posture close enough together.
-        span = gap if gap is not None and gap <= p.max_gap_s and state.down == was_down else 0.0
+        # Time counts between two observations close enough together: all of it in the same
+        # posture, half of it across a change (which came somewhere in between).
+        span = 0.0 if gap is None or gap > p.max_gap_s else gap if state.down == was_down else gap / 2
         if state.down:
             # Held up on both straight arms is not lying on the floor: that time does not confirm a
             # fall (reps_burpees_side_studio: the first burpee's plank, held 0.6-0.8 s, was confirmed).
@@ -712,15 +715,18 @@ class FallDetector(Plugin):
                 and reached(state.lying_s, p.down_alarm_s) and not state.resting):
             state.long_lie_raised = True
             events.append(self._event(frame, i, "person_down", state.posture, state, lying_s=round(state.lying_s, 3)))
-        return events + self._transition(frame, i, state, posture, descent)
+        return events + self._transition(frame, i, state, posture, descent,
+                                         span if state.down and not was_down and not held_up else 0.0)
 
-    def _transition(self, frame: Frame, i: int, state: FallTrack, posture: float, descent: float) -> list[Event]:
-        """The fall state machine's move at this observation, and its event."""
+    def _transition(self, frame: Frame, i: int, state: FallTrack, posture: float, descent: float,
+                    down_now_s: float) -> list[Event]:
+        """The fall state machine's move at this observation, and its event (`down_now_s`: the
+        time down counted at this observation if the person went down at it)."""
         p, now, known = self.params, frame.media_time, np.isfinite(posture)
         if state.state in ("upright", "down", "recovered"):
             score = min(descent, posture) if known else 0.0
             if score >= 0.5 and self._may_fall(state, now):
-                state.state, state.down, state.down_s, state.up_s = "falling", True, 0.0, 0.0
+                state.state, state.down, state.down_s, state.up_s = "falling", True, down_now_s, 0.0
                 state.fall_descent = descent
                 return [self._event(frame, i, "fall_started", score, state)]
             if state.state != "recovered" or state.down:
