@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import streampose
-from streampose.evaluate.falls import resample
+from streampose.evaluate.sources import resample
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
 from streampose.runtime.pipeline import Pipeline

@@ -112,3 +112,13 @@ def test_the_pose_cache_keys_on_the_networks_precision():
     assert keys["fp32"] != keys["bf16"]
     assert pose_cache.entry_key(clip, "picodet_s_192_pedestrian", "tinypose_128x96_ov", paths) == keys["fp32"]
     assert "precision: bf16" in pose_cache.front_stages("d", "k", precision="bf16")
+
+
+def test_a_lower_frame_rate_counts_on_the_labels_timeline(tmp_path):
+    """--fps 10: the clip re-encoded at 10 frames a second, as a slower camera would send it; its
+    three squats are counted and their bottoms reported on the labels' timeline (the re-encoded
+    file starts two frames late, which the report takes out)."""
+    report, _ = evaluate(tmp_path / "out", ["squat_side_view.mp4"], "--fps", "10", "--cache", str(tmp_path / "cache"))
+    result = report["clips"][0]
+    assert result["exact"] and result["counted"] == {"squat": 3}
+    assert result["largest_time_error_s"] <= 0.15, (result["rep_times_s"], result["labelled_bottoms_s"])

@@ -582,7 +582,7 @@ def test_a_clip_re_encoded_at_a_lower_frame_rate_keeps_its_times(tmp_path):
     written file two frames late, 0.42 s at 5 fps, which every delay used to carry)."""
     import av
 
-    from streampose.evaluate.falls import resample
+    from streampose.evaluate.sources import resample
 
     source = VIDEOS / "fall_faint_studio_1280x720.mp4"
     with av.open(str(source)) as container:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import tempfile
 import time
 from collections import defaultdict
@@ -42,7 +41,7 @@ import numpy as np
 import yaml
 
 from streampose.evaluate import clip_zones, pose_cache
-from streampose.evaluate.sources import add_clip_arguments, clip_sources, parse_params
+from streampose.evaluate.sources import add_clip_arguments, clip_files, clip_sources, parse_params
 from streampose.frame import Frame
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
@@ -181,34 +180,6 @@ def run_full(clips: list[Path], models: list[Path], params: dict, lift: bool = F
         if not pipeline.wait():
             raise RuntimeError("the graph did not finish")
     return pipeline.runs
-
-
-def resample(source: Path, target: Path, fps: float) -> float:
-    """Write `source` to `target` keeping the first frame of every 1/fps seconds (each at its
-    own media time); what to add to a time in the written file to get the source's time."""
-    import av
-
-    from streampose.sinks.recorder import Mp4Writer
-
-    writer, last_step, first_time = None, None, 0.0
-    with av.open(str(source)) as container:
-        for frame in container.decode(video=0):
-            step = math.floor(frame.time * fps + 1e-6)
-            if step == last_step:
-                continue
-            last_step = step
-            image = frame.to_ndarray(format="bgr24")
-            if writer is None:
-                writer = Mp4Writer(target, image.shape[1], image.shape[0], crf=18, preset="veryfast")
-                first_time = frame.time
-            writer.write(image, frame.time)
-    writer.close()
-    # The written file's frames start at x264's B-frame delay, not 0 (a fragmented MP4 has no
-    # edit list): two frames, 0.42 s at 5 fps, which every alarm's delay carried until this.
-    with av.open(str(target)) as written:
-        stream = written.streams.video[0]
-        delay = float(stream.start_time * stream.time_base)
-    return first_time - delay
 
 
 def shift_times(run: ClipRun, offset: float) -> None:
@@ -400,8 +371,6 @@ def add_parser(commands) -> None:
     p.add_argument("--zones", type=Path, default=clip_zones.ZONES_FILE,
                    help="zones per clip (clip file name -> a graph source's zones; default: the packaged zones.yml)")
     p.add_argument("--no-zones", action="store_true", help="no zones for any clip")
-    p.add_argument("--fps", type=float, help="re-encode the clips at this frame rate first (the first frame of "
-                   "every 1/F s, same timestamps), as a slower camera would send them")
     p.set_defaults(func=command)
 
 
@@ -411,14 +380,7 @@ def command(args) -> int:
     unknown = [n for n in names if n not in labels or not (args.videos / n).is_file()]
     if unknown:
         raise SystemExit(f"not labelled in {args.labels} or not in {args.videos}: {', '.join(unknown)}")
-    clips = [args.videos / n for n in names]
-    offsets = dict.fromkeys(names, 0.0)
-    if args.fps:
-        scratch = tempfile.TemporaryDirectory(prefix="falls_fps_")   # removed when the command returns
-        resampled = Path(scratch.name)
-        for n in names:   # same file names, so the same stream ids
-            offsets[n] = resample(args.videos / n, resampled / n, args.fps)
-        clips = [resampled / n for n in names]
+    clips, offsets, _scratch = clip_files(args.videos, names, args.fps)   # re-encoded ones live as long as _scratch
     base = parse_params(args.param, FallDetector.Params) | ({"use_3d": True} if args.lift else {})
     models = args.models or [Path(__import__("os").environ.get("STREAMPOSE_MODELS", "models"))]
 

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from streampose.evaluate import pose_cache
-from streampose.evaluate.sources import add_clip_arguments, clip_sources, parse_params
+from streampose.evaluate.sources import add_clip_arguments, clip_files, clip_sources, parse_params
 from streampose.frame import Event, Frame
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
@@ -137,9 +137,10 @@ def run_full(clips: list[Path], models: list[Path], params: dict, network: str |
 
 # ------------------------------------------------------------------ scoring
 
-def judge(clip: str, label: dict, events: list[Event], exercise: str = "auto") -> dict:
+def judge(clip: str, label: dict, events: list[Event], exercise: str = "auto", offset: float = 0.0) -> dict:
     """One clip's result: labelled and counted repetitions per exercise, counts per track, and
-    the events' bottom times against the labelled ones."""
+    the events' bottom times (plus `offset`: from the video's timeline to the labels') against
+    the labelled ones."""
     expected = {name: value["count"] for name, value in (label.get("reps") or {}).items()
                 if exercise in ("auto", name)}
     per_track: dict[int, dict[str, int]] = defaultdict(dict)
@@ -149,7 +150,7 @@ def judge(clip: str, label: dict, events: list[Event], exercise: str = "auto") -
         counted[e.data["exercise"]] += 1
     bottoms = sorted(t for name, value in (label.get("reps") or {}).items() if name in expected
                      for t in value["bottoms_s"])
-    times = sorted(round(e.data["bottom_time"], 2) for e in events)
+    times = sorted(round(e.data["bottom_time"] + offset, 2) for e in events)
     error = max((abs(a - b) for a, b in zip(times, bottoms)), default=None) if len(times) == len(bottoms) else None
     return {"clip": clip, "labelled": expected, "counted": dict(counted),
             "per_track": {str(track): counts for track, counts in sorted(per_track.items())},
@@ -295,7 +296,8 @@ def command(args) -> int:
         raise SystemExit(f"not labelled in {args.labels} or not in {args.videos}: {', '.join(unknown)}")
     if args.cv and (args.no_cache or args.pose):
         raise SystemExit("--cv replays the pose cache: leave out --no-cache and --pose")
-    clips = [args.videos / n for n in names]
+    clips, offsets, _scratch = clip_files(args.videos, names, args.fps)   # re-encoded ones live as long as _scratch
+    files = dict(zip(names, clips))
     base = parse_params(args.param, RepParams) | ({} if args.exercise == "auto" else {"exercise": args.exercise})
     models = args.models or [Path(os.environ.get("STREAMPOSE_MODELS", "models"))]
 
@@ -304,10 +306,10 @@ def command(args) -> int:
 
     def evaluate(params: dict, which: list[str]) -> list[dict]:
         if tracked is None:
-            events = run_full([args.videos / n for n in which], models, params, args.pose, args.precision)
+            events = run_full([files[n] for n in which], models, params, args.pose, args.precision)
         else:
             events = run_plugin(tracked, models, params, [Path(n).stem for n in which])
-        return [judge(n, labels[n], events[Path(n).stem], args.exercise) for n in which]
+        return [judge(n, labels[n], events[Path(n).stem], args.exercise, offsets[n]) for n in which]
 
     results = evaluate(base, names)
     elapsed = time.monotonic() - started

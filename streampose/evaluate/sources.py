@@ -4,9 +4,11 @@ each comes from, for leave-one-source-out cross-validation."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -31,6 +33,23 @@ def add_clip_arguments(p: argparse.ArgumentParser) -> None:
                    help="the networks' precision (bf16: OpenVINO on a CPU with native bf16; docs/models.md)")
     p.add_argument("--pose", choices=NETWORK_KINDS, help="the full graph with a detector-free pose stage with "
                    "this network (its shared model folder) in place of detector + keypoints (docs/models.md)")
+    p.add_argument("--fps", type=float, help="re-encode the clips at this frame rate first (the first frame of "
+                   "every 1/F s, same timestamps), as a slower camera would send them")
+
+
+def clip_files(videos: Path, names: list[str], fps: float | None
+               ) -> tuple[list[Path], dict[str, float], tempfile.TemporaryDirectory | None]:
+    """The clips' video files, and for each what to add to a time in its file to get the labels'
+    time. With `fps`, the clips re-encoded at that rate into a scratch folder, which lasts as
+    long as the returned TemporaryDirectory (None without); same file names, so the same stream ids."""
+    if not fps:
+        return [videos / n for n in names], dict.fromkeys(names, 0.0), None
+    scratch = tempfile.TemporaryDirectory(prefix="evaluate_fps_")
+    folder = Path(scratch.name)
+    offsets = {n: resample(videos / n, folder / n, fps) for n in names}
+    return [folder / n for n in names], offsets, scratch
+
+
 
 
 def parse_params(items: list[str], params_class: type[BaseModel]) -> dict:
@@ -59,3 +78,31 @@ def clip_sources(sources_md: Path, names: list[str]) -> dict[str, str]:
         if len(cells) > 2 and re.search(r"\.(mp4|avi|mkv|mov)$", cells[0]):
             repos[cells[0]] = cells[1]
     return {n: repos.get(n, "original") for n in names}
+
+
+def resample(source: Path, target: Path, fps: float) -> float:
+    """Write `source` to `target` keeping the first frame of every 1/fps seconds (each at its
+    own media time); what to add to a time in the written file to get the source's time."""
+    import av
+
+    from streampose.sinks.recorder import Mp4Writer
+
+    writer, last_step, first_time = None, None, 0.0
+    with av.open(str(source)) as container:
+        for frame in container.decode(video=0):
+            step = math.floor(frame.time * fps + 1e-6)
+            if step == last_step:
+                continue
+            last_step = step
+            image = frame.to_ndarray(format="bgr24")
+            if writer is None:
+                writer = Mp4Writer(target, image.shape[1], image.shape[0], crf=18, preset="veryfast")
+                first_time = frame.time
+            writer.write(image, frame.time)
+    writer.close()
+    # The written file's frames start at x264's B-frame delay, not 0 (a fragmented MP4 has no
+    # edit list): two frames, 0.42 s at 5 fps, which every alarm's delay carried until this.
+    with av.open(str(target)) as written:
+        stream = written.streams.video[0]
+        delay = float(stream.start_time * stream.time_base)
+    return first_time - delay
