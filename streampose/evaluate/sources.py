@@ -50,8 +50,6 @@ def clip_files(videos: Path, names: list[str], fps: float | None
     return [folder / n for n in names], offsets, scratch
 
 
-
-
 def parse_params(items: list[str], params_class: type[BaseModel]) -> dict:
     """`--param KEY=VALUE` items (values read as YAML) as a plugin parameter dict, checked by the
     plugin's own schema; a bad one exits with status 2 (a user error, as everywhere in the CLI)
@@ -101,7 +99,8 @@ def resample(source: Path, target: Path, fps: float) -> float:
             writer.write(image, frame.time)
     writer.close()
     # The written file's frames start at x264's B-frame delay, not 0 (a fragmented MP4 has no
-    # edit list): two frames, 0.42 s at 5 fps, which every alarm's delay carried until this.
+    # edit list): two frames, 0.42 s at 5 fps, by which `evaluate falls --fps` scored every alarm
+    # late before this was taken out.
     with av.open(str(target)) as written:
         stream = written.streams.video[0]
         delay = float(stream.start_time * stream.time_base)
