@@ -20,8 +20,9 @@ OUTPUT_TEST_PACKAGES := mosquitto chromium chromium-driver
 # Installs come from the lock files (exact versions and hashes, pip-tools style .txt compiled by uv),
 # never from setup.cfg's ranges:
 # requirements-demo.txt runs the daemon, requirements.txt adds the tests, training and export,
-# requirements-build.txt is what `pip install -e .` builds with.
-# `make lock` re-resolves all three; a lock change lands only with `make test` passing on it.
+# requirements-build.txt is what `pip install -e .` builds with; pylock.toml (PEP 751) is
+# requirements.txt's resolution for tools that read the standard lock format (uv, pdm, pip lock).
+# `make lock` re-resolves all four; a lock change lands only with `make test` passing on it.
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
 UV_VERSION := 0.13.9
 
@@ -43,6 +44,8 @@ lock: $(VENV)/.installed
 		setup.cfg -c requirements.txt -o requirements-demo.txt
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --generate-hashes \
 		requirements-build.in -c requirements.txt -o requirements-build.txt
+	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --generate-hashes \
+		setup.cfg --extra test -c requirements.txt --format pylock.toml -o pylock.toml
 
 demo: $(VENV)/.installed
 	$(PY) run_pipeline.py graphs/demo.yml
