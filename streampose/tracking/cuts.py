@@ -118,24 +118,22 @@ class Look:
     """A frame as the cut detector compares it.
 
     grey:       (24, 32) float, the thumbnail's grey levels 0-255.
-    background: (24, 32) bool, the thumbnail pixels no detected person's box touches.
+    people:     (N, 4) float, the frame's detected persons' boxes in thumbnail pixels, x1 y1 x2 y2.
     media_time: the frame's media time, seconds.
     """
 
     grey: np.ndarray
-    background: np.ndarray
+    people: np.ndarray
     media_time: float
 
-
-def background_cells(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(24, 32) bool: the thumbnail pixels of a width x height frame that none of `boxes`
-    ((N, 4) x1 y1 x2 y2 pixels) touches."""
-    columns, rows = THUMBNAIL_SIZE
-    background = np.ones((rows, columns), bool)
-    cells = np.asarray(boxes, np.float64).reshape(-1, 4) / np.tile([width / columns, height / rows], 2)
-    for x1, y1, x2, y2 in np.clip(cells, 0, np.tile([columns, rows], 2)):
-        background[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = False
-    return background
+    def background(self) -> np.ndarray:
+        """(24, 32) bool: the thumbnail pixels no person's box touches. Made only when a pair of
+        frames far apart is judged (35 us for 9 boxes, an eighth of a look's cost)."""
+        rows, columns = self.grey.shape
+        background = np.ones((rows, columns), bool)
+        for x1, y1, x2, y2 in np.clip(self.people, 0, [columns, rows, columns, rows]):
+            background[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = False
+        return background
 
 
 def background_similarity(a: Look, b: Look, max_shift: int = MAX_SHIFT) -> float | None:
@@ -145,11 +143,11 @@ def background_similarity(a: Look, b: Look, max_shift: int = MAX_SHIFT) -> float
     Sums over each shift's pixels as in aligned_similarity, weighted by the background masks."""
     height, width = a.grey.shape
     padded = np.zeros((3, height + 2 * max_shift, width + 2 * max_shift))
-    weight_b = b.background.astype(np.float64)
+    weight_b = b.background().astype(np.float64)
     padded[:, max_shift:max_shift + height, max_shift:max_shift + width] = [weight_b, weight_b * b.grey,
                                                                            weight_b * b.grey ** 2]
     windows = np.lib.stride_tricks.sliding_window_view(padded, (height, width), axis=(1, 2))[:, ::-1, ::-1]
-    weight_a = a.background.astype(np.float64)
+    weight_a = a.background().astype(np.float64)
     # sums[k, l, dy, dx]: sum over the pixels of (b's weight x b^k), shifted, times (a's weight x a^l)
     sums = np.einsum("kyxhw,lhw->klyx", windows, np.stack([weight_a, weight_a * a.grey, weight_a * a.grey ** 2]))
     count, sum_a, sum_aa = sums[0, 0], sums[0, 1], sums[0, 2]
@@ -178,7 +176,10 @@ class CutDetector:
         """What a frame is compared by: its thumbnail's grey pixels and which of them show no
         person (`boxes`, the frame's detections, (N, 4) x1 y1 x2 y2 pixels)."""
         grey = cv2.cvtColor(thumbnail(image), cv2.COLOR_BGR2GRAY).astype(np.float64)
-        return Look(grey, background_cells(boxes, image.shape[1], image.shape[0]), media_time)
+        height, width = image.shape[:2]
+        columns, rows = THUMBNAIL_SIZE
+        scale = np.array([columns / width, rows / height] * 2)
+        return Look(grey, np.asarray(boxes, np.float64).reshape(-1, 4) * scale, media_time)
 
     def is_cut(self, last: Look | None, now: Look) -> bool:
         if last is None or aligned_similarity(last.grey, now.grey) >= self.threshold:
