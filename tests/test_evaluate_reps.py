@@ -91,6 +91,9 @@ def test_leave_one_source_out_chooses_on_the_other_sources(cached, tmp_path):
     assert [r["clip"] for r in cv["held_out"]] != [] and cv["held_out_totals"]["clips"] == len(CLIPS)
     assert set(cv["scores"]) == set(cv["in_sample_params"]) == set(cv["grid"])
     assert "## Leave-one-source-out" in (tmp_path / "out" / "reps.md").read_text()
+    # --jobs 2: the scan in two spawned processes, each replaying the pose cache itself, scores alike
+    parallel, _ = evaluate(tmp_path / "jobs", CLIPS, "--cache", str(cache), "--cv", "--jobs", "2")
+    assert parallel["cv"]["scores"] == cv["scores"] and parallel["cv"]["folds"] == cv["folds"]
 
 
 def test_an_unknown_clip_or_parameter_is_one_clear_line(tmp_path):
@@ -122,3 +125,13 @@ def test_a_lower_frame_rate_counts_on_the_labels_timeline(tmp_path):
     result = report["clips"][0]
     assert result["exact"] and result["counted"] == {"squat": 3}
     assert result["largest_time_error_s"] <= 0.15, (result["rep_times_s"], result["labelled_bottoms_s"])
+
+
+def test_the_networks_are_chosen_on_the_command_line(tmp_path):
+    """--detector / --keypoints: the evaluation runs the named networks (here the larger
+    TinyPose), says so in its report, and keeps their poses in their own cache entries."""
+    report, _ = evaluate(tmp_path / "out", ["squat_side_view.mp4"], "--cache", str(tmp_path / "cache"),
+                         "--detector", "picodet_s_320_lcnet_pedestrian_ov", "--keypoints", "tinypose_256x192_ov")
+    assert "picodet_s_320_lcnet_pedestrian_ov + tinypose_256x192_ov" in (tmp_path / "out" / "reps.md").read_text()
+    assert report["clips"][0]["exact"] and report["clips"][0]["counted"] == {"squat": 3}
+    assert len(list((tmp_path / "cache").glob("squat_side_view.*.npz"))) == 1

@@ -113,11 +113,11 @@ def plugin_params_text(params: dict) -> str:
 
 
 def track_cached(clips: list[Path], cache_dir: Path, models: list[Path], lift: bool = False,
-                 precision: str = "fp32") -> dict[str, list[Frame]]:
+                 precision: str = "fp32", front: tuple[str, str] = (DETECTOR, KEYPOINTS)) -> dict[str, list[Frame]]:
     """Every clip's cached frames through the tracker and smoother stages (and the lifter with
     `lift`), which no fall parameter changes, kept without their images for the fall plugin to
     run over, once per parameter setting."""
-    entries = pose_cache.build(clips, cache_dir, DETECTOR, KEYPOINTS, models, precision)
+    entries = pose_cache.build(clips, cache_dir, *front, models, precision)
     with tempfile.TemporaryDirectory() as scratch:
         stages = pose_cache.build_stages(_replay_graph(clips, {}, lift), Path(scratch),
                                          default_search_path(models))[:-1]
@@ -164,16 +164,17 @@ class _Collector(Pipeline):
 
 def run_full(clips: list[Path], models: list[Path], params: dict, lift: bool = False,
              zones: dict[str, tuple] | None = None, network: str | None = None,
-             precision: str = "fp32") -> dict[str, ClipRun]:
-    """The full graph over `clips`, each source with its zones (clip file name -> zones); `network`
-    puts the detector-free pose stage with that network in front instead of detector + keypoints."""
+             precision: str = "fp32", front: tuple[str, str] = (DETECTOR, KEYPOINTS)) -> dict[str, ClipRun]:
+    """The full graph over `clips`, each source with its zones (clip file name -> zones); `front`
+    names its detector and keypoint models, or `network` puts the detector-free pose stage with
+    that network in front instead."""
     zones = zones or {}
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "falls.yml"
         sources = json.dumps([{"id": pose_cache.stream_id(c), "uri": str(c), "zones": clip_zones.as_graph(zones.get(c.name, ()))}
                               for c in clips])
         path.write_text(FULL_GRAPH.format(sources=sources,
-                                          front=pose_cache.front_stages(DETECTOR, KEYPOINTS, network, precision),
+                                          front=pose_cache.front_stages(*front, network, precision),
                                           after=after_pose(params, lift)))
         pipeline = _Collector(load_graph(path), model_paths=default_search_path(models), output_dir=Path(scratch))
         pipeline.start()
@@ -371,7 +372,7 @@ def add_parser(commands) -> None:
     p.add_argument("--zones", type=Path, default=clip_zones.ZONES_FILE,
                    help="zones per clip (clip file name -> a graph source's zones; default: the packaged zones.yml)")
     p.add_argument("--no-zones", action="store_true", help="no zones for any clip")
-    p.set_defaults(func=command)
+    p.set_defaults(func=command, detector=DETECTOR, keypoints=KEYPOINTS)
 
 
 def command(args) -> int:
@@ -388,13 +389,15 @@ def command(args) -> int:
         zones = {} if args.no_zones else clip_zones.load(args.zones)
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models, args.lift, args.precision)
+    front = (args.detector, args.keypoints)
+    tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models, args.lift,
+                                                                   args.precision, front)
     for n in names:   # every frame carries its stream's zones, as a graph's source gives them (run_full)
         for frame in (tracked or {}).get(Path(n).stem, []):
             frame.zones = zones.get(n, ())
 
     def evaluate_point(params: dict) -> tuple[list[dict], dict[str, ClipRun]]:
-        runs = run_full(clips, models, params, args.lift, zones, args.pose, args.precision) if tracked is None \
+        runs = run_full(clips, models, params, args.lift, zones, args.pose, args.precision, front) if tracked is None \
             else run_plugin(tracked, models, params)
         for n in names:
             shift_times(runs[Path(n).stem], offsets[n])
@@ -406,7 +409,8 @@ def command(args) -> int:
     elapsed = time.monotonic() - started
     t = totals(results)
     report = [f"# Fall evaluation\n\nparams: {base or 'defaults'}; "
-              f"{'full graph' if args.no_cache else 'pose cache'}; {sum(r['frames'] for r in results)} frames "
+              f"{f'pose stage {args.pose}' if args.pose else ' + '.join(front)}; "
+              f"{'full graph' if tracked is None else 'pose cache'}; {sum(r['frames'] for r in results)} frames "
               f"in {elapsed:.0f} s\n", table(results), "", summary(t)]
     print("\n".join(report[1:]))
     out = {"params": base, "elapsed_s": round(elapsed, 1), "totals": t, "clips": results}

@@ -77,10 +77,11 @@ def _replay_graph(clips: list[Path], params: dict) -> str:
     return f"sources: {sources}\nstages:\n" + AFTER_POSE.format(params=json.dumps(params))
 
 
-def track_cached(clips: list[Path], cache_dir: Path, models: list[Path], precision: str = "fp32") -> dict[str, list[Frame]]:
+def track_cached(clips: list[Path], cache_dir: Path, models: list[Path], precision: str = "fp32",
+                 front: tuple[str, str] = (DETECTOR, KEYPOINTS)) -> dict[str, list[Frame]]:
     """Every clip's cached frames through the tracker and smoother stages, which no counter
     parameter changes, kept without their images for the plugin to run over, once per setting."""
-    entries = pose_cache.build(clips, cache_dir, DETECTOR, KEYPOINTS, models, precision)
+    entries = pose_cache.build(clips, cache_dir, *front, models, precision)
     with tempfile.TemporaryDirectory() as scratch:
         stages = pose_cache.build_stages(_replay_graph(clips, {}), Path(scratch), default_search_path(models))[:-1]
         tracked: dict[str, list[Frame]] = defaultdict(list)
@@ -121,12 +122,12 @@ class _Collector(Pipeline):
 
 
 def run_full(clips: list[Path], models: list[Path], params: dict, network: str | None = None,
-             precision: str = "fp32") -> dict[str, list[Event]]:
+             precision: str = "fp32", front: tuple[str, str] = (DETECTOR, KEYPOINTS)) -> dict[str, list[Event]]:
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "reps.yml"
         sources = json.dumps([{"id": pose_cache.stream_id(c), "uri": str(c)} for c in clips])
         path.write_text(FULL_GRAPH.format(sources=sources,
-                                          front=pose_cache.front_stages(DETECTOR, KEYPOINTS, network, precision),
+                                          front=pose_cache.front_stages(*front, network, precision),
                                           after=AFTER_POSE.format(params=json.dumps(params))))
         pipeline = _Collector(load_graph(path), model_paths=default_search_path(models), output_dir=Path(scratch))
         pipeline.start()
@@ -194,7 +195,17 @@ def table(results: list[dict]) -> str:
 
 # ------------------------------------------------------------------ cross-validation
 
-_SHARED: tuple = ()   # (tracked frames, models, labels, exercise) for the scan's worker processes
+_SHARED: tuple = ()   # (tracked frames, models, labels, exercise) for the scan, in each of its processes
+
+
+def _load_shared(clips: list[Path], cache_dir: Path, models: list[Path], precision: str, front: tuple[str, str],
+                 labels: dict, exercise: str) -> None:
+    """A scan worker's start: its own tracked frames, replayed from the pose cache (about 25 s).
+    Workers are spawned, not forked: forked from the evaluation, whose OpenVINO threads are alive,
+    the workers of a full run at 10 fps hung (each waiting on a lock inside pydantic-core, no CPU
+    used for minutes; a fork copies a lock some other thread held)."""
+    global _SHARED
+    _SHARED = (track_cached(clips, cache_dir, models, precision, front), models, labels, exercise)
 
 
 def _scan_point(params: dict) -> dict[str, bool]:
@@ -211,15 +222,17 @@ def _middle_of_best(values: list, scores: list[int]):
 
 
 def cross_validate(names: list[str], sources: dict[str, str], base: dict, evaluate, jobs: int = 1,
-                   log=print) -> dict:
+                   worker_setup: tuple = (), log=print) -> dict:
     """Leave-one-source-out. Each GRID parameter is scanned alone (the others at `base` or their
     defaults) over every clip once; for each held-out source every parameter takes the middle of
     the values that count the most of the other sources' clips exactly, and the held-out clips
-    are counted with those choices. `evaluate(params, names)` returns the judged results."""
+    are counted with those choices. `evaluate(params, names)` returns the judged results. The
+    scan runs here on `_SHARED`, or with `jobs` > 1 in that many processes, each started by
+    `_load_shared(*worker_setup)`."""
     points = [{**base, name: value} for name, values in GRID.items() for value in values]
     started = time.monotonic()
     if jobs > 1:
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        with multiprocessing.get_context("spawn").Pool(jobs, _load_shared, worker_setup) as pool:
             exact = pool.map(_scan_point, points)
     else:
         exact = [_scan_point(p) for p in points]
@@ -284,7 +297,7 @@ def add_parser(commands) -> None:
     p.add_argument("--cv", action="store_true", help="also leave-one-source-out cross-validation over GRID")
     p.add_argument("--jobs", type=int, default=1, help="processes for the --cv scan (default 1)")
     p.add_argument("-o", "--output", type=Path, default=Path("out/evaluate/reps"), help="folder for reps.md and reps.json")
-    p.set_defaults(func=command)
+    p.set_defaults(func=command, detector=DETECTOR, keypoints=KEYPOINTS)
 
 
 def command(args) -> int:
@@ -302,11 +315,12 @@ def command(args) -> int:
     models = args.models or [Path(os.environ.get("STREAMPOSE_MODELS", "models"))]
 
     started = time.monotonic()
-    tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models, args.precision)
+    front = (args.detector, args.keypoints)
+    tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models, args.precision, front)
 
     def evaluate(params: dict, which: list[str]) -> list[dict]:
         if tracked is None:
-            events = run_full([files[n] for n in which], models, params, args.pose, args.precision)
+            events = run_full([files[n] for n in which], models, params, args.pose, args.precision, front)
         else:
             events = run_plugin(tracked, models, params, [Path(n).stem for n in which])
         return [judge(n, labels[n], events[Path(n).stem], args.exercise, offsets[n]) for n in which]
@@ -315,7 +329,7 @@ def command(args) -> int:
     elapsed = time.monotonic() - started
     t = totals(results)
     report = [f"# Repetition counting\n\nparams: {base or 'defaults'}; "
-              f"{f'pose stage {args.pose}' if args.pose else f'{DETECTOR} + {KEYPOINTS}'}; "
+              f"{f'pose stage {args.pose}' if args.pose else ' + '.join(front)}; "
               f"{'pose cache' if tracked is not None else 'full graph'}; {elapsed:.0f} s\n", table(results), "", summary(t)]
     print("\n".join(report[1:]), flush=True)
     out = {"params": base, "elapsed_s": round(elapsed, 1), "totals": t, "clips": results}
@@ -323,7 +337,8 @@ def command(args) -> int:
         sources = clip_sources(args.sources or args.labels.parent / "SOURCES.md", names)
         print(f"\nleave-one-source-out cross-validation over {sum(map(len, GRID.values()))} grid points", flush=True)
         _SHARED = (tracked, models, {n: labels[n] for n in names}, args.exercise)
-        cv = cross_validate(names, sources, base, evaluate, args.jobs)
+        setup = (clips, args.cache, models, args.precision, front, _SHARED[2], args.exercise)
+        cv = cross_validate(names, sources, base, evaluate, args.jobs, setup)
         changed = [f"{f['source']}: {f['changed']}" for f in cv["folds"] if f["changed"]]
         report += ["", "## Leave-one-source-out", "", cv_table(results, cv, sources), "",
                    f"held out: {summary(cv['held_out_totals'])}",

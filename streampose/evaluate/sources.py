@@ -31,6 +31,8 @@ def add_clip_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="run the full graph (detector and keypoints too)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="the networks' precision (bf16: OpenVINO on a CPU with native bf16; docs/models.md)")
+    p.add_argument("--detector", metavar="MODEL", help="the person detector (default: the command's graph's)")
+    p.add_argument("--keypoints", metavar="MODEL", help="the keypoint network (default: the command's graph's)")
     p.add_argument("--pose", choices=NETWORK_KINDS, help="the full graph with a detector-free pose stage with "
                    "this network (its shared model folder) in place of detector + keypoints (docs/models.md)")
     p.add_argument("--fps", type=float, help="re-encode the clips at this frame rate first (the first frame of "
