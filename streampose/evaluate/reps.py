@@ -200,7 +200,7 @@ _SHARED: tuple = ()   # (tracked frames, models, labels, exercise) for the scan,
 
 def _load_shared(clips: list[Path], cache_dir: Path, models: list[Path], precision: str, front: tuple[str, str],
                  labels: dict, exercise: str) -> None:
-    """A scan worker's start: its own tracked frames, replayed from the pose cache (about 25 s).
+    """A scan worker's start: its own tracked frames, replayed from the pose cache (seconds).
     Workers are spawned, not forked: forked from the evaluation, whose OpenVINO threads are alive,
     the workers of a full run at 10 fps hung (each waiting on a lock inside pydantic-core, no CPU
     used for minutes; a fork copies a lock some other thread held)."""

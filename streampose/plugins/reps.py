@@ -313,8 +313,8 @@ class RepParams(PluginParams):
     max_gap_s: float = Field(0.7, gt=0, le=60, description="Signals missing (keypoints not confident) for "
                              "longer than this, seconds, break the repetition in progress: the person must be "
                              "seen at rest again. 0.7 lets a 5 fps camera miss two frames in a row (a sit-up's "
-                             "lying frames: 0.5 counted 0 of 9 sit-ups at 5 fps, 0.7 and 0.9 count 8; the same "
-                             "at the clips' own rates and 10 fps).")
+                             "lying frames: 0.5 counted 0 of 9 sit-ups at 5 fps, 0.7 and 0.9 count 8; counts at "
+                             "the clips' own rates and at 10 fps unchanged).")
     smoothing_s: float = Field(0.05, ge=0, le=5, description="Time constant of the low-pass filter on the body "
                                "signals, seconds; 0 = none (a smoother stage before the plugin smooths the "
                                "keypoints themselves).")
