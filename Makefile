@@ -17,16 +17,16 @@ OUTPUT_TEST_PACKAGES := mosquitto chromium chromium-driver
 
 .PHONY: demo test rtsp-deps output-test-deps bench docs lifter lock clean
 
-# Installs come from the lock files (exact versions and hashes, pip-tools style .txt compiled by uv),
-# never from setup.cfg's ranges:
-# requirements-demo.txt runs the daemon, requirements.txt adds the tests, training and export,
-# requirements-build.txt is what `pip install -e .` builds with; pylock.toml (PEP 751) is
-# requirements.txt's resolution for tools that read the standard lock format (uv, pdm, pip lock).
-# `make lock` re-resolves all four; a lock change lands only with `make test` passing on it.
+# Installs come from the lock (exact versions and hashes), never from pyproject.toml's ranges:
+# uv.lock is the resolution; requirements-demo.txt (runs the daemon), requirements.txt (adds the
+# tests, training and export) and requirements-build.txt (what `pip install -e .` builds with)
+# are its exports in pip's hash-checked format, so a fresh machine needs nothing but pip.
+# `make lock` re-resolves and re-exports; a lock change lands only with `make test` passing on it.
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
 UV_VERSION := 0.13.9
+UV_EXPORT := $(VENV)/bin/uv export --quiet --frozen --no-emit-project
 
-$(VENV)/.installed: requirements-build.txt requirements-demo.txt setup.cfg pyproject.toml
+$(VENV)/.installed: requirements-build.txt requirements-demo.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --require-hashes -r requirements-build.txt -r requirements-demo.txt
 	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
@@ -38,14 +38,10 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements.txt
 
 lock: $(VENV)/.installed
 	$(PIP_INSTALL) uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip compile --quiet --upgrade --python-version 3.11 --generate-hashes \
-		setup.cfg --extra test -o requirements.txt
-	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --generate-hashes \
-		setup.cfg -c requirements.txt -o requirements-demo.txt
-	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --generate-hashes \
-		requirements-build.in -c requirements.txt -o requirements-build.txt
-	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --generate-hashes \
-		setup.cfg --extra test -c requirements.txt --format pylock.toml -o pylock.toml
+	$(VENV)/bin/uv lock --upgrade
+	$(UV_EXPORT) --extra test -o requirements.txt
+	$(UV_EXPORT) -o requirements-demo.txt
+	$(UV_EXPORT) --only-group build -o requirements-build.txt
 
 demo: $(VENV)/.installed
 	$(PY) run_pipeline.py graphs/demo.yml

@@ -1,39 +1,79 @@
-"""The lock files agree: pylock.toml (PEP 751) pins exactly the packages and versions of
-requirements.txt, which `make test` installs from, with files whose hashes requirements.txt
-allows, so either format installs what CI tested. (uv writes pylock.toml's wheels for the
-platform it resolves on, Linux x86_64 here; requirements.txt lists every platform's hashes.)"""
+"""The lock and what installs from it agree. uv.lock is the resolution (`make lock`);
+requirements.txt, requirements-demo.txt and requirements-build.txt are its exports in pip's
+hash-checked format, which `make test`, `make demo` and the Dockerfile install. Each must pin
+exactly the packages the lock resolves for what it installs, at the locked versions, with
+hashes of the locked files, so a lock changed without exporting again fails here."""
 
 from __future__ import annotations
 
 import re
 import tomllib
 
+import pytest
+
 from conftest import REPO
 
 
-def requirements_pins() -> dict[str, tuple[str, set[str]]]:
-    """requirements.txt: package -> (version, its sha256 hashes)."""
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def exported_pins(file_name: str) -> dict[str, tuple[str, set[str]]]:
+    """A requirements file: package -> (version, its sha256 hashes)."""
     pins, name = {}, None
-    for line in (REPO / "requirements.txt").read_text().splitlines():
-        pinned = re.match(r"^([A-Za-z0-9._-]+)==([^ \\]+)", line)
+    for line in (REPO / file_name).read_text().splitlines():
+        pinned = re.match(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)", line)
         if pinned:
-            name = pinned.group(1).lower().replace("_", "-")
+            name = canonical(pinned.group(1))
             pins[name] = (pinned.group(2), set())
         for digest in re.findall(r"--hash=sha256:([0-9a-f]{64})", line):
             pins[name][1].add(digest)
     return pins
 
 
-def test_pylock_pins_what_requirements_txt_pins():
-    lock = tomllib.loads((REPO / "pylock.toml").read_text())
-    packages = {}
-    for package in lock["packages"]:
-        files = [package["sdist"]] if "sdist" in package else []
-        files += package.get("wheels", [])
-        packages[package["name"].lower()] = (package["version"], {f["hashes"]["sha256"] for f in files})
-    pins = requirements_pins()
-    assert len(pins) == 81 and all(hashes for _, hashes in pins.values())
-    assert {name: version for name, (version, _) in packages.items()} == \
-        {name: version for name, (version, _) in pins.items()}
-    for name, (_, hashes) in packages.items():
-        assert hashes and hashes <= pins[name][1], name
+def locked() -> dict[str, dict]:
+    """uv.lock: package -> its [[package]] table."""
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    return {canonical(package["name"]): package for package in lock["package"]}
+
+
+def needed(packages: dict[str, dict], roots: list[dict]) -> set[str]:
+    """The packages `roots` (uv.lock dependency entries) pull in, extras followed."""
+    seen, todo = set(), list(roots)
+    while todo:
+        entry = todo.pop()
+        name = canonical(entry["name"])
+        package = packages[name]
+        for extra in entry.get("extra", []):
+            todo += package.get("optional-dependencies", {}).get(extra, [])
+        if name not in seen:
+            seen.add(name)
+            todo += package.get("dependencies", [])
+    return seen
+
+
+def file_hashes(package: dict) -> set[str]:
+    files = [package["sdist"]] if "sdist" in package else []
+    files += package.get("wheels", [])
+    return {f["hash"].removeprefix("sha256:") for f in files}
+
+
+@pytest.mark.parametrize("file_name, extras, group", [
+    ("requirements-demo.txt", [], None),
+    ("requirements.txt", ["test"], None),
+    ("requirements-build.txt", None, "build"),
+])
+def test_each_export_pins_what_the_lock_resolves(file_name, extras, group):
+    packages = locked()
+    project = packages["streampose"]
+    if group:
+        roots = project["dev-dependencies"][group]
+    else:
+        roots = list(project["dependencies"])
+        for extra in extras:
+            roots += project["optional-dependencies"][extra]
+    pins = exported_pins(file_name)
+    assert set(pins) == needed(packages, roots)
+    for name, (version, hashes) in pins.items():
+        assert version == packages[name]["version"], name
+        assert hashes and hashes <= file_hashes(packages[name]), name
