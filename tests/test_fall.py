@@ -576,6 +576,15 @@ def test_replaying_the_pose_cache_gives_what_the_full_graph_gives(evaluation, tm
         assert a["alarms"] == b["alarms"] == c["alarms"], a["clip"]
 
 
+def test_clips_without_a_labelled_fall_are_scored_too(tmp_path):
+    """`evaluate falls --clip` on a clip with no labelled fall (checking that a burpee or a walk
+    raises nothing) reports its alarms, with no recall to give."""
+    report = evaluate(tmp_path / "out", ["office_man_walking_1280x720.mp4"], "--cache", str(tmp_path / "cache"),
+                      "--no-plots")
+    assert report["totals"]["falls"] == 0 and report["totals"]["recall"] is None
+    assert "1 clips, 1 pass; no labelled fall; false alarms 0 in 0.1 min" in (tmp_path / "out" / "falls.md").read_text()
+
+
 def test_a_clip_re_encoded_at_a_lower_frame_rate_keeps_its_times(tmp_path):
     """`evaluate falls --fps` scores alarms on the labels' timeline: each frame of the re-encoded
     clip, its time mapped back, is the source frame of that time (x264's B-frames start the

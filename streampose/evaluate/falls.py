@@ -261,12 +261,18 @@ def table(results: list[dict]) -> str:
 
 
 def summary(t: dict) -> str:
-    return (f"{t['clips']} clips, {t['passed']} pass; falls detected within {MAX_DELAY_S:g} s: {t['detected']}/{t['falls']}"
-            f" (recall {t['recall']:.0%}), delay median {t['median_delay_s']} s, p90 {t['p90_delay_s']} s; "
-            f"long lies caught {t['long_lies_caught']}/{t['long_lies']}; false alarms {t['false_alarms']} "
-            f"in {t['no_fall_hours'] * 60:.1f} min of no-fall footage ({t['false_alarms_per_hour']}/h, "
-            f"{t['clips_with_false_alarms']} clips); other_down_events raising an alarm: "
-            f"{t['other_down_violated']}/{t['other_down_events']}")
+    """The totals in one line. A run of clips without a labelled fall (or without footage
+    outside the falls) has no recall (or rate) and says so."""
+    def seconds(value):
+        return "-" if value is None else f"{value} s"
+
+    falls = (f"falls detected within {MAX_DELAY_S:g} s: {t['detected']}/{t['falls']} (recall {t['recall']:.0%}), "
+             f"delay median {seconds(t['median_delay_s'])}, p90 {seconds(t['p90_delay_s'])}; "
+             f"long lies caught {t['long_lies_caught']}/{t['long_lies']}" if t["falls"] else "no labelled fall")
+    rate = "" if t["false_alarms_per_hour"] is None else f"{t['false_alarms_per_hour']}/h, "
+    return (f"{t['clips']} clips, {t['passed']} pass; {falls}; false alarms {t['false_alarms']} "
+            f"in {t['no_fall_hours'] * 60:.1f} min of no-fall footage ({rate}{t['clips_with_false_alarms']} clips); "
+            f"other_down_events raising an alarm: {t['other_down_violated']}/{t['other_down_events']}")
 
 
 # ------------------------------------------------------------------ timelines
