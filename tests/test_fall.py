@@ -16,6 +16,7 @@ import yaml
 
 from conftest import MEDIA, MODELS, REPO, VIDEOS
 from streampose import messages
+from streampose.evaluate.falls import ClipRun, cross_validate, judge
 from streampose.frame import Event, Frame, Persons, StreamEvent
 from streampose.graph import schema
 from streampose.plugins.fall import FallDetector
@@ -583,6 +584,53 @@ def test_clips_without_a_labelled_fall_are_scored_too(tmp_path):
                       "--no-plots")
     assert report["totals"]["falls"] == 0 and report["totals"]["recall"] is None
     assert "1 clips, 1 pass; no labelled fall; false alarms 0 in 0.1 min" in (tmp_path / "out" / "falls.md").read_text()
+
+
+def test_cross_validation_pooled_over_frame_rates_chooses_for_the_slow_cameras_too():
+    """`evaluate falls --cv --cv-fps 5`: each clip is also scored re-encoded at 5 fps, a fold
+    holds a source out at every rate and chooses on the other sources at every rate. Here the
+    clips' own rate catches every fall at both `min_speed` values, a little sooner at 0.5,
+    and 5 fps only at 0.3: chosen at the own rate alone, 0.5 would miss every slow camera's fall."""
+    label = {"duration_s": 6.0, "falls": [{"start_s": 1.0, "on_ground_s": 2.0}]}
+    clips = {"a.mp4": "source_a", "b.mp4": "source_b", "c.mp4": "source_c"}
+
+    def run(delay: float | None) -> ClipRun:
+        events = [] if delay is None else [{"kind": "fall_confirmed", "time": 2.0 + delay}]
+        return ClipRun(duration=6.0, frames=60, events=events)
+
+    def evaluate_point(params: dict, rates: tuple[str, ...]) -> list[dict]:
+        results = []
+        for clip in clips:
+            results.append(judge(clip, label, run(0.5 if params["min_speed"] == 0.5 else 0.7), 30.0))
+            if "5 fps" in rates:
+                results.append(judge(f"{clip} @ 5 fps", label, run(0.9 if params["min_speed"] == 0.3 else None), 30.0))
+        return results
+
+    own_only = cross_validate(list(clips), clips, lambda params: evaluate_point(params, ("own rate",)))
+    assert own_only["in_sample_params"]["min_speed"] == 0.5 and "by_rate" not in own_only
+
+    keys = {c: "own rate" for c in clips} | {f"{c} @ 5 fps": "5 fps" for c in clips}
+    pooled = cross_validate(list(keys), {k: clips[k.split(" @ ")[0]] for k in keys},
+                            lambda params: evaluate_point(params, ("own rate", "5 fps")), keys)
+    assert [sorted(fold["clips"]) for fold in pooled["folds"]] == [[c, f"{c} @ 5 fps"] for c in clips]
+    assert all(fold["params"]["min_speed"] == 0.3 for fold in pooled["folds"])
+    held_out = pooled["by_rate"]
+    assert (held_out["own rate"]["held_out"]["detected"], held_out["5 fps"]["held_out"]["detected"]) == (3, 3)
+    assert held_out["5 fps"]["held_out"]["median_delay_s"] == 0.9 and pooled["held_out"]["detected"] == 6
+
+
+def test_evaluate_falls_cross_validates_over_frame_rates(tmp_path):
+    """`evaluate falls --cv-fps 5`: the clip is scored at its own rate and re-encoded at 5 fps,
+    both in one leave-one-source-out run, with totals per rate."""
+    clip = "fall_faint_studio_1280x720.mp4"
+    report = evaluate(tmp_path / "out", [clip], "--cache", str(tmp_path / "cache"), "--no-plots", "--cv-fps", "5")
+    cv = report["cv"]
+    assert [fold["clips"] for fold in cv["folds"]] == [[clip, f"{clip} @ 5 fps"]]
+    assert list(cv["by_rate"]) == ["own rate", "5 fps"]
+    assert cv["by_rate"]["own rate"]["in_sample"]["falls"] == cv["by_rate"]["5 fps"]["in_sample"]["falls"] == 1
+    assert cv["in_sample"]["falls"] == 2
+    markdown = (tmp_path / "out" / "falls.md").read_text()
+    assert "at own rate, held out: 1 clips" in markdown and "at 5 fps, in sample: 1 clips" in markdown
 
 
 def test_a_clip_re_encoded_at_a_lower_frame_rate_keeps_its_times(tmp_path):

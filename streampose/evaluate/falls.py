@@ -23,7 +23,8 @@ Totals: recall within MAX_DELAY_S, median and 90th percentile delay, false alarm
 footage outside the fall windows. `--cv` adds leave-one-source-out cross-validation of a small
 grid of plugin thresholds (`CV_GRID`): for each source of clips (SOURCES.md beside the labels;
 the first nine clips are one source, "original") the grid point best on the other sources is
-scored on it.
+scored on it. `--cv-fps 10 5 3` pools the clips re-encoded at those rates into every fold, so
+a threshold is chosen for cameras from 3 fps up, not for the clips' own 10-60 fps alone.
 """
 
 from __future__ import annotations
@@ -328,8 +329,12 @@ def _fold_score(t: dict) -> tuple:
     return (-(t["false_alarms"] + t["other_down_violated"]), t["detected"], -(t["median_delay_s"] or 99))
 
 
-def cross_validate(names: list[str], labels: dict, sources: dict[str, str], evaluate_point) -> dict:
-    """Leave-one-source-out: for every source, the grid point best on the others, scored on it."""
+def cross_validate(names: list[str], sources: dict[str, str], evaluate_point,
+                   rates: dict[str, str] | None = None) -> dict:
+    """Leave-one-source-out: for every source, the grid point best on the others, scored on it.
+    `names` are the keys of `evaluate_point`'s results (their "clip"); with `rates` (key -> the
+    frame rate it was seen at) the same clip at several rates is several keys of one source, a
+    fold chooses on all of them, and the held-out and in-sample totals are given per rate too."""
     keys = list(CV_GRID)
     points = [dict(zip(keys, values)) for values in itertools.product(*CV_GRID.values())]
     per_point = []   # (params, {clip: result})
@@ -350,8 +355,13 @@ def cross_validate(names: list[str], labels: dict, sources: dict[str, str], eval
                       "detected": t["detected"], "false_alarms": t["false_alarms"],
                       "other_down_violated": t["other_down_violated"]})
     in_sample = max(per_point, key=lambda p: _fold_score(totals(list(p[1].values()))))
-    return {"grid": CV_GRID, "folds": folds, "held_out": totals(held_out),
-            "in_sample_params": in_sample[0], "in_sample": totals(list(in_sample[1].values()))}
+    cv = {"grid": CV_GRID, "folds": folds, "held_out": totals(held_out),
+          "in_sample_params": in_sample[0], "in_sample": totals(list(in_sample[1].values()))}
+    if rates:
+        cv["by_rate"] = {rate: {"held_out": totals([r for r in held_out if rates[r["clip"]] == rate]),
+                                "in_sample": totals([r for n, r in in_sample[1].items() if rates[n] == rate])}
+                         for rate in dict.fromkeys(rates.values())}
+    return cv
 
 
 def cv_table(cv: dict) -> str:
@@ -371,6 +381,9 @@ def add_parser(commands) -> None:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a fall plugin parameter, e.g. confirm_s=1.0 (repeatable)")
     p.add_argument("--cv", action="store_true", help="also leave-one-source-out cross-validation over CV_GRID")
+    p.add_argument("--cv-fps", type=float, nargs="+", default=[], metavar="F",
+                   help="--cv pooled over the clips at their own rate and re-encoded at these rates (e.g. 10 5 "
+                   "3), so the thresholds chosen hold for slow cameras too; totals are given per rate")
     p.add_argument("-o", "--output", type=Path, default=Path("out/evaluate/falls"),
                    help="folder for falls.md, falls.json and the timelines/ PNGs")
     p.add_argument("--no-plots", action="store_true", help="skip the timeline PNGs")
@@ -387,47 +400,66 @@ def command(args) -> int:
     unknown = [n for n in names if n not in labels or not (args.videos / n).is_file()]
     if unknown:
         raise SystemExit(f"not labelled in {args.labels} or not in {args.videos}: {', '.join(unknown)}")
-    clips, offsets, _scratch = clip_files(args.videos, names, args.fps)   # re-encoded ones live as long as _scratch
     base = parse_params(args.param, FallDetector.Params) | ({"use_3d": True} if args.lift else {})
     models = args.models or [Path(__import__("os").environ.get("STREAMPOSE_MODELS", "models"))]
-
     try:
         zones = {} if args.no_zones else clip_zones.load(args.zones)
     except ValueError as error:
         raise SystemExit(str(error)) from None
     front = (args.detector, args.keypoints)
-    tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models, args.lift,
-                                                                   args.precision, front)
-    for n in names:   # every frame carries its stream's zones, as a graph's source gives them (run_full)
-        for frame in (tracked or {}).get(Path(n).stem, []):
-            frame.zones = zones.get(n, ())
+    scratches = []   # re-encoded clips live as long as these
 
-    def evaluate_point(params: dict) -> tuple[list[dict], dict[str, ClipRun]]:
-        runs = run_full(clips, models, params, args.lift, zones, args.pose, args.precision, front) if tracked is None \
-            else run_plugin(tracked, models, params)
-        for n in names:
-            shift_times(runs[Path(n).stem], offsets[n])
-        lie = down_alarm_s(params)
-        return [judge(n, labels[n], runs[Path(n).stem], lie) for n in names], runs
+    def at_rate(fps: float | None):
+        """The clips at `fps` (None: their own rate), posed once; what scores a parameter setting on them."""
+        clips, offsets, scratch = clip_files(args.videos, names, fps)
+        scratches.append(scratch)
+        tracked = None if args.no_cache or args.pose else track_cached(clips, args.cache, models, args.lift,
+                                                                       args.precision, front)
+        for n in names:   # every frame carries its stream's zones, as a graph's source gives them (run_full)
+            for frame in (tracked or {}).get(Path(n).stem, []):
+                frame.zones = zones.get(n, ())
 
+        def evaluate_point(params: dict) -> tuple[list[dict], dict[str, ClipRun]]:
+            runs = run_full(clips, models, params, args.lift, zones, args.pose, args.precision, front) \
+                if tracked is None else run_plugin(tracked, models, params)
+            for n in names:
+                shift_times(runs[Path(n).stem], offsets[n])
+            lie = down_alarm_s(params)
+            return [judge(n, labels[n], runs[Path(n).stem], lie) for n in names], runs
+        return evaluate_point
+
+    evaluate_point = at_rate(args.fps)
     started = time.monotonic()
     results, runs = evaluate_point(base)
     elapsed = time.monotonic() - started
     t = totals(results)
     report = [f"# Fall evaluation\n\nparams: {base or 'defaults'}; "
               f"{f'pose stage {args.pose}' if args.pose else ' + '.join(front)}; "
-              f"{'full graph' if tracked is None else 'pose cache'}; {sum(r['frames'] for r in results)} frames "
-              f"in {elapsed:.0f} s\n", table(results), "", summary(t)]
+              f"{'full graph' if args.no_cache or args.pose else 'pose cache'}; "
+              f"{sum(r['frames'] for r in results)} frames in {elapsed:.0f} s\n", table(results), "", summary(t)]
     print("\n".join(report[1:]))
     out = {"params": base, "elapsed_s": round(elapsed, 1), "totals": t, "clips": results}
-    if args.cv:
+    if args.cv or args.cv_fps:
         sources = clip_sources(args.sources or args.labels.parent / "SOURCES.md", names)
-        print("\nleave-one-source-out cross-validation over", CV_GRID)
-        cv = cross_validate(names, labels, sources, lambda params: evaluate_point({**base, **params})[0])
+        own = f"{args.fps:g} fps" if args.fps else "own rate"
+        others = {f"{fps:g} fps": at_rate(fps) for fps in args.cv_fps}
+        keys = {n: (n, own) for n in names} | {f"{n} @ {rate}": (n, rate) for rate in others for n in names}
+
+        def evaluate_pooled(params: dict) -> list[dict]:
+            pooled = evaluate_point({**base, **params})[0]
+            for rate, evaluate_other in others.items():
+                pooled += [{**r, "clip": f"{r['clip']} @ {rate}"} for r in evaluate_other({**base, **params})[0]]
+            return pooled
+
+        print("\nleave-one-source-out cross-validation over", CV_GRID, f"at {', '.join([own, *others])}")
+        cv = cross_validate(list(keys), {k: sources[n] for k, (n, _) in keys.items()}, evaluate_pooled,
+                            {k: rate for k, (_, rate) in keys.items()} if others else None)
         report += ["", "## Leave-one-source-out", "", cv_table(cv), "",
                    f"held out: {summary(cv['held_out'])}",
                    f"in sample (chosen on all clips: {cv['in_sample_params']}): {summary(cv['in_sample'])}"]
-        print("\n".join(report[-5:]))
+        for rate, by in cv.get("by_rate", {}).items():
+            report += [f"at {rate}, held out: {summary(by['held_out'])}", f"at {rate}, in sample: {summary(by['in_sample'])}"]
+        print("\n".join(report[4:]))
         out["cv"] = cv
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "falls.md").write_text("\n".join(report) + "\n")
