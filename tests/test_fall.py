@@ -25,6 +25,8 @@ from streampose.runtime.stage import StageContext
 
 # ----------------------------------------------------------------- synthetic people
 
+CONFIRM_S = FallDetector.Params().confirm_s   # what the timing tests hold the default to
+
 # A person standing, facing the camera: per COCO joint, (sideways offset, height above the
 # floor) in body heights (Winter's proportions).
 STANDING = np.array([
@@ -169,10 +171,10 @@ def test_a_fall_is_confirmed_by_media_time_whatever_the_frame_rate(fps):
     started, confirmed = first(events, "fall_started"), first(events, "fall_confirmed")
     on_ground = 2.6
     assert 2.0 < started.media_time <= on_ground + 1 / fps
-    # confirm_s (0.8 s) of lying after the start, measured in media time, not frames; the first
+    # confirm_s of lying after the start, measured in media time, not frames; the first
     # frame read down counts half the gap before it (the person went down somewhere in it).
-    assert started.media_time + 0.8 - 0.5 / fps - 1e-6 <= confirmed.media_time
-    assert confirmed.media_time <= started.media_time + 0.8 + 1 / fps + 1e-6
+    assert started.media_time + CONFIRM_S - 0.5 / fps - 1e-6 <= confirmed.media_time
+    assert confirmed.media_time <= started.media_time + CONFIRM_S + 1 / fps + 1e-6
     assert confirmed.media_time <= on_ground + 1.5
     assert confirmed.track_id == 1 and confirmed.score > 0.5
     # The features that triggered it travel with the event, as JSON.
@@ -192,7 +194,7 @@ def test_at_3_fps_the_first_frame_down_counts_half_the_gap_before_it():
     """Frames 0.33 s apart: she went down somewhere between the last frame read upright and the
     first read down, on average half way. Counting that half (0.17 s) confirms the fall two frames
     after it starts (0.17 + 0.67 s >= confirm_s 0.8), not three (1.0 s, 0.2 s later than at 30 fps)."""
-    events, _, _ = play(fall_clip(3))
+    events, _, _ = play(fall_clip(3), params={"confirm_s": 0.8})
     started, confirmed = first(events, "fall_started"), first(events, "fall_confirmed")
     assert confirmed.media_time - started.media_time == pytest.approx(2 / 3)
     assert confirmed.data["down_s"] == pytest.approx(0.5 / 3 + 2 / 3, abs=1e-3)
@@ -243,8 +245,10 @@ def test_lying_down_on_purpose_is_not_a_fall():
 
 
 def test_a_short_gap_in_timestamps_still_counts_as_lying():
-    shots = [s for s in fall_clip(10) if not 2.9 < s.time < 3.4]   # 0.5 s without frames
-    events, _, _ = play(shots)
+    # 0.5 s without frames, across the time the fall (started at 2.5 s) is confirmed: at the first
+    # frame after the gap, its time counted as lying.
+    shots = [s for s in fall_clip(10) if not 2.9 < s.time < 3.4]
+    events, _, _ = play(shots, params={"confirm_s": 0.8})
     assert kinds(events) == ["fall_started", "fall_confirmed"]
     confirmed = first(events, "fall_confirmed")
     assert confirmed.media_time <= first(events, "fall_started").media_time + 0.8 + 0.1 + 1e-6
@@ -252,13 +256,13 @@ def test_a_short_gap_in_timestamps_still_counts_as_lying():
 
 def test_a_long_gap_does_not_count_as_lying_time():
     """Lying 0.3 s, then 3 s without frames: the 3 s are unobserved, so the confirmation
-    needs another 0.5 s of lying after the gap."""
+    needs the rest of confirm_s, lying after the gap."""
     shots = [s for s in fall_clip(10, end=8.0) if not 3.0 < s.time < 6.0]
     events, _, _ = play(shots)
     started, confirmed = first(events, "fall_started"), first(events, "fall_confirmed")
     lying_before_gap = 3.0 - started.media_time
-    assert confirmed.media_time >= 6.0 + (0.8 - lying_before_gap) - 0.1 - 1e-6
-    assert confirmed.data["down_s"] == pytest.approx(0.8, abs=0.11)
+    assert confirmed.media_time >= 6.0 + (CONFIRM_S - lying_before_gap) - 0.1 - 1e-6
+    assert confirmed.data["down_s"] == pytest.approx(CONFIRM_S, abs=0.11)
 
 
 def test_a_person_who_leaves_the_frame_while_on_the_floor_is_confirmed_when_the_track_ends():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from test_fall import STANDING, Shot, blend, kinds, play, times
+from test_fall import CONFIRM_S, STANDING, Shot, blend, kinds, play, times
 
 # A high plank seen from the side, facing left (COCO joints, (sideways offset, height above the
 # floor) in body heights, Winter's proportions): both wrists on the floor straight under the
@@ -59,7 +59,7 @@ def test_a_fall_onto_the_hands_is_confirmed_once_the_arms_give_way():
 
     events, _, _ = play([Shot(t, [(1, pose(t), 0.0)]) for t in times(25, 0, 8)])
     confirmed = [e for e in events if e.kind == "fall_confirmed"]
-    assert len(confirmed) == 1 and 4.4 + 0.8 - 0.05 <= confirmed[0].media_time <= 4.4 + 0.8 + 0.3
+    assert len(confirmed) == 1 and 4.4 + CONFIRM_S - 0.05 <= confirmed[0].media_time <= 4.4 + CONFIRM_S + 0.3
 
 
 def test_on_all_fours_for_down_alarm_s_is_still_a_long_lie():

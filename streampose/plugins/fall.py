@@ -373,18 +373,23 @@ class FallDetector(Plugin):
         descent_max_s: float = Field(3.0, gt=0, le=30, description="The drop from the last upright frame counts "
                                      "as a descent up to this long after it, seconds of media time (its speed is "
                                      "the mean over that time): a slow, supported or stepwise fall.")
-        floor_drop: float = Field(0.45, gt=0, le=2, description="Drop of the body's centres and box top since the "
+        floor_drop: float = Field(0.55, gt=0, le=2, description="Drop of the body's centres and box top since the "
                                   "last upright frame at which a person reads down whatever the posture cues say "
                                   "(lying at the frame edge, along the view, few joints found), body heights. "
-                                  "Sitting on a chair or squatting drops them 0.2-0.35.")
+                                  "Sitting on a chair or squatting drops them 0.2-0.35. Chosen with confirm_s by "
+                                  "cross-validation over the labelled clips at their own rates and at 10, 5 and "
+                                  "3 fps (docs/falls.md): 0.45 raised one more false alarm at 10 fps.")
         upright_max: float = Field(0.15, ge=0, le=1, description="Posture score (0 upright .. 1 lying) up to which "
                                    "a frame is an upright reference for the drop.")
         lying_threshold: float = Field(0.5, gt=0, le=1, description="Posture score at which a person counts as "
                                        "down (lying, on the floor), 0..1.")
         lying_release: float = Field(0.35, ge=0, le=1, description="Posture score below which a person who was "
                                      "down no longer counts as down (hysteresis), 0..1; below lying_threshold.")
-        confirm_s: float = Field(0.8, ge=0, le=60, description="Time down after a fall starts before it is "
-                                 "confirmed (fall_confirmed), seconds of media time.")
+        confirm_s: float = Field(0.6, ge=0, le=60, description="Time down after a fall starts before it is "
+                                 "confirmed (fall_confirmed), seconds of media time. Chosen with floor_drop by "
+                                 "cross-validation over the labelled clips at their own rates and at 10, 5 and 3 "
+                                 "fps (docs/falls.md): 0.6 confirms falls 0.1-0.2 s sooner than 0.8, and more of "
+                                 "them at 10 and 5 fps; a chest-to-floor burpee lies 1.2 s either way.")
         recover_s: float = Field(1.0, gt=0, le=60, description="Time in a row that ends a fall, seconds: not down "
                                  "for an unconfirmed one (dropped, a stumble), on their feet (posture at most "
                                  "standing_max) for a confirmed one (fall_recovered); and not down, the long lie.")
