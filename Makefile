@@ -17,31 +17,35 @@ OUTPUT_TEST_PACKAGES := mosquitto chromium chromium-driver
 
 .PHONY: demo test rtsp-deps output-test-deps bench docs lifter lock clean
 
-# Installs come from the lock (exact versions and hashes), never from pyproject.toml's ranges:
-# uv.lock is the resolution; requirements-demo.txt (runs the daemon), requirements.txt (adds the
-# tests, training and export) and requirements-build.txt (what `pip install -e .` builds with)
-# are its exports in pip's hash-checked format, so a fresh machine needs nothing but pip.
-# `make lock` re-resolves and re-exports; a lock change lands only with `make test` passing on it.
+# Installs come from uv.lock (exact versions and hashes), never from pyproject.toml's ranges.
+# pip installs, hash-checked, uv itself (requirements-uv.txt) and what `pip install -e .` builds
+# with (requirements-build.txt); `uv sync --locked` then installs the daemon's dependencies, and
+# for the tests the test extra, exactly as locked, and stops if uv.lock no longer matches
+# pyproject.toml. requirements-demo.txt is the daemon's part of the lock in pip's format, for
+# the Dockerfile and machines with pip alone. `make lock` re-resolves and re-exports; a lock
+# change lands only with `make test` passing on it.
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
-UV_VERSION := 0.13.9
-UV_EXPORT := $(VENV)/bin/uv export --quiet --frozen --no-emit-project
+UV := UV_PROJECT_ENVIRONMENT=$(abspath $(VENV)) $(VENV)/bin/uv
+# --inexact keeps what pip installed (uv, the build tools, streampose itself, editable).
+UV_SYNC := $(UV) sync --quiet --locked --inexact --no-install-project
+UV_EXPORT := $(UV) export --quiet --frozen --no-emit-project
 
-$(VENV)/.installed: requirements-build.txt requirements-demo.txt pyproject.toml
+$(VENV)/.installed: requirements-uv.txt requirements-build.txt uv.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) --require-hashes -r requirements-build.txt -r requirements-demo.txt
+	$(PIP_INSTALL) --require-hashes -r requirements-uv.txt -r requirements-build.txt
+	$(UV_SYNC)
 	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed requirements.txt
-	$(PIP_INSTALL) --require-hashes -r requirements.txt
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(UV_SYNC) --extra test
 	touch $@
 
 lock: $(VENV)/.installed
-	$(PIP_INSTALL) uv==$(UV_VERSION)
-	$(VENV)/bin/uv lock --upgrade
-	$(UV_EXPORT) --extra test -o requirements.txt
-	$(UV_EXPORT) -o requirements-demo.txt
+	$(UV) lock --upgrade
+	$(UV_EXPORT) --only-group uv -o requirements-uv.txt
 	$(UV_EXPORT) --only-group build -o requirements-build.txt
+	$(UV_EXPORT) -o requirements-demo.txt
 
 demo: $(VENV)/.installed
 	$(PY) run_pipeline.py graphs/demo.yml

@@ -1,7 +1,8 @@
-"""The lock and what installs from it agree. uv.lock is the resolution (`make lock`);
-requirements.txt, requirements-demo.txt and requirements-build.txt are its exports in pip's
-hash-checked format, which `make test`, `make demo` and the Dockerfile install. Each must pin
-exactly the packages the lock resolves for what it installs, at the locked versions, with
+"""The lock and what installs from it agree. uv.lock is the resolution (`make lock`), which
+`make demo` and `make test` install with `uv sync --locked`; requirements-uv.txt and
+requirements-build.txt (what they install with pip first: uv and the build tools) and
+requirements-demo.txt (the Dockerfile's) are its exports in pip's hash-checked format. Each must
+pin exactly the packages the lock resolves for what it installs, at the locked versions, with
 hashes of the locked files, so a lock changed without exporting again fails here."""
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def file_hashes(package: dict) -> set[str]:
 
 @pytest.mark.parametrize("file_name, extras, group", [
     ("requirements-demo.txt", [], None),
-    ("requirements.txt", ["test"], None),
+    ("requirements-uv.txt", None, "uv"),
     ("requirements-build.txt", None, "build"),
 ])
 def test_each_export_pins_what_the_lock_resolves(file_name, extras, group):
