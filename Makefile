@@ -7,6 +7,9 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 export STREAMPOSE_MODELS ?= $(SHARED)/models
 export STREAMPOSE_SHARED := $(SHARED)
+# The demo graph's two videos (graphs/demo.yml), from SHARED unless set.
+export STREAMPOSE_DEMO_FALL ?= $(SHARED)/media/video/fall_faint_studio_1280x720.mp4
+export STREAMPOSE_DEMO_EXERCISE ?= $(SHARED)/media/video/squat_side_view.mp4
 
 # Debian packages for the RTSP server the tests start (gst-rtsp-server via the system python3).
 RTSP_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \

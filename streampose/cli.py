@@ -116,7 +116,13 @@ def run(args) -> int:
     if monitor:
         monitor.close()
     _print_summary(pipeline, started)
-    return 0 if finished else 1
+    # A stream that failed (a file that cannot be opened, a camera given up on) is a run that did
+    # not do its work, whatever the others did: a script or a service manager must see it.
+    failed = [stream for stream, state in pipeline.streams.items() if state.state == "failed"]
+    if failed:
+        print(f"{args.graph}: {len(failed)} of {len(pipeline.streams)} streams failed ({', '.join(failed)}): "
+              f"the reason is logged above as 'stream ... failed'; fix the source's uri", file=sys.stderr)
+    return 0 if finished and not failed else 1
 
 
 def probe_command(args) -> int:

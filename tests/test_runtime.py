@@ -329,6 +329,24 @@ def readiness(metrics_port: int) -> str | None:
         return None
 
 
+def test_a_run_with_a_failed_stream_exits_1_and_names_it(tmp_path):
+    """A file that cannot be opened fails its stream; the other plays to its end, and the exit
+    status (1) and one last line tell a script or a service manager which stream failed."""
+    graph = write_graph(tmp_path, f"""
+        sources: [{{id: good, uri: {CHAIR}}}, {{id: missing, uri: missing.mp4}}]
+        stages: [{{id: work, type: noop}}]
+        runtime: {{metrics: {{bind: null}}, output_dir: {tmp_path / "out"}}}
+    """)
+    result = subprocess.run([sys.executable, str(REPO / "run_pipeline.py"), str(graph)], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "good: ended, 193 frames decoded, 193 processed" in result.stdout
+    assert result.stderr.splitlines()[-1] == (
+        f"{graph}: 1 of 2 streams failed (missing): the reason is logged above as 'stream ... failed'; "
+        "fix the source's uri")
+    assert "stream missing failed: cannot open: " in result.stderr
+
+
 def test_second_signal_exits_at_once(tmp_path):
     metrics_port = free_port()
     graph = write_graph(tmp_path, f"""
