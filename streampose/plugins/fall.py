@@ -378,7 +378,7 @@ class FallDetector(Plugin):
                                   "(lying at the frame edge, along the view, few joints found), body heights. "
                                   "Sitting on a chair or squatting drops them 0.2-0.35. Chosen with confirm_s by "
                                   "cross-validation over the labelled clips at their own rates and at 10, 5 and "
-                                  "3 fps (docs/falls.md): 0.45 raised one more false alarm at 10 fps.")
+                                  "3 fps (docs/falls.md): 0.45 raised one more false alarm over the four rates.")
         upright_max: float = Field(0.15, ge=0, le=1, description="Posture score (0 upright .. 1 lying) up to which "
                                    "a frame is an upright reference for the drop.")
         lying_threshold: float = Field(0.5, gt=0, le=1, description="Posture score at which a person counts as "
