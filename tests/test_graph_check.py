@@ -92,6 +92,12 @@ CASES = [
      "--param: confirm_s: Input should be greater than or equal to 0"),
     ("evaluate reps: unknown --param", "evaluate reps --param bogus=1 --clip squat_side_view.mp4", None,
      "--param: bogus: Extra inputs are not permitted"),
+    ("evaluate falls: unknown clip", "evaluate falls --clip squat_side_veiw.mp4", None,
+     "--clip squat_side_veiw.mp4: not labelled in "),
+    ("evaluate reps: unknown clip", "evaluate reps --clip squat_side_veiw.mp4", None,
+     "--clip squat_side_veiw.mp4: not labelled in "),
+    ("evaluate reps: --cv without the cache", "evaluate reps --cv --no-cache --clip squat_side_view.mp4", None,
+     "--cv replays the pose cache: leave out --no-cache and --pose"),
 ]
 
 

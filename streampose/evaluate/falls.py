@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from streampose.evaluate import clip_zones, pose_cache
-from streampose.evaluate.sources import add_clip_arguments, clip_files, clip_sources, parse_params
+from streampose.evaluate.sources import (add_clip_arguments, clip_files, clip_sources, labelled_clips, parse_params,
+                                         user_error)
 from streampose.frame import Frame
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
@@ -395,17 +395,13 @@ def add_parser(commands) -> None:
 
 
 def command(args) -> int:
-    labels = yaml.safe_load(args.labels.read_text())
-    names = args.clip or sorted(labels)
-    unknown = [n for n in names if n not in labels or not (args.videos / n).is_file()]
-    if unknown:
-        raise SystemExit(f"not labelled in {args.labels} or not in {args.videos}: {', '.join(unknown)}")
+    labels, names = labelled_clips(args)
     base = parse_params(args.param, FallDetector.Params) | ({"use_3d": True} if args.lift else {})
     models = args.models or [Path(__import__("os").environ.get("STREAMPOSE_MODELS", "models"))]
     try:
         zones = {} if args.no_zones else clip_zones.load(args.zones)
     except ValueError as error:
-        raise SystemExit(str(error)) from None
+        user_error(str(error))
     front = (args.detector, args.keypoints)
     scratches = []   # re-encoded clips live as long as these
 
@@ -458,7 +454,8 @@ def command(args) -> int:
                    f"held out: {summary(cv['held_out'])}",
                    f"in sample (chosen on all clips: {cv['in_sample_params']}): {summary(cv['in_sample'])}"]
         for rate, by in cv.get("by_rate", {}).items():
-            report += [f"at {rate}, held out: {summary(by['held_out'])}", f"at {rate}, in sample: {summary(by['in_sample'])}"]
+            report += [f"at {rate}, held out: {summary(by['held_out'])}",
+                       f"at {rate}, in sample: {summary(by['in_sample'])}"]
         print("\n".join(report[4:]))
         out["cv"] = cv
     args.output.mkdir(parents=True, exist_ok=True)

@@ -26,10 +26,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from streampose.evaluate import pose_cache
-from streampose.evaluate.sources import add_clip_arguments, clip_files, clip_sources, parse_params
+from streampose.evaluate.sources import (add_clip_arguments, clip_files, clip_sources, labelled_clips, parse_params,
+                                         user_error)
 from streampose.frame import Event, Frame
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path
@@ -302,13 +302,9 @@ def add_parser(commands) -> None:
 
 def command(args) -> int:
     global _SHARED
-    labels = yaml.safe_load(args.labels.read_text())
-    names = args.clip or sorted(labels)
-    unknown = [n for n in names if n not in labels or not (args.videos / n).is_file()]
-    if unknown:
-        raise SystemExit(f"not labelled in {args.labels} or not in {args.videos}: {', '.join(unknown)}")
+    labels, names = labelled_clips(args)
     if args.cv and (args.no_cache or args.pose):
-        raise SystemExit("--cv replays the pose cache: leave out --no-cache and --pose")
+        user_error("--cv replays the pose cache: leave out --no-cache and --pose")
     clips, offsets, _scratch = clip_files(args.videos, names, args.fps)   # re-encoded ones live as long as _scratch
     files = dict(zip(names, clips))
     base = parse_params(args.param, RepParams) | ({} if args.exercise == "auto" else {"exercise": args.exercise})

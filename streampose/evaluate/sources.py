@@ -39,6 +39,24 @@ def add_clip_arguments(p: argparse.ArgumentParser) -> None:
                    "every 1/F s, same timestamps), as a slower camera would send them")
 
 
+def user_error(message: str) -> None:
+    """A mistake in the command line: one line, exit status 2, as everywhere in the CLI."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
+def labelled_clips(args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """The labels file and the clips to run (`--clip`, else every labelled one); a clip not
+    labelled there, or not in the videos folder, is a user error."""
+    labels = yaml.safe_load(args.labels.read_text())
+    names = args.clip or sorted(labels)
+    unknown = [n for n in names if n not in labels or not (args.videos / n).is_file()]
+    if unknown:
+        user_error(f"--clip {', '.join(unknown)}: not labelled in {args.labels} or not in {args.videos}; "
+                   f"give a file name labelled there")
+    return labels, names
+
+
 def clip_files(videos: Path, names: list[str], fps: float | None
                ) -> tuple[list[Path], dict[str, float], tempfile.TemporaryDirectory | None]:
     """The clips' video files, and for each what to add to a time in its file to get the labels'
@@ -63,9 +81,8 @@ def parse_params(items: list[str], params_class: type[BaseModel]) -> dict:
     try:
         params_class.model_validate(params)
     except ValidationError as error:
-        print("--param: " + "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}"
-                                      for e in error.errors()), file=sys.stderr)
-        raise SystemExit(2) from None
+        user_error("--param: " + "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}"
+                                           for e in error.errors()))
     return params
 
 
