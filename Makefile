@@ -3,7 +3,8 @@
 
 SHARED ?= $(abspath ../shared)
 VENV ?= .venv
-PYTHON ?= python3
+# The interpreter uv.lock is resolved for (CPython 3.11).
+PYTHON ?= python3.11
 PY := $(VENV)/bin/python
 export STREAMPOSE_MODELS ?= $(SHARED)/models
 export STREAMPOSE_SHARED := $(SHARED)
@@ -11,17 +12,24 @@ export STREAMPOSE_SHARED := $(SHARED)
 export STREAMPOSE_DEMO_FALL ?= $(SHARED)/media/video/fall_faint_studio_1280x720.mp4
 export STREAMPOSE_DEMO_EXERCISE ?= $(SHARED)/media/video/squat_side_view.mp4
 
-# Debian packages for the RTSP server the tests start (gst-rtsp-server via the system python3).
-RTSP_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \
-	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+# Debian packages the tests start: an RTSP server (gst-rtsp-server via the system python3), an MQTT
+# broker and a headless browser for the live view. Locked like the Python ones: debian-packages.lock
+# holds them and every package their install brought in (Debian 12, amd64), at the versions the
+# tests passed on, and `make test` installs exactly those; `make lock-debian` moves it to the
+# archive's current versions.
+TEST_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
+	mosquitto chromium chromium-driver
+DEBIAN_LOCK := debian-packages.lock
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q
+INSTALLED_AS_LOCKED := dpkg-query -W -f '$${Package}=$${Version}\n' $$(cut -d= -f1 $(DEBIAN_LOCK)) 2>/dev/null \
+	| LC_ALL=C sort | cmp -s - $(DEBIAN_LOCK)
 
-# Debian packages the output tests start: an MQTT broker, and a headless browser for the live view.
-OUTPUT_TEST_PACKAGES := mosquitto chromium chromium-driver
-
-.PHONY: demo test rtsp-deps output-test-deps bench docs lifter lock clean
+.PHONY: demo test test-deps bench docs lifter lock lock-debian clean
 
 # Installs come from uv.lock (exact versions and hashes), never from pyproject.toml's ranges.
-# pip installs, hash-checked, uv itself (requirements-uv.txt) and what `pip install -e .` builds
+# pip installs, hash-checked, pip and uv themselves (requirements-tools.txt) and what `pip install -e .` builds
 # with (requirements-build.txt); `uv sync --locked` then installs the daemon's dependencies, and
 # for the tests the test extra, exactly as locked, and stops if uv.lock no longer matches
 # pyproject.toml. requirements-demo.txt is the daemon's part of the lock in pip's format, for
@@ -29,13 +37,13 @@ OUTPUT_TEST_PACKAGES := mosquitto chromium chromium-driver
 # change lands only with `make test` passing on it.
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
 UV := UV_PROJECT_ENVIRONMENT=$(abspath $(VENV)) $(VENV)/bin/uv
-# --inexact keeps what pip installed (uv, the build tools, streampose itself, editable).
+# --inexact keeps what pip installed (pip, uv, the build tools, streampose itself, editable).
 UV_SYNC := $(UV) sync --quiet --locked --inexact --no-install-project
 UV_EXPORT := $(UV) export --quiet --frozen --no-emit-project
 
-$(VENV)/.installed: requirements-uv.txt requirements-build.txt uv.lock pyproject.toml
+$(VENV)/.installed: requirements-tools.txt requirements-build.txt uv.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) --require-hashes -r requirements-uv.txt -r requirements-build.txt
+	$(PIP_INSTALL) --require-hashes -r requirements-tools.txt -r requirements-build.txt
 	$(UV_SYNC)
 	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
 	touch $@
@@ -46,26 +54,27 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 lock: $(VENV)/.installed
 	$(UV) lock --upgrade
-	$(UV_EXPORT) --only-group uv -o requirements-uv.txt
+	$(UV_EXPORT) --only-group tools -o requirements-tools.txt
 	$(UV_EXPORT) --only-group build -o requirements-build.txt
 	$(UV_EXPORT) -o requirements-demo.txt
 
 demo: $(VENV)/.installed
 	$(PY) run_pipeline.py graphs/demo.yml
 
-rtsp-deps:
-	@dpkg -s $(RTSP_PACKAGES) >/dev/null 2>&1 || { \
-		echo "installing RTSP test server packages"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(RTSP_PACKAGES); }
+test-deps:
+	@$(INSTALLED_AS_LOCKED) || { \
+		echo "installing the test servers' Debian packages at their locked versions ($(DEBIAN_LOCK))"; \
+		$(SUDO) apt-get update -q && $(APT_INSTALL) --no-install-recommends $$(cat $(DEBIAN_LOCK)) || { \
+		echo "$(DEBIAN_LOCK): a locked version is not in this machine's Debian archive (a newer one replaced" \
+		"it, or this is not Debian 12 amd64): run 'make lock-debian', then make test on the new lock" >&2; exit 1; }; }
 
-output-test-deps:
-	@dpkg -s $(OUTPUT_TEST_PACKAGES) >/dev/null 2>&1 || { \
-		echo "installing the MQTT broker and headless browser the output tests use"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(OUTPUT_TEST_PACKAGES); }
+# Installs the archive's current versions of the test packages, then writes what is installed as the lock.
+lock-debian:
+	$(SUDO) apt-get update -q && $(APT_INSTALL) $(TEST_PACKAGES) $$(cut -d= -f1 $(DEBIAN_LOCK))
+	dpkg-query -W -f '$${Package}=$${Version}\n' $(TEST_PACKAGES) $$(cut -d= -f1 $(DEBIAN_LOCK)) \
+		| LC_ALL=C sort -u > $(DEBIAN_LOCK)
 
-test: $(VENV)/.installed-test rtsp-deps output-test-deps
+test: $(VENV)/.installed-test test-deps
 	$(VENV)/bin/pytest -q
 
 bench: $(VENV)/.installed-test

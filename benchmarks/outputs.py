@@ -8,7 +8,7 @@
     then one page (both streams watched), then two pages (the same frames, encoded once, sent twice);
 (3) alarm delivery time: an alarm's capture to its arrival at an MQTT subscriber (through a real
     mosquitto) and to a webhook receiver's answer (a local HTTP server).
-Needs mosquitto, chromium and chromium-driver (`make output-test-deps`). Prints a Markdown table.
+Needs mosquitto, chromium and chromium-driver (`make test-deps`). Prints a Markdown table.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class Mosquitto:
     restart), optionally a password file; `stop()` and `start()` again keep the port."""
 
     def __init__(self, folder: Path, users: dict[str, str] | None = None, tls: bool = False):
-        assert shutil.which("mosquitto"), "mosquitto not installed: run `make output-test-deps` (Debian package mosquitto)"
+        assert shutil.which("mosquitto"), "mosquitto not installed: run `make test-deps` (Debian package mosquitto)"
         self.folder, self.port = folder, free_port()
         folder.mkdir(parents=True, exist_ok=True)
         # As root mosquitto would switch to the user `mosquitto`, who cannot read the test's folder.

@@ -33,7 +33,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 @pytest.fixture
 def browser():
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail("chromium and chromium-driver are not installed: run `make output-test-deps`")
+        pytest.fail("chromium and chromium-driver are not installed: run `make test-deps`")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

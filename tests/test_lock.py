@@ -1,6 +1,6 @@
 """The lock and what installs from it agree. uv.lock is the resolution (`make lock`), which
-`make demo` and `make test` install with `uv sync --locked`; requirements-uv.txt and
-requirements-build.txt (what they install with pip first: uv and the build tools) and
+`make demo` and `make test` install with `uv sync --locked`; requirements-tools.txt and
+requirements-build.txt (what they install with pip first: pip, uv and the build tools) and
 requirements-demo.txt (the Dockerfile's) are its exports in pip's hash-checked format. Each must
 pin exactly the packages the lock resolves for what it installs, at the locked versions, with
 hashes of the locked files, so a lock changed without exporting again fails here."""
@@ -8,6 +8,7 @@ hashes of the locked files, so a lock changed without exporting again fails here
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 
 import pytest
@@ -61,7 +62,7 @@ def file_hashes(package: dict) -> set[str]:
 
 @pytest.mark.parametrize("file_name, extras, group", [
     ("requirements-demo.txt", [], None),
-    ("requirements-uv.txt", None, "uv"),
+    ("requirements-tools.txt", None, "tools"),
     ("requirements-build.txt", None, "build"),
 ])
 def test_each_export_pins_what_the_lock_resolves(file_name, extras, group):
@@ -78,3 +79,16 @@ def test_each_export_pins_what_the_lock_resolves(file_name, extras, group):
     for name, (version, hashes) in pins.items():
         assert version == packages[name]["version"], name
         assert hashes and hashes <= file_hashes(packages[name]), name
+
+
+def test_the_debian_packages_the_tests_use_are_installed_as_locked():
+    """debian-packages.lock pins the test servers' Debian packages (`make test` installs it first):
+    every package the Makefile names is locked, and each locked package is installed at its
+    locked version, so the suite runs on what it passed on."""
+    lock = dict(line.split("=", 1) for line in (REPO / "debian-packages.lock").read_text().split())
+    makefile = (REPO / "Makefile").read_text()
+    named = re.search(r"^TEST_PACKAGES := ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ").split()
+    assert "chromium" in named and set(named) <= set(lock)
+    installed = subprocess.run(["dpkg-query", "-W", "-f", "${Package}=${Version}\n", *lock], capture_output=True,
+                               text=True).stdout.split()
+    assert dict(line.split("=", 1) for line in installed) == lock
