@@ -1,6 +1,6 @@
 """streampose against PaddleDetection's sequential deploy pipeline, alternating, on the same models.
 
-    .venv/bin/python -m benchmarks.peer [--rounds 5] [--clips NAME ...] [--before TREE] [--precision fp32|bf16]
+    .venv/bin/python -m benchmarks.peer [--rounds 5] [--clips NAME ...] [--before TREE [--before-graph full]] [--precision fp32|bf16]
 
 Each round runs, for every clip, the peer (shared/peers/ref_pipeline.py, PicoDet-S-192 on
 OpenVINO + TinyPose-128x96, 2 threads, DARK, every frame) and streampose's two graphs in its
@@ -27,7 +27,7 @@ standalone (the time no pipeline can beat). A second table gives streampose warm
 peer is: the peer runs 10 frames before its timed pass, so its figure has no start-up in it;
 streampose's warm figure runs from its first frame out of the graph to its last (the pipeline's
 fill, one frame's latency at the start, left out). --before TREE adds the detect -> keypoints graph
-run with streampose imported from another checkout (an older commit: `git archive COMMIT
+(or --before-graph full) run with streampose imported from another checkout (an older commit: `git archive COMMIT
 streampose | tar -x -C TREE`), in the same rounds, for a before/after on the same load.
 """
 
@@ -187,6 +187,8 @@ def main() -> None:
     parser.add_argument("--before", type=Path, metavar="TREE",
                         help="also run detect -> keypoints with streampose from this checkout (e.g. a worktree "
                              "of an older commit), alternating with the others")
+    parser.add_argument("--before-graph", choices=list(GRAPHS), default="detect-keypoints",
+                        help="the graph --before runs (default detect-keypoints)")
     parser.add_argument("--precision", choices=sorted(_PEER_PRECISION), default="fp32",
                         help="both pipelines' network precision (bf16: a CPU with native bf16)")
     parser.add_argument("--run-graph", nargs=2, metavar=("GRAPH", "OUTPUT"), help=argparse.SUPPRESS)
@@ -225,7 +227,7 @@ def main() -> None:
                         peaks.setdefault(clip, []).append(result["peak_mb"])
                         threads = result["threads"]
                 if args.before:
-                    result = run_child("--run-graph", str(write_graph(tmp, "detect-keypoints", video,
+                    result = run_child("--run-graph", str(write_graph(tmp, args.before_graph, video,
                                                                       precision=args.precision)),
                                        str(tmp / f"before_{clip}"), tree=args.before)
                     runs.setdefault((clip, "before"), []).append(result["fps"])
@@ -238,7 +240,7 @@ def main() -> None:
     print(f"\nload average (1 min) at the runs' starts: {min(loads):.1f}-{max(loads):.1f}, "
           f"median {statistics.median(loads):.1f}; engine threads (detect -> keypoints) {threads}; "
           f"streampose's close after its last frame (not timed): median {statistics.median(closes):.2f} s\n")
-    before = f" | --before {args.before.name}, ratio" if args.before else ""
+    before = f" | --before {args.before.name} {args.before_graph}, ratio" if args.before else ""
     print("| clip (persons/frame) | streampose, detect -> keypoints -> jsonl | peer | ratio | streampose full chain "
           f"| model-bound limit, {cores} cores (engine ms/frame) | share of limit | peak MB{before} |")
     print("|---|---|---|---|---|---|---|---|" + ("---|" if args.before else ""))

@@ -28,6 +28,7 @@ from streampose.client import PoseMessage, StatusMessage, Subscriber
 from streampose.graph.loader import load_graph
 from streampose.runtime import health
 from streampose.runtime.pipeline import Pipeline
+from streampose.runtime.stage import Stage
 from streampose.stages.noop import NoopStage
 
 CHAIR = VIDEOS / "fall_room_chair_320x240.mp4"   # 193 frames, 10 fps
@@ -395,6 +396,54 @@ def test_metrics_count_by_label():
     assert metrics.count_by("events", "kind", stream="a") == {"rep": 3, "fall_confirmed": 1}
     assert metrics.count_by("events", "stream") == {"a": 4, "b": 1}
     assert metrics.count_by("events", "kind", stream="c") == {}
+
+
+class ThreadNoting(Stage):
+    """Notes the thread it runs in, per stage id; fails on every 10th frame of stream `chair`."""
+
+    threads: dict[str, set[str]] = {}
+
+    def process(self, frames):
+        ThreadNoting.threads.setdefault(self.id, set()).add(threading.current_thread().name)
+        if any(f.stream == "chair" and f.index % 10 == 3 for f in frames):
+            raise ValueError("bad frame")
+
+
+def test_light_stages_run_in_the_thread_of_the_stage_feeding_them(tmp_path, monkeypatch):
+    # The tracker is a light stage (schema.LightStage): fed by one stage, one frame at a time,
+    # it runs in that stage's thread (a chain of them in the first one's), unless own_thread.
+    # Fed by the sources it has a thread of its own.
+    use_stage(monkeypatch, "tracker", ThreadNoting)
+    monkeypatch.setattr(ThreadNoting, "threads", {})
+    graph = write_graph(tmp_path, f"""
+        sources:
+          - {{id: chair, uri: {CHAIR}}}
+          - {{id: jacks, uri: {JACKS}}}
+        stages:
+          - {{id: first, type: tracker}}
+          - {{id: batched, type: noop, batch: {{max_size: 4}}}}
+          - {{id: hosted, type: tracker}}
+          - {{id: hosted_too, type: tracker}}
+          - {{id: own, type: tracker, own_thread: true}}
+          - {{id: log, type: jsonl, path: "{{stream}}.jsonl"}}
+        runtime: {{metrics: {{bind: null}}, in_flight: 4}}
+    """)
+    pipeline = run_to_end(graph)
+    assert ThreadNoting.threads == {"first": {"stage-first"}, "hosted": {"stage-batched"},
+                                    "hosted_too": {"stage-batched"}, "own": {"stage-own"}}
+    assert set(pipeline.inboxes) == {"first", "batched", "own", "log"}
+    for stream, video in (("chair", CHAIR), ("jacks", JACKS)):
+        lines = jsonl_frames(tmp_path / "out" / f"{stream}.jsonl")
+        assert [m["frame"] for m in lines] == list(range(frame_count(video)))
+        assert pipeline.metrics.count("frames", stage="hosted", stream=stream) == len(lines)
+    # A hosted stage's failures are its own: counted, the frame goes on, the others are untouched.
+    chair = jsonl_frames(tmp_path / "out" / "chair.jsonl")
+    failed = {m["frame"] for m in chair if m["failed_stages"]}
+    assert failed == {i for i in range(193) if i % 10 == 3}
+    assert {tuple(m["failed_stages"]) for m in chair if m["failed_stages"]} == {("first", "hosted", "hosted_too",
+                                                                                  "own")}
+    assert pipeline.metrics.count("errors", stage="hosted", stream="chair") == len(failed)
+    assert health.liveness(pipeline) == (True, {"state": "alive", "problems": []})
 
 
 def test_a_slow_sink_gets_every_frame_of_a_file(tmp_path):

@@ -239,6 +239,19 @@ class StageBase(Strict):
             STAGE_TYPES[names[0]] = cls
 
 
+class LightStage(StageBase):
+    """A stage whose work per frame is small next to a network's: by default it runs in the
+    thread of the stage feeding it."""
+
+    own_thread: bool = Field(False, description="Run in a thread of its own, with its own input queue. false: "
+                             "when fed by one stage (not the sources), one frame at a time, the stage runs in "
+                             "that stage's thread as each frame is handed on, which saves handing frames between "
+                             "threads: 0.8-1.6 ms of CPU a frame on the full chain of benchmarks.peer "
+                             "(docs/performance.md#light-stages-in-the-thread-before-them). true: beside the "
+                             "stage before it, on another core; for a plugin that needs milliseconds a frame, on "
+                             "a machine with cores to spare.")
+
+
 class Batch(Strict):
     """A stage takes the frames waiting in its queue, up to `max_size` and its latency budget."""
 
@@ -603,7 +616,7 @@ class Pose(ModelStage):
                                     "field of view assumed for streams without calibration, degrees.")
 
 
-class TrackerParams(StageBase):
+class TrackerParams(LightStage):
     """Gives each person a stable integer id per stream (ByteTrack or OC-SORT), with a Kalman
     filter per person stepped by the frames' media time. Only persons of confirmed tracks go on
     downstream, ordered by id; the others are dropped. Ids start at 1 and are never reused in a
@@ -673,7 +686,7 @@ class SmoothingMetres(SmoothingPixels):
                         "pixels default for a person 1.8 m tall.")
 
 
-class Smoother(StageBase):
+class Smoother(LightStage):
     """Smooths keypoints over time per track and joint (OneEuro or EMA), from media timestamps: 2D
     keypoints, and 3D joints when a 3D stage ran before. Untracked persons (track id -1) pass
     through unsmoothed. A joint's filter restarts after a gap; a low-confidence joint is held at
@@ -698,7 +711,7 @@ class Smoother(StageBase):
                             "ended tracks first).")
 
 
-class Lift3D(ModelStage):
+class Lift3D(ModelStage, LightStage):
     """Lifts each person's 2D keypoints to 3D joints in metres in the camera frame (x right, y down,
     z forward): a network maps a window of each track's recent 2D poses to a root-relative 3D
     skeleton, which is placed in front of the camera from the person's assumed height (or on the
@@ -754,7 +767,7 @@ class JdeDetector(ModelStage):
                                          "are ignored; default: the tracker section's conf_thres.")
 
 
-class Plugin(StageBase):
+class Plugin(LightStage):
     """Runs a plugin (fall detection, repetition counting, your own) on each frame's tracked persons."""
 
     IMPLEMENTATION = "streampose.plugins.stage:PluginStage"

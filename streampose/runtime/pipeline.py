@@ -1,4 +1,5 @@
-"""A running graph: source threads feed stage threads through bounded queues.
+"""A running graph: source threads feed stage threads through bounded queues. A light stage
+(schema.LightStage) fed by one stage runs in that stage's thread instead (StageRunner.host).
 
 Flow control happens once, at the entrance: each stream may have at most
 `runtime.in_flight` frames inside the graph. A live stream's frame that finds no
@@ -146,8 +147,9 @@ class Pipeline:
                                           self.metrics, self._stop)
                            for sid, cap in self.captures.items()}
         live = {sid for sid, cap in self.captures.items() if cap.live}
+        hosts = self._hosts()
         self.inboxes = {st.id: SinkInbox(spec.runtime.queue_size, st.id, live, self.metrics) if st.ROLE == "sink"
-                        else queue.Queue(spec.runtime.queue_size) for st in spec.stages}
+                        else queue.Queue(spec.runtime.queue_size) for st in spec.stages if st.id not in hosts}
         self.runners: dict[str, StageRunner] = {}
         for st in spec.stages:
             context = StageContext(graph_dir=graph.path.parent, output_dir=self.output_dir,
@@ -159,12 +161,15 @@ class Pipeline:
                 stage = stage_module.stage_class(st)(st.id, st, context)
             except Exception as error:
                 raise StageBuildError(f"stage '{st.id}' ({st.type}): {error}") from error
-            self.runners[st.id] = StageRunner(stage, self.inboxes[st.id], upstreams=len(graph.inputs[st.id]),
+            self.runners[st.id] = StageRunner(stage, self.inboxes.get(st.id), upstreams=len(graph.inputs[st.id]),
                                               metrics=self.metrics,
                                               on_processed=self._on_processed if st.id in processing_ends else None)
-            self.metrics.gauge("queue_depth", self.inboxes[st.id].qsize, stage=st.id)
+            if st.id in self.inboxes:
+                self.metrics.gauge("queue_depth", self.inboxes[st.id].qsize, stage=st.id)
+        for stage_id, host_id in hosts.items():
+            self.runners[stage_id].host = self.runners[host_id]
         for stage_id, runner in self.runners.items():
-            runner.outboxes = [self.inboxes[d] for d in downstream[stage_id]]
+            runner.outboxes = [self.inboxes[d] if d in self.inboxes else self.runners[d] for d in downstream[stage_id]]
         self._source_outboxes = {sid: [self.inboxes[d] for d in downstream[sid]] for sid in self.captures}
         self._processed_at_source = {sid for sid in self.captures if sid in processing_ends}
         self.source_threads = {sid: threading.Thread(target=self._pump, args=(sid,), name=f"source-{sid}", daemon=True)
@@ -190,6 +195,20 @@ class Pipeline:
             if st.type == "publisher":
                 for kind in messages.KINDS:
                     self.metrics.declare("published", kind=kind)
+
+    def _hosts(self) -> dict[str, str]:
+        """Stage id -> the stage whose thread runs it, for the light stages that need no thread of
+        their own (schema.LightStage.own_thread): fed by one stage, one frame at a time."""
+        stages = {st.id: st for st in self.graph.spec.stages}
+        hosts = {}
+        for st in stages.values():
+            inputs = self.graph.inputs[st.id]
+            batch = getattr(st, "batch", None)
+            if (getattr(st, "own_thread", True) or len(inputs) != 1 or inputs[0] not in stages
+                    or (batch is not None and batch.max_size > 1)):
+                continue
+            hosts[st.id] = inputs[0]
+        return hosts
 
     def _streams_reaching(self, stage_id: str) -> list[str]:
         found, todo, seen = [], [stage_id], set()

@@ -84,12 +84,18 @@ class StageRunner:
     stops after every upstream has sent STOP, then closes the stage and sends STOP on.
     `on_processed(frame)`, given to the last processor of the chain, is called for every frame
     it finished, before the frame goes on to the sinks.
+
+    With a `host` (another runner), the stage has no thread or queue of its own: the host's thread
+    runs it as it hands each item on (`put`), one frame at a time. For a light stage this saves
+    what a hand-off between threads costs (queue, wake-up, the interpreter lock changing hands),
+    more than its own work on the full chain's light stages (docs/performance.md).
     """
 
-    def __init__(self, stage: Stage, inbox: queue.Queue, upstreams: int, metrics: Metrics,
+    def __init__(self, stage: Stage, inbox: queue.Queue | None, upstreams: int, metrics: Metrics,
                  on_processed: Callable[[Frame], None] | None = None):
         self.stage = stage
-        self.inbox = inbox
+        self.inbox = inbox  # None for a hosted stage
+        self.host: StageRunner | None = None  # set by the pipeline before start
         self.outboxes: list[queue.Queue] = []
         self.upstreams = upstreams
         self.metrics = metrics
@@ -108,10 +114,24 @@ class StageRunner:
         self.errors = ErrorLog(stage.id)
         # A stage that changes frames makes what sinks derived from them stale (Frame.changed).
         self.changes_frames = getattr(stage.params, "ROLE", "processor") != "sink"
-        self.thread = threading.Thread(target=self._run, name=f"stage-{stage.id}", daemon=True)
+        self._stops = 0  # upstreams that have sent STOP
+        self._thread = threading.Thread(target=self._run, name=f"stage-{stage.id}", daemon=True)
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread the stage runs in: its own, or its host's."""
+        return self.host.thread if self.host else self._thread
 
     def start(self) -> None:
-        self.thread.start()
+        if self.host is None:
+            self.thread.start()
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        """A hosted stage's input: handle `item` now, in the caller's (the host's) thread."""
+        if isinstance(item, Frame):
+            self._process([item])
+        else:
+            self._handle(item)
 
     # ------------------------------------------------------------------ batching
 
@@ -163,26 +183,31 @@ class StageRunner:
     # ------------------------------------------------------------------ loop
 
     def _run(self) -> None:
-        stops = 0
-        while stops < self.upstreams:
+        while not self.done:
             item = self._next()
-            if item is STOP:
-                stops += 1
-            elif isinstance(item, StreamEvent):
-                self._call(lambda: self.stage.stream_event(item), f"stream event {item.kind}", item.stream)
-                self._send_emitted()
-                self._send(item)
-            elif isinstance(item, Emitted):
-                self._call(lambda: self.stage.on_events(item.stream, item.events), "events", item.stream)
-                self._send_emitted()
-                self._send(item)
-            else:
+            if isinstance(item, Frame):
                 self._process(self._collect(item))
-        self._call(self.stage.finish, "close", "-")
-        self._send_emitted()
-        self.errors.close()
-        self._send(STOP)
-        self.done = True
+            else:
+                self._handle(item)
+
+    def _handle(self, item) -> None:
+        """A STOP, stream event or emitted events: handled, then passed on in order."""
+        if item is STOP:
+            self._stops += 1
+            if self._stops == self.upstreams:
+                self._call(self.stage.finish, "close", "-")
+                self._send_emitted()
+                self.errors.close()
+                self._send(STOP)
+                self.done = True
+        elif isinstance(item, StreamEvent):
+            self._call(lambda: self.stage.stream_event(item), f"stream event {item.kind}", item.stream)
+            self._send_emitted()
+            self._send(item)
+        else:  # Emitted
+            self._call(lambda: self.stage.on_events(item.stream, item.events), "events", item.stream)
+            self._send_emitted()
+            self._send(item)
 
     def _process(self, batch: list[Frame]) -> None:
         if self.abort.is_set():

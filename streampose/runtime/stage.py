@@ -1,6 +1,7 @@
 """The stage interface: what every box in a graph implements.
 
-The runtime gives each stage its own thread and calls, in each stream's order:
+The runtime runs each stage in one thread (its own, or, for a light stage, the thread of the
+stage feeding it: runtime/runner.py) and calls, in each stream's order:
 
 - `run(frames)` for a batch (one frame unless the stage's `batch` parameters allow more;
   frames of several streams may share a batch, each stream's frames in order): it calls the
