@@ -432,6 +432,7 @@ def test_light_stages_run_in_the_thread_of_the_stage_feeding_them(tmp_path, monk
     assert ThreadNoting.threads == {"first": {"stage-first"}, "hosted": {"stage-batched"},
                                     "hosted_too": {"stage-batched"}, "own": {"stage-own"}}
     assert set(pipeline.inboxes) == {"first", "batched", "own", "log"}
+    assert pipeline.describe_threads() == "first; batched + hosted, hosted_too; own; log"
     for stream, video in (("chair", CHAIR), ("jacks", JACKS)):
         lines = jsonl_frames(tmp_path / "out" / f"{stream}.jsonl")
         assert [m["frame"] for m in lines] == list(range(frame_count(video)))

@@ -66,7 +66,8 @@ HISTOGRAMS = {
     "mqtt_latency": "Seconds from an event's capture to the broker's acknowledgement of its message, by stage.",
 }
 GAUGES = {
-    "queue_depth": "Frames and stream events waiting in a stage's input queue, by stage.",
+    "queue_depth": "Frames and stream events waiting in a stage's input queue, by stage (a light stage run in "
+                   "the thread of the stage feeding it has none).",
     "admit_every": "1 / the share of a live stream's frames let into the graph, evenly spaced (1: every frame "
                    "that finds a free slot; 2.5: two in five, under sustained overload, runtime.even_drops), by "
                    "stream.",

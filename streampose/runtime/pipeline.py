@@ -210,6 +210,19 @@ class Pipeline:
             hosts[st.id] = inputs[0]
         return hosts
 
+    def describe_threads(self) -> str:
+        """One entry per stage thread, with the light stages it runs: "detect; pose + track, fall; publish"."""
+        guests: dict[str, list[str]] = {}
+        for stage_id, runner in self.runners.items():
+            host = runner
+            while host.host is not None:
+                host = host.host
+            hosted = guests.setdefault(host.stage.id, [])
+            if host is not runner:
+                hosted.append(stage_id)
+        return "; ".join(f"{stage_id} + {', '.join(hosted)}" if hosted else stage_id
+                         for stage_id, hosted in guests.items())
+
     def _streams_reaching(self, stage_id: str) -> list[str]:
         found, todo, seen = [], [stage_id], set()
         while todo:
@@ -235,6 +248,7 @@ class Pipeline:
             self.lifecycle = "running"
         log.info("graph %s started: %d sources, %d stages", self.graph.path.name, len(self.captures), len(self.runners))
         log.info("core plan: %s", self.cores.describe())
+        log.info("stage threads: %s", self.describe_threads())
 
     def stop(self) -> None:
         """Ask the sources to stop; the graph then drains and closes."""
