@@ -184,6 +184,9 @@ class Frame:
                   the graph), shared by all its frames; read by plugins and drawn by sinks.
     packets:      the compressed video since the stream's previous frame (`Packets`), for
                   recorders that copy it; None unless one reads the stream.
+    picture:      (x1, y1, x2, y2) pixels: the part of the image that shows the scene, inside
+                  the black bars of letterboxed or pillarboxed video (vision.bars, found by the
+                  source); the whole image when it has none.
     """
 
     stream: str
@@ -202,6 +205,7 @@ class Frame:
     detected: bool = True
     zones: tuple = ()
     packets: Packets | None = None
+    picture: tuple[int, int, int, int] | None = None
 
     def changed(self) -> None:
         """A stage changed this frame: what sinks derived from it (`encoded`, `drawn`) is stale."""
@@ -215,6 +219,11 @@ class Frame:
     @property
     def width(self) -> int:
         return self.image.shape[1]
+
+    @property
+    def picture_box(self) -> tuple[int, int, int, int]:
+        """`picture`, or the whole image when the source found no bars."""
+        return self.picture or (0, 0, self.width, self.height)
 
 
 @dataclass(frozen=True)

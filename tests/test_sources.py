@@ -93,6 +93,23 @@ def test_file_frames_match_pyav():
     assert metrics.count("decode_errors") == 0
 
 
+def test_frames_carry_the_picture_inside_black_bars():
+    # A 4:3 clip letterboxed in 320x240 (30 black rows above and below) and a pillarboxed
+    # doorbell video; a video with no bars has none. The fall plugin takes the picture's edges
+    # for the frame's (vision/bars.py).
+    for clip, picture in (("adl_baby_crawling_adult_kneeling.mp4", (0, 30, 320, 210)),
+                          ("fall_doorbell_porch_trip_delivery.mp4", (296, 8, 1440, 1188)),
+                          ("squat_side_view.mp4", None)):
+        capture, _ = make_capture(VIDEOS / clip)
+        pictures = set()
+        for item in capture.frames(threading.Event()):
+            if isinstance(item, Frame):
+                pictures.add(item.picture)
+                if len(pictures) > 1 or item.index >= 60:
+                    break
+        assert pictures == {picture}, clip
+
+
 def test_looped_file_keeps_media_time_increasing():
     count, _, _ = probe(SMALL_VIDEO)
     capture, _ = make_capture(SMALL_VIDEO, loop=True)

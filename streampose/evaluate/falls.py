@@ -124,9 +124,11 @@ def track_cached(clips: list[Path], cache_dir: Path, models: list[Path], lift: b
                                          default_search_path(models))[:-1]
         tracked: dict[str, list[Frame]] = defaultdict(list)
         for clip in clips:
+            pictures = pose_cache.pictures(clip)
             for frame in pose_cache.replay([pose_cache.CachedClip.load(entries[clip])], stages):
-                # Nothing after the tracker reads the image; the plugin needs its size.
+                # Nothing after the tracker reads the image; the plugin needs its size and picture.
                 frame.image = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), frame.image.shape)
+                frame.picture = pictures[frame.index]
                 tracked[frame.stream].append(frame)
     return tracked
 

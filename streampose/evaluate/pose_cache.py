@@ -7,7 +7,8 @@ sources of one graph as in a full evaluation, and stores one `.npz` per clip: fo
 frame its index, segment, media time, image size, the untracked persons (boxes, scores,
 keypoints, pose scores; concatenated, with per-frame offsets) and a 32x24 thumbnail of the
 image (the tracker's cut detector reads only that much of it: `streampose.tracking.cuts`).
-An entry's file name holds a digest of the clip's bytes, the two models' files and the stage
+The picture inside a clip's black bars (Frame.picture) is not kept: `pictures` finds it again
+from the clip's frames, as the source does. An entry's file name holds a digest of the clip's bytes, the two models' files and the stage
 settings, so a changed model, setting or clip is a new entry and stale ones are never read.
 
 `replay` feeds the cached frames through the same stage classes a graph runs (tracker,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -34,11 +36,13 @@ import cv2
 import numpy as np
 
 from streampose.frame import Frame, Persons, StreamEvent
+from streampose.graph import schema
 from streampose.graph.loader import load_graph
 from streampose.models.folder import default_search_path, find_model
 from streampose.posenets.networks import DEFAULT_MODELS
 from streampose.runtime.pipeline import Pipeline
 from streampose.runtime.stage import Stage, StageContext
+from streampose.sources.capture import Capture
 from streampose.tracking.cuts import THUMBNAIL_SIZE, thumbnail
 
 # Bump when what an entry holds changes.
@@ -180,6 +184,14 @@ def build(clips: list[Path], cache_dir: Path, detector: str, keypoints: str, mod
         for clip in missing:
             _pack(stream_id(clip), pipeline.seen[stream_id(clip)]).save(entries[clip])
     return entries
+
+
+def pictures(clip: Path) -> dict[int, tuple[int, int, int, int] | None]:
+    """Frame index -> the part of the clip's frames inside their black bars (Frame.picture), found
+    as the graph's source finds it (sources.capture, vision.bars): an entry keeps no full frames
+    to find it in. Decodes the clip: 40-60 s for all labelled clips on two cores."""
+    capture = Capture(schema.Source(id=stream_id(clip), uri=str(clip)), clip.parent, count=lambda name: None)
+    return {item.index: item.picture for item in capture.frames(threading.Event()) if isinstance(item, Frame)}
 
 
 def replay(cached: list[CachedClip], stages: list[Stage]) -> Iterator[Frame]:

@@ -233,16 +233,21 @@ def _elbow_angle(shoulder: np.ndarray, elbow: np.ndarray, wrist: np.ndarray) -> 
     return float(np.degrees(np.arccos(np.clip(upper @ fore / norms, -1.0, 1.0)))) if norms > 0 else np.nan
 
 
-def observe(keypoints: np.ndarray, box: np.ndarray, width: int, height: int,
+def observe(keypoints: np.ndarray, box: np.ndarray, picture: tuple[int, int, int, int],
             min_confidence: float, edge_margin: float) -> Observation:
-    """Measure one person. keypoints: (17, 3) x, y pixels and confidence; box: (4,) x1 y1 x2 y2."""
+    """Measure one person. keypoints: (17, 3) x, y pixels and confidence; box: (4,) x1 y1 x2 y2;
+    picture: (x1, y1, x2, y2) of the image that shows the scene (Frame.picture_box): its edges
+    are where a body is cut, the black bars of letterboxed video left out."""
+    left, top, right, bottom = picture
+    width, height = right - left, bottom - top
     xy = keypoints[:, :2].astype(np.float64)
-    seen = ((keypoints[:, 2] >= min_confidence) & (xy[:, 0] >= 0) & (xy[:, 0] < width)
-            & (xy[:, 1] >= 0) & (xy[:, 1] < height))
+    seen = ((keypoints[:, 2] >= min_confidence) & (xy[:, 0] >= left) & (xy[:, 0] < right)
+            & (xy[:, 1] >= top) & (xy[:, 1] < bottom))
     x1, y1, x2, y2 = (float(v) for v in box)
-    bottom_cut = y2 >= (1 - edge_margin) * height
-    rows_ok = y1 > edge_margin * height and not bottom_cut and y2 > y1
-    side_cut = x1 <= edge_margin * width or x2 >= (1 - edge_margin) * width
+    bottom_cut = y2 >= bottom - edge_margin * height
+    top_cut = y1 <= top + edge_margin * height
+    rows_ok = not top_cut and not bottom_cut and y2 > y1
+    side_cut = x1 <= left + edge_margin * width or x2 >= right - edge_margin * width
     if bottom_cut:
         seen[LEGS] = False
     rows = xy[BODY, 1][seen[BODY]]
@@ -255,7 +260,7 @@ def observe(keypoints: np.ndarray, box: np.ndarray, width: int, height: int,
         floor_y=xy[ANKLES, 1][seen[ANKLES]].max() if seen[ANKLES].any() else y2,
         ankles_seen=bool(seen[ANKLES].any()),
         box_centre_y=(y1 + y2) / 2 if rows_ok else np.nan,
-        box_top_y=y1 if y1 > edge_margin * height else np.nan,
+        box_top_y=np.nan if top_cut else y1,
         box_height=y2 - y1 if rows_ok and not side_cut else np.nan,
         aspect=(x2 - x1) / (y2 - y1) if rows_ok else np.nan, side_cut=side_cut,
         arms=[(float(xy[w, 1] - xy[s, 1]), _elbow_angle(xy[s], xy[e], xy[w]))
@@ -472,7 +477,7 @@ class FallDetector(Plugin):
         if zone is not None and zone.kind == "ignore":
             return []   # nobody to watch there (a television, a poster)
 
-        obs = observe(persons.keypoints[i], box, frame.width, frame.height, p.min_confidence, p.edge_margin)
+        obs = observe(persons.keypoints[i], box, frame.picture_box, p.min_confidence, p.edge_margin)
         body3d = (observe_3d(persons.kpts3d[i], p.min_confidence)
                   if p.use_3d and persons.kpts3d is not None else None)
         body_height = self._body_height(state, now, obs)

@@ -24,6 +24,7 @@ from streampose.sources.images import ImageReader, is_image_pattern
 from streampose.sources.packets import PacketCarry
 from streampose.sources.urls import mask_credentials
 from streampose.sources.video import STREAM_ERRORS, VideoReader
+from streampose.vision.bars import PictureFinder
 
 log = logging.getLogger("streampose.sources")
 
@@ -90,6 +91,7 @@ class Capture:
         self._on_packets_shed = on_packets_shed
         self._index = 0
         self._admit: Callable[[], bool] | None = None  # see frames()
+        self._bars = PictureFinder()  # the black bars around the picture, learnt from the frames let in
         self._reader, self._reconnects = self._make_reader(spec.uri, graph_dir)
         self.live = self._reconnects or self.options.realtime
         self._pacer = Pacer() if self.options.realtime and not self._reconnects else None
@@ -207,7 +209,7 @@ class Capture:
         no frame came, and the error that ended the pass, None at its end or on stop."""
         span = None
         try:
-            for picture, media_time in playback:
+            for convert, media_time in playback:
                 if stop.is_set():
                     break
                 media_time += offset
@@ -220,8 +222,9 @@ class Capture:
                 self._index += 1
                 if self._admit is None or self._admit():
                     packets = playback.packets.take() if playback.packets is not None else None
-                    yield Frame(self.stream, self._index - 1, picture(), time.time(), media_time, segment,
-                                zones=self.zones, packets=packets)
+                    image = convert()
+                    yield Frame(self.stream, self._index - 1, image, time.time(), media_time, segment,
+                                zones=self.zones, packets=packets, picture=self._bars.update(image))
         except STREAM_ERRORS as error:
             return span, error
         return span, None
