@@ -86,9 +86,9 @@ class StageRunner:
     it finished, before the frame goes on to the sinks.
 
     With a `host` (another runner), the stage has no thread or queue of its own: the host's thread
-    runs it as it hands each item on (`put`), one frame at a time. For a light stage this saves
-    what a hand-off between threads costs (queue, wake-up, the interpreter lock changing hands),
-    more than its own work on the full chain's light stages (docs/performance.md).
+    runs it as it hands each item on (`put`), one frame at a time. On the full chain, handing a
+    frame to another thread (queue, wake-up, the interpreter lock changing hands) cost more than
+    the light stages' own work (docs/performance.md, "Light stages in the thread before them").
     """
 
     def __init__(self, stage: Stage, inbox: queue.Queue | None, upstreams: int, metrics: Metrics,
