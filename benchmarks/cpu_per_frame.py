@@ -20,7 +20,9 @@ figure by figure (so they do not add up exactly):
             BGR conversion (the source's `to_ndarray`; the rest of its thread is demuxing and
             decoding), the detector (its preprocess, engine, box decoding and NMS),
             the keypoint estimator (crop warp, normalise, engine, heatmap decoding), JSON encoding,
-            and a stage's `process` and `close` (the rest of a stage thread is its queue and batching)
+            and a stage's `process` and `close` (the rest of a stage thread is its queue and batching).
+            The light stages of the full graph run in the keypoint stage's thread (StageRunner.host):
+            its thread and `process` figures include theirs.
 
 --before TREE runs the same graph with streampose imported from another checkout (`git archive
 COMMIT streampose | tar -x -C TREE`) in the same rounds, alternating, for a before/after.
